@@ -1,0 +1,6 @@
+"""ddim: Denoising Diffusion Implicit Models (Song, Meng & Ermon, ICLR 2021) in PyTorch."""
+
+from ddim.schedule import NoiseSchedule, timesteps
+
+__all__ = ["NoiseSchedule", "timesteps"]
+__version__ = "0.1.0"
