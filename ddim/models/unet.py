@@ -1,0 +1,327 @@
+"""The eps-network of Ho et al. (2020) as released with DDIM (Song et al. 2020): a Wide-ResNet U-Net.
+
+Module names follow the official release's state dict exactly (`temb.dense.0`, `down.1.attn.0.q`, ...), so its
+checkpoints load with a plain `load_state_dict`. Attention runs through `F.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["UNetConfig", "UNet", "PRESETS", "timestep_embedding"]
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of the U-Net; field names follow the official YAML's `model` section."""
+
+    image_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    resamp_with_conv: bool = True
+
+    def __post_init__(self) -> None:
+        # Lists arrive from JSON/YAML; tuples keep the config hashable and comparable.
+        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
+        if self.ch < 1 or self.num_res_blocks < 1 or self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(f"ch, num_res_blocks, in_channels, out_channels must be positive: {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.image_size % self.downsample_factor:
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2**(len(ch_mult) - 1) = "
+                             f"{self.downsample_factor}")
+        if any(m * self.ch % 32 for m in (1, *self.ch_mult)):
+            raise ValueError(f"every width ch * m (ch={self.ch}, ch_mult={self.ch_mult}) must be divisible by "
+                             "32, the GroupNorm group count")
+
+    @property
+    def downsample_factor(self) -> int:
+        """Total spatial reduction: image sides must be multiples of this."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        d = asdict(self)
+        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
+        """Inverse of `to_dict`; unknown keys are an error so typos do not pass silently."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown UNetConfig fields: {unknown}")
+        return cls(**dict(d))
+
+    @classmethod
+    def from_official(cls, cfg: Mapping[str, Any]) -> "UNetConfig":
+        """Read the official YAML layout (`data.image_size`, `model.ch`, `model.out_ch`, ...)."""
+        if "model" not in cfg or "data" not in cfg:
+            raise ValueError("an official config needs 'data' and 'model' sections "
+                             f"(configs/cifar10.yml layout); got keys {sorted(cfg)}")
+        data, model = cfg["data"], cfg["model"]
+        if model.get("type", "simple") != "simple":
+            raise ValueError(f"model.type {model['type']!r} is not supported; only 'simple' (Ho et al.'s U-Net)")
+        return cls(
+            image_size=int(data["image_size"]),
+            in_channels=int(model.get("in_channels", data.get("channels", 3))),
+            out_channels=int(model["out_ch"]),
+            ch=int(model["ch"]),
+            ch_mult=tuple(model["ch_mult"]),
+            num_res_blocks=int(model["num_res_blocks"]),
+            attn_resolutions=tuple(model["attn_resolutions"]),
+            dropout=float(model.get("dropout", 0.0)),
+            resamp_with_conv=bool(model.get("resamp_with_conv", True)),
+        )
+
+
+PRESETS: dict[str, UNetConfig] = {
+    # The released configurations (configs/{cifar10,celeba,bedroom}.yml of the official code).
+    "cifar10": UNetConfig(32, 3, 3, 128, (1, 2, 2, 2), 2, (16,), 0.1),
+    "celeba64": UNetConfig(64, 3, 3, 128, (1, 2, 2, 2, 4), 2, (16,), 0.1),
+    "lsun256": UNetConfig(256, 3, 3, 128, (1, 1, 2, 2, 4, 4), 2, (16,), 0.0),
+    # Small enough for unit tests: one down/up level, attention at the 8x8 level.
+    "tiny": UNetConfig(16, 3, 3, 32, (1, 2), 1, (8,), 0.0),
+    # The embedded default model (16x16 grey digits); ~7 MB of float32 weights.
+    "digits": UNetConfig(16, 1, 1, 32, (1, 2, 2), 2, (8,), 0.1),
+}
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of t [B] -> [B, dim]: [sin(t w_i), cos(t w_i)], w_i = 10000^(-i/(dim/2 - 1)).
+
+    This is the official release's (and tensor2tensor's) variant: frequencies span exactly 1 .. 1/10000.
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / (half - 1)))
+    args = t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([args.sin(), args.cos()], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    """Wide-ResNet block: GN-swish-conv, add projected time embedding, GN-swish-dropout-conv, residual."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = _norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_channels, out_channels)
+        self.norm2 = _norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)  # the release's 1x1 "network-in-network"
+
+    def forward(self, x: Tensor, temb_act: Tensor) -> Tensor:
+        # temb_act is swish(temb), computed once per forward rather than once per block.
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(temb_act)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        skip = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        return skip + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H*W positions, with 1x1-conv projections and a residual."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        # (B, C, H, W) -> (B, 1, HW, C); a free view when x is channels_last. SDPA's default scale is C^-1/2,
+        # the release's scale.
+        q, k, v = (p(h).permute(0, 2, 3, 1).reshape(B, 1, H * W, C) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v)
+        a = a.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            a = a.contiguous(memory_format=torch.channels_last)
+        return x + self.proj_out(a)
+
+
+class Downsample(nn.Module):
+    """Halve H and W: 3x3 stride-2 conv after padding right/bottom by one (the release's TF "SAME"), or avg-pool."""
+
+    def __init__(self, channels: int, with_conv: bool) -> None:
+        super().__init__()
+        if with_conv:
+            self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "conv"):
+            return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return F.avg_pool2d(x, 2)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour, then an optional 3x3 conv."""
+
+    def __init__(self, channels: int, with_conv: bool) -> None:
+        super().__init__()
+        if with_conv:
+            self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if hasattr(self, "conv") else x
+
+
+class _Level(nn.Module):
+    """One resolution level: `block` and `attn` lists plus an optional resampler (names as in the release)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.ModuleList()
+        self.attn = nn.ModuleList()
+
+
+class _Mid(nn.Module):
+    def __init__(self, channels: int, temb_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, temb_channels, dropout)
+        self.attn_1 = AttnBlock(channels)
+        self.block_2 = ResnetBlock(channels, channels, temb_channels, dropout)
+
+
+class _TimeEmbed(nn.Module):
+    def __init__(self, ch: int, temb_ch: int) -> None:
+        super().__init__()
+        self.dense = nn.ModuleList([nn.Linear(ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t) of Ho et al. (2020), the network sampled by DDIM (Song et al. 2020).
+
+    forward(x [B, C, H, W], t [B]) -> eps [B, C, H, W]. t is normally an integer (Long) timestep in 0..T-1; a
+    float tensor is accepted too and embedded as is (not rounded), which allows fractional timesteps. A scalar t
+    is broadcast over the batch. x is cast to the parameters' dtype and eps returned in x's dtype, so a bfloat16
+    model can be driven by a float32 sampler. H and W may be any multiples of 2**(len(ch_mult) - 1), not only image_size;
+    attention sits at the levels chosen from the configured image_size.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        temb_ch = 4 * c.ch
+        self.temb = _TimeEmbed(c.ch, temb_ch)
+        self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
+
+        widths = [c.ch * m for m in c.ch_mult]
+        in_widths = [c.ch] + widths[:-1]
+        n = len(widths)
+        res = c.image_size
+        self.down = nn.ModuleList()
+        skips = [c.ch]  # channels of every tensor pushed onto the skip stack, in order
+        block_in = c.ch
+        for i in range(n):
+            level = _Level()
+            for _ in range(c.num_res_blocks):
+                level.block.append(ResnetBlock(block_in, widths[i], temb_ch, c.dropout))
+                block_in = widths[i]
+                if res in c.attn_resolutions:
+                    level.attn.append(AttnBlock(block_in))
+                skips.append(block_in)
+            if i != n - 1:
+                level.downsample = Downsample(block_in, c.resamp_with_conv)
+                res //= 2
+                skips.append(block_in)
+            self.down.append(level)
+
+        self.mid = _Mid(block_in, temb_ch, c.dropout)
+
+        up_levels: list[_Level] = []
+        for i in reversed(range(n)):
+            level = _Level()
+            for _ in range(c.num_res_blocks + 1):
+                level.block.append(ResnetBlock(block_in + skips.pop(), widths[i], temb_ch, c.dropout))
+                block_in = widths[i]
+                if res in c.attn_resolutions:
+                    level.attn.append(AttnBlock(block_in))
+            if i != 0:
+                level.upsample = Upsample(block_in, c.resamp_with_conv)
+                res *= 2
+            up_levels.insert(0, level)  # stored lowest index = highest resolution, as in the release
+        self.up = nn.ModuleList(up_levels)
+        assert not skips and block_in == c.ch * c.ch_mult[0]
+
+        self.norm_out = _norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, c.out_channels, 3, padding=1)
+
+    def check_input(self, x: Tensor, t: Tensor) -> None:
+        """Raise a ValueError naming the problem when x [B, C, H, W] or t [B] cannot go through the network."""
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ValueError(f"x must have shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}")
+        f = c.downsample_factor
+        if x.shape[2] % f or x.shape[3] % f or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"image size {x.shape[2]}x{x.shape[3]} is not allowed: H and W must be positive "
+                             f"multiples of 2**(len(ch_mult) - 1) = {f} for ch_mult={c.ch_mult}")
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0])):
+            raise ValueError(f"t must have shape [B] = [{x.shape[0]}] or be a scalar, got {tuple(t.shape)}")
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """eps prediction for x [B, C, H, W] at timesteps t [B] (Long, or float used as is); same shape as x."""
+        t = torch.as_tensor(t, device=x.device)
+        self.check_input(x, t)
+        t = t.reshape(-1).expand(x.shape[0])
+        in_dtype, dtype = x.dtype, self.conv_in.weight.dtype
+        # A ch x ch x 3 x 3 weight is channels_last-contiguous only if the model was converted (`conv_in`'s may
+        # look so by accident when in_channels == 1).
+        if self.down[0].block[0].conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(dtype)
+
+        temb = timestep_embedding(t, self.config.ch).to(dtype)
+        temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))
+        temb_act = F.silu(temb)
+
+        hs = [self.conv_in(x)]
+        for level in self.down:
+            for j, block in enumerate(level.block):
+                h = block(hs[-1], temb_act)
+                if len(level.attn):
+                    h = level.attn[j](h)
+                hs.append(h)
+            if hasattr(level, "downsample"):
+                hs.append(level.downsample(hs[-1]))
+
+        h = hs[-1]
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb_act)), temb_act)
+
+        for level in reversed(self.up):
+            for j, block in enumerate(level.block):
+                h = block(torch.cat([h, hs.pop()], dim=1), temb_act)
+                if len(level.attn):
+                    h = level.attn[j](h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+
+        eps = self.conv_out(F.silu(self.norm_out(h)))
+        return eps.to(in_dtype) if in_dtype.is_floating_point else eps
