@@ -206,6 +206,8 @@ class DDIMSampler:
                 raise ValueError(f"model output has shape {tuple(out.shape)} but x has {tuple(x.shape)} "
                                  f"(step {i}, t={step.t}); the model must return a prediction shaped like x")
             eps, x0_pred = predict_eps_x0(out, x, step.a_model, self.prediction)
+            if step.a_t != step.a_model:    # inversion's first step: x is clean data (a_t = 1), not at level t
+                x0_pred = torch.add(x, eps, alpha=-math.sqrt(1 - step.a_t)).div_(math.sqrt(step.a_t))
             if clip_denoised or variance == "large":
                 x0_pred = x0_pred.clamp(-1, 1)
                 if variance == "eta":   # keep eps consistent with the clipped x0, so the step stays on eq. 12
@@ -222,7 +224,7 @@ class DDIMSampler:
         bad = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()   # one host sync, after the loop
         if bad:
             i = bad[0]
-            raise ValueError(f"non-finite values appeared at step {i} of {len(plan)} (t={plan[i].t}); "
+            raise ValueError(f"non-finite values appeared at step {i + 1} of {len(plan)} (t={plan[i].t}); "
                              "check the model's output and the schedule")
 
     # -- public API
