@@ -1,0 +1,103 @@
+"""The sampler's own overhead per step: this package against diffusers' DDIMScheduler loop, in one run.
+
+The model is trivial (one multiply) so that what is timed is the sampler's work: planning, the eq. 12
+update, noise and bookkeeping. Both loops run 50 steps on the same x_T; repetitions are interleaved and the
+median is reported. Writes its section of BENCHMARKS.md.
+
+    python benchmarks/bench_sampler.py [--repeats 30] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, write_section  # noqa: E402
+
+from ddim import DDIMSampler, NoiseSchedule  # noqa: E402
+
+
+def trivial_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return x * 0.5
+
+
+def model_only(x_T: torch.Tensor, steps: int) -> None:
+    t = torch.zeros(len(x_T), dtype=torch.long)
+    for _ in range(steps):
+        trivial_model(x_T, t)
+
+
+def ours(x_T: torch.Tensor, steps: int, eta: float) -> None:
+    DDIMSampler(trivial_model, NoiseSchedule.linear()).sample(x_T, steps=steps, eta=eta,
+                                                              generator=torch.Generator().manual_seed(0))
+
+
+def diffusers_loop(x_T: torch.Tensor, steps: int, eta: float) -> None:
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                          clip_sample=False, set_alpha_to_one=True, steps_offset=0)
+    sched.set_timesteps(steps)
+    g, x = torch.Generator().manual_seed(0), x_T
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(trivial_model(x, t.expand(len(x))), t, x, eta=eta, generator=g).prev_sample
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=30, help="timed repetitions of each loop (median reported)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps S")
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    S = args.steps
+    rows = []
+    for batch in (1, 64):
+        for eta in (0.0, 1.0):
+            x_T = torch.randn(batch, 3, 32, 32)
+            fns = {"ddim": lambda: ours(x_T, S, eta), "diffusers": lambda: diffusers_loop(x_T, S, eta),
+                   "model": lambda: model_only(x_T, S)}
+            for fn in fns.values():      # warm up
+                fn()
+            samples = {k: [] for k in fns}
+            for _ in range(args.repeats):   # interleave so that machine noise hits both alike
+                for k, fn in fns.items():
+                    samples[k].append(median_seconds(fn, 1))
+            med = {k: statistics.median(v) for k, v in samples.items()}
+            per_step = {k: (med[k] - med["model"]) / S * 1e6 for k in ("ddim", "diffusers")}
+            rows.append((batch, eta, per_step["ddim"], per_step["diffusers"], per_step["ddim"] / per_step["diffusers"]))
+            print(f"batch {batch:3d} eta {eta}: ddim {per_step['ddim']:8.1f} us/step, "
+                  f"diffusers {per_step['diffusers']:8.1f} us/step, ratio {rows[-1][-1]:.2f}")
+    body = [
+        "## Sampler overhead per step (`benchmarks/bench_sampler.py`)",
+        "",
+        f"Machine: {machine()}. Trivial model (one multiply), {S} steps on x_T [B, 3, 32, 32], median of "
+        f"{args.repeats} interleaved runs; the model's own time is subtracted. Goal: ddim <= diffusers.",
+        "",
+        "| batch | eta | ddim (us/step) | diffusers DDIMScheduler (us/step) | ratio ddim/diffusers |",
+        "|---:|---:|---:|---:|---:|",
+    ] + [f"| {b} | {e} | {o:.1f} | {d:.1f} | {r:.2f} |" for b, e, o, d, r in rows]
+    if not args.no_write:
+        write_section("bench_sampler", "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
