@@ -1,0 +1,468 @@
+"""Datasets as float tensors [C, H, W] in [-1, 1], and the way back to uint8 PNGs.
+
+Every loader returns a `torch.utils.data.Dataset` whose items are float32 tensors [C, H, W] in [-1, 1]
+(labels, where a format has them, are kept on the dataset as `.labels` and never returned: training is
+unconditional). Small formats are held in memory as an `ImageTensorDataset` (`.images` [N, C, H, W]), which the
+trainer indexes directly; image folders and CelebA decode files lazily.
+
+Nothing here downloads anything. `download_cifar10` is an optional helper for users with internet access.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "ImageTensorDataset", "ImageFolder", "cifar10", "celeba", "npz_arrays", "idx_file", "digits",
+    "build_dataset", "to_uint8", "from_uint8", "make_grid", "save_image_grid", "save_images", "DATASETS",
+    "CELEBA_CROP",
+]
+
+# The official DDIM/DDPM CelebA preprocessing: torchvision `F.crop(img, top=57, left=25, height=128,
+# width=128)` on the 178x218 aligned image (the official `Crop(x1=57, x2=185, y1=25, y2=153)` passes x1 as the
+# *top* row and y1 as the *left* column), then `Resize(64)`. As a PIL box (left, upper, right, lower):
+CELEBA_CROP: tuple[int, int, int, int] = (25, 57, 25 + 128, 57 + 128)
+_CELEBA_SIZE = (178, 218)  # (width, height) of img_align_celeba
+
+
+# --- pixels <-> tensors ---------------------------------------------------------------------------------
+def from_uint8(x: np.ndarray | Tensor) -> Tensor:
+    """uint8 pixels (any shape) -> float32 in [-1, 1]: x / 127.5 - 1."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    return x.to(torch.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Float images in [-1, 1] (any shape) -> uint8 in [0, 255], rounded to nearest and clamped."""
+    return ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np.ndarray:
+    """Tile images [N, C, H, W] (float in [-1, 1] or uint8; C = 1 or 3) into one uint8 array [H', W', C]."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [N, C, H, W] with C = 1 or 3, got shape {tuple(images.shape)}")
+    if nrow < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    imgs = images.cpu() if images.dtype == torch.uint8 else to_uint8(images)
+    n, c, h, w = imgs.shape
+    ncol = min(nrow, n)
+    nrows = (n + ncol - 1) // ncol
+    grid = np.full((padding + nrows * (h + padding), padding + ncol * (w + padding), c), pad_value, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        grid[y:y + h, x:x + w] = imgs[i].permute(1, 2, 0).numpy()
+    return grid
+
+
+def _atomic_write_png(array: np.ndarray, path: Path) -> None:
+    """Write an [H, W, C] uint8 array as PNG via a temp file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Path:
+    """Save images [N, C, H, W] (float in [-1, 1] or uint8, C = 1 or 3) as one PNG grid, atomically."""
+    path = Path(path)
+    _atomic_write_png(make_grid(images, nrow=nrow, padding=padding), path)
+    return path
+
+
+def save_images(images: Tensor, folder: str | os.PathLike, prefix: str = "", start: int = 0) -> list[Path]:
+    """Save each image of [N, C, H, W] as `{folder}/{prefix}{start + i:06d}.png`, atomically; returns the paths."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [N, C, H, W] with C = 1 or 3, got shape {tuple(images.shape)}")
+    imgs = images.cpu() if images.dtype == torch.uint8 else to_uint8(images)
+    paths = []
+    for i, img in enumerate(imgs):
+        p = Path(folder) / f"{prefix}{start + i:06d}.png"
+        _atomic_write_png(img.permute(1, 2, 0).numpy(), p)
+        paths.append(p)
+    return paths
+
+
+def _pil_to_tensor(img: Image.Image, channels: int) -> Tensor:
+    img = img.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return from_uint8(arr).permute(2, 0, 1).contiguous()
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Scale the shorter side to `size` (bicubic, antialiased), then crop the centre size x size."""
+    w, h = img.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+
+
+# --- in-memory datasets -----------------------------------------------------------------------------------
+class ImageTensorDataset(Dataset):
+    """Images held in memory: `.images` float32 [N, C, H, W] in [-1, 1]; optional `.labels` [N] (not returned)."""
+
+    def __init__(self, images: Tensor, labels: Tensor | None = None, name: str = "arrays") -> None:
+        if images.ndim != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError(f"dataset {name!r} is empty")
+        self.images = images.to(torch.float32).contiguous()
+        self.labels = labels
+        self.name = name
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[i]
+
+
+def _array_to_nchw(arr: np.ndarray, what: str) -> Tensor:
+    """[N, H, W], [N, H, W, C] or [N, C, H, W] (C in 1, 3) uint8 or float -> float32 [N, C, H, W] in [-1, 1]."""
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4:
+        if arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+            arr = arr.transpose(0, 3, 1, 2)
+        elif arr.shape[1] not in (1, 3):
+            raise ValueError(f"{what}: cannot find a channel axis of size 1 or 3 in shape {arr.shape}")
+    else:
+        raise ValueError(f"{what}: expected an image array [N, H, W], [N, H, W, C] or [N, C, H, W]; "
+                         f"got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what}: the array holds no images")
+    if arr.dtype == np.uint8:
+        return from_uint8(np.ascontiguousarray(arr))
+    if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)) * 2 - 1
+        if lo >= -1.0 and hi <= 1.0:
+            return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        raise ValueError(f"{what}: float pixels must lie in [0, 1] or [-1, 1], found [{lo:.4g}, {hi:.4g}]")
+    raise ValueError(f"{what}: pixels must be uint8 or float, got dtype {arr.dtype}")
+
+
+def digits(image_size: int = 16) -> ImageTensorDataset:
+    """scikit-learn's 1797 handwritten digits (8x8, gray 0..16) -> [-1, 1], bilinearly upsampled to image_size.
+
+    Ships inside the scikit-learn wheel, so it needs no download. Labels (0..9) are kept as `.labels`.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the digits data set needs scikit-learn: pip install 'ddim[data]'") from e
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer >= 8 for digits, got {image_size!r}")
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32))[:, None] / 16.0 * 2.0 - 1.0   # [1797, 1, 8, 8]
+    if image_size != 8:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return ImageTensorDataset(x.clamp(-1, 1), torch.from_numpy(d.target.astype(np.int64)), name="digits")
+
+
+def npz_arrays(path: str | os.PathLike, key: str | None = None) -> ImageTensorDataset:
+    """Images from a .npz (or .npy) file: uint8 pixels, or floats in [0, 1] or [-1, 1].
+
+    key: the array's name in the .npz; by default the only array, else the first of "x_train", "images", "x",
+    "arr_0". Shapes [N, H, W], [N, H, W, C] or [N, C, H, W]. Loaded with allow_pickle=False.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"npz path {str(path)!r} does not exist")
+    if path.suffix == ".npy":
+        return ImageTensorDataset(_array_to_nchw(np.load(path, allow_pickle=False), str(path)), name=path.name)
+    with np.load(path, allow_pickle=False) as z:
+        names = list(z.keys())
+        if key is None:
+            if len(names) == 1:
+                key = names[0]
+            else:
+                key = next((k for k in ("x_train", "images", "x", "arr_0") if k in names), None)
+                if key is None:
+                    raise ValueError(f"{path}: several arrays {names}; choose one with key=")
+        if key not in names:
+            raise KeyError(f"{path}: no array named {key!r}; it holds {names}")
+        arr = z[key]
+        labels = None
+        for lk in ("y_train", "labels", "y"):
+            if lk in names and lk != key and z[lk].shape[:1] == arr.shape[:1]:
+                labels = torch.from_numpy(z[lk].astype(np.int64))
+                break
+    return ImageTensorDataset(_array_to_nchw(arr, f"{path}[{key}]"), labels, name=path.name)
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() if raw else 'empty'})")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = int(np.prod(dims)) if dims else 0
+    body = raw[4 + 4 * ndim:]
+    if len(body) != count * dtype.itemsize:
+        raise ValueError(f"{path}: header says {dims} ({count * dtype.itemsize} bytes) but the file has "
+                         f"{len(body)} data bytes (truncated or not IDX)")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def idx_file(path: str | os.PathLike, labels_path: str | os.PathLike | None = None) -> ImageTensorDataset:
+    """MNIST / Fashion-MNIST images in IDX format (`*-images-idx3-ubyte`, optionally .gz) -> [N, 1, 28, 28]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX path {str(path)!r} does not exist")
+    arr = _read_idx(path)
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: expected an image file with 3 dimensions [N, H, W], got {arr.shape} "
+                         "(is this the labels file?)")
+    labels = torch.from_numpy(_read_idx(Path(labels_path)).astype(np.int64)) if labels_path else None
+    return ImageTensorDataset(from_uint8(np.ascontiguousarray(arr))[:, None], labels, name=path.name)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Refuses every global except the few numpy constructors a CIFAR-10 batch needs (no code execution)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch file")
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        d = _CifarUnpickler(f, encoding="bytes").load()
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict, got {type(d).__name__})")
+    d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise ValueError(f"{path}: not a CIFAR-10 batch (keys {sorted(map(str, d))}; need 'data' and 'labels')")
+    data = np.asarray(d["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: CIFAR-10 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
+    return data.reshape(-1, 3, 32, 32), np.asarray(d["labels"], dtype=np.int64)
+
+
+def cifar10(root: str | os.PathLike, train: bool = True) -> ImageTensorDataset:
+    """CIFAR-10 from the official python pickle batches (`data_batch_1..5` or `test_batch`) -> [N, 3, 32, 32].
+
+    root may be the `cifar-10-batches-py` folder or its parent. Trust: the official files are pickles, and
+    unpickling can run code. They are read with an unpickler that only admits numpy's array constructors and
+    then checked to be dicts with uint8 `data` [N, 3072] and `labels`; anything else is refused.
+    """
+    root = Path(root)
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"CIFAR-10 root {str(root)!r}: missing {', '.join(missing)} (expected the python "
+                                "version, cifar-10-python.tar.gz, extracted; see ddim.data.download_cifar10)")
+    parts = [_load_cifar_batch(folder / n) for n in names]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    return ImageTensorDataset(from_uint8(x), torch.from_numpy(y), name="cifar10")
+
+
+def download_cifar10(root: str | os.PathLike) -> Path:  # pragma: no cover - needs internet
+    """Download and extract the official CIFAR-10 python batches into root (needs internet; never called by tests)."""
+    import tarfile
+    import urllib.request
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "cifar-10-python.tar.gz"
+    if not archive.exists():
+        urllib.request.urlretrieve("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", archive)
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar-10-batches-py"
+
+
+# --- file-backed datasets -----------------------------------------------------------------------------------
+def _list_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts))
+
+
+class ImageFolder(Dataset):
+    """Every Pillow-readable file under root (recursive, sorted), as float32 [C, H, W] in [-1, 1].
+
+    resize=True: scale the shorter side to image_size, then centre crop image_size x image_size.
+    resize=False: every image must already be image_size x image_size (mixed sizes are an error).
+    Unreadable files are skipped with a warning; if none are left, it is an error.
+    """
+
+    def __init__(self, root: str | os.PathLike, image_size: int, channels: int = 3, resize: bool = True) -> None:
+        _check_channels(channels)
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        self.root, self.image_size, self.channels, self.resize = Path(root), image_size, channels, resize
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder root {str(self.root)!r} does not exist or is not a directory")
+        files = _list_files(self.root)
+        if not files:
+            raise ValueError(f"image folder root {str(self.root)!r} is empty (no files found recursively)")
+        self.files: list[Path] = []
+        sizes: dict[tuple[int, int], Path] = {}
+        skipped = []
+        for p in files:
+            try:
+                with Image.open(p) as img:
+                    size = img.size
+            except Exception as e:  # Pillow raises several types for unreadable files
+                skipped.append(f"{p} ({type(e).__name__})")
+                continue
+            self.files.append(p)
+            sizes.setdefault(size, p)
+        if skipped:
+            warnings.warn(f"ImageFolder: skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}"
+                          + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
+        if not self.files:
+            raise ValueError(f"image folder root {str(self.root)!r}: none of its {len(files)} files is a readable image")
+        if not resize:
+            if len(sizes) > 1:
+                (s1, p1), (s2, p2) = list(sizes.items())[:2]
+                raise ValueError(f"image folder root {str(self.root)!r} holds images of mixed sizes ({s1[0]}x{s1[1]} "
+                                 f"{p1.name}, {s2[0]}x{s2[1]} {p2.name}); pass resize=True to resize and crop them")
+            (w, h), = sizes
+            if (w, h) != (image_size, image_size):
+                raise ValueError(f"images in {str(self.root)!r} are {w}x{h} but image_size is {image_size}; "
+                                 "pass resize=True to resize and crop them")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor:
+        p = self.files[i]
+        try:
+            with Image.open(p) as img:
+                img.load()
+                if self.resize:
+                    img = _resize_center_crop(img, self.image_size)
+                return _pil_to_tensor(img, self.channels)
+        except OSError as e:
+            raise OSError(f"could not decode image {p}: {e}") from e
+
+
+class _CelebA(Dataset):
+    def __init__(self, files: list[Path], image_size: int) -> None:
+        self.files, self.image_size = files, image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor:
+        with Image.open(self.files[i]) as img:
+            img = img.convert("RGB")
+            if img.size != _CELEBA_SIZE:
+                raise ValueError(f"{self.files[i]}: CelebA aligned images are 178x218, got {img.size[0]}x{img.size[1]}")
+            img = img.crop(CELEBA_CROP).resize((self.image_size, self.image_size), Image.BILINEAR)
+            return _pil_to_tensor(img, 3)
+
+
+def celeba(root: str | os.PathLike, image_size: int = 64, split: str = "train") -> Dataset:
+    """CelebA with the official DDIM/DDPM preprocessing: crop 128x128 at top=57, left=25, resize to image_size.
+
+    root holds `img_align_celeba/` (178x218 JPEGs) and optionally `list_eval_partition.txt`; split is "train",
+    "valid", "test" or "all" (without the partition file every image is used, with a warning).
+    """
+    root = Path(root)
+    folder = root / "img_align_celeba" if (root / "img_align_celeba").is_dir() else root
+    if not folder.is_dir():
+        raise FileNotFoundError(f"CelebA root {str(root)!r} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise ValueError(f"CelebA root {str(root)!r}: no images in {folder}")
+    part = root / "list_eval_partition.txt"
+    if split != "all":
+        codes = {"train": "0", "valid": "1", "test": "2"}
+        if split not in codes:
+            raise ValueError(f"split must be 'train', 'valid', 'test' or 'all', got {split!r}")
+        if part.is_file():
+            keep = {ln.split()[0] for ln in part.read_text().splitlines() if ln.strip() and ln.split()[1] == codes[split]}
+            files = [p for p in files if p.name in keep]
+        else:
+            warnings.warn(f"{part} not found: using every CelebA image regardless of split={split!r}", stacklevel=2)
+    return _CelebA(files, image_size)
+
+
+# --- dispatch ------------------------------------------------------------------------------------------------
+DATASETS = ("digits", "cifar10", "celeba", "folder", "npz", "idx")
+_ALIASES = {"imagefolder": "folder", "image_folder": "folder", "mnist": "idx", "fashion_mnist": "idx",
+            "fashionmnist": "idx", "npy": "npz"}
+
+
+def build_dataset(cfg: Any) -> Dataset:
+    """Build the dataset a `DataConfig` names (dataset, root, image_size, channels, resize, key; official names
+    such as "CIFAR10" and "CELEBA" accepted), checking that its images match image_size and channels."""
+    name = str(cfg.dataset).lower().replace("-", "_")
+    name = _ALIASES.get(name, name)
+    root = getattr(cfg, "root", None)
+    needs_root = name != "digits"
+    if needs_root and not root:
+        raise ValueError(f"data.root is required for dataset {cfg.dataset!r}")
+    if name == "digits":
+        ds = digits(cfg.image_size)
+    elif name == "cifar10":
+        ds = cifar10(root, train=getattr(cfg, "train", True))
+    elif name == "celeba":
+        ds = celeba(root, cfg.image_size)
+    elif name == "folder":
+        ds = ImageFolder(root, cfg.image_size, cfg.channels, resize=getattr(cfg, "resize", True))
+    elif name == "npz":
+        ds = npz_arrays(root, getattr(cfg, "key", None))
+    elif name == "idx":
+        ds = idx_file(root)
+    else:
+        raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}; got {cfg.dataset!r}")
+    if len(ds) == 0:
+        raise ValueError(f"dataset {cfg.dataset!r} at {root!r} holds no images")
+    c, h, w = ds[0].shape
+    if c != cfg.channels:
+        raise ValueError(f"dataset {cfg.dataset!r} has {c} channel(s) but data.channels is {cfg.channels}")
+    if (h, w) != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"dataset {cfg.dataset!r} images are {h}x{w} but data.image_size is {cfg.image_size}")
+    return ds

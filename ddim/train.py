@@ -1,0 +1,470 @@
+"""Training with the DDPM objective (Ho et al. 2020), which is all DDIM needs (Song et al. 2020, Sec. 3-4).
+
+L_simple = E_{x_0, t, eps} || target - f_theta(x_t, t) ||^2, x_t = q_sample(x_0, t, eps) (eq. 4), t uniform in
+[0, T). The target is eps (default), x_0, or v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 -- whichever the sampler is
+told the network predicts.
+
+`train(cfg)` is one loop you can read end to end. Everything random in it (data order, t, eps, flips) comes
+from seeded generators whose state is checkpointed, so a stopped-and-resumed run follows the same loss curve as
+one that never stopped. Under `torchrun` every process draws the same global batch of t / eps / flips and keeps
+its own slice, so N processes with batch B/N compute the same update as one process with batch B.
+
+Run directory: config.json, metrics.jsonl (step, loss, lr, grad_norm, it_per_s, img_per_s), samples/*.png (EMA
+model, fixed x_T), ckpt-{step:07d}.pt (training state, `torch.load(weights_only=True)`), and at the end
+model.safetensors (the EMA weights in the package's own format, what `ddim.checkpoint.load` reads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ddim.config import TrainConfig
+from ddim.data import ImageTensorDataset, build_dataset, save_image_grid
+from ddim.schedule import NoiseSchedule
+
+__all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "build_unet_config",
+           "save_checkpoint", "latest_checkpoint", "Dist"]
+
+CKPT_PREFIX = "ckpt-"
+
+
+# --- the objective -------------------------------------------------------------------------------------------
+def loss_fn(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, t: Tensor, noise: Tensor,
+            prediction: str = "eps", reduction: str = "mean") -> Tensor:
+    """L_simple (Ho et al. eq. 14): squared error between the network output and its target, averaged over the
+    batch. x_0, noise [B, C, H, W]; t LongTensor [B]. reduction: "mean" or "sum" over pixels (official: sum)."""
+    x_t = schedule.q_sample(x_0, t, noise)                                    # eq. 4
+    if prediction == "eps":
+        target = noise
+    elif prediction == "x0":
+        target = x_0
+    elif prediction == "v":
+        # v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 (Salimans & Ho 2022) is q_sample with the roles of x_0 and eps
+        # swapped and x_0 negated, so the schedule stays the only place that computes the coefficients.
+        target = schedule.q_sample(noise, t, -x_0)
+    else:
+        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+    err = (model(x_t, t).float() - target.float()).square()
+    if reduction == "mean":
+        per_sample = err.mean(dim=tuple(range(1, err.ndim)))
+    elif reduction == "sum":
+        per_sample = err.sum(dim=tuple(range(1, err.ndim)))
+    else:
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return per_sample.mean()
+
+
+def sample_t(batch: int, T: int, generator: torch.Generator | None = None, antithetic: bool = False,
+             device: torch.device | str = "cpu") -> Tensor:
+    """Timesteps uniform in [0, T) [batch]; antithetic: the official pairing (t, T - 1 - t) within the batch."""
+    if not antithetic:
+        return torch.randint(0, T, (batch,), generator=generator, device=device)
+    half = torch.randint(0, T, (batch // 2 + 1,), generator=generator, device=device)
+    return torch.cat([half, T - 1 - half])[:batch]
+
+
+# --- EMA and learning rate -----------------------------------------------------------------------------------
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * theta for every parameter; buffers are copied."""
+    ema_p = list(ema_model.parameters())
+    p = [q.detach() for q in model.parameters()]
+    torch._foreach_lerp_(ema_p, p, 1.0 - decay)
+    for b_ema, b in zip(ema_model.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_decay(step: int, rate: float, warmup: bool = False) -> float:
+    """The EMA decay after `step` optimizer steps; warmup: min(rate, (1 + step) / (10 + step))."""
+    return min(rate, (1 + step) / (10 + step)) if warmup else rate
+
+
+def lr_at(step: int, lr: float, warmup: int) -> float:
+    """Linear warmup from lr / warmup to lr over the first `warmup` steps (step counts from 0), then constant."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+# --- processes ---------------------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+
+def setup_distributed(device_str: str | None) -> tuple[Dist, torch.device]:
+    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK, start the process group (nccl on CUDA, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_str is None:
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_str)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    info = Dist(rank, world, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        info.initialized_here = True
+    return info, device
+
+
+def build_unet_config(cfg: TrainConfig):
+    """The UNetConfig a TrainConfig describes: a preset (or the package defaults) with the set fields overriding."""
+    from ddim.models import PRESETS, UNetConfig
+    m = cfg.model
+    if m.preset is not None and m.preset not in PRESETS:
+        raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {m.preset!r}")
+    d = PRESETS[m.preset].to_dict() if m.preset is not None else UNetConfig().to_dict()
+    overrides = {"in_channels": m.in_channels, "out_channels": m.out_ch, "ch": m.ch, "ch_mult": m.ch_mult,
+                 "num_res_blocks": m.num_res_blocks, "attn_resolutions": m.attn_resolutions,
+                 "dropout": m.dropout, "resamp_with_conv": m.resamp_with_conv}
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    d["image_size"] = cfg.data.image_size
+    if m.in_channels is None:
+        d["in_channels"] = cfg.data.channels
+    if m.out_ch is None:
+        d["out_channels"] = cfg.data.channels
+    if d["in_channels"] != cfg.data.channels:
+        raise ValueError(f"model.in_channels ({d['in_channels']}) must equal data.channels ({cfg.data.channels})")
+    return UNetConfig.from_dict(d)
+
+
+# --- data order ----------------------------------------------------------------------------------------------
+def global_batch_indices(n: int, batch: int, step: int, seed: int) -> Tensor:
+    """Indices [batch] of the step-th global batch: a seeded permutation per epoch, last partial batch dropped."""
+    per_epoch = n // batch
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[k * batch:(k + 1) * batch]
+
+
+def _local_slices(batch: int, world: int, accum: int, rank: int) -> list[slice]:
+    """This rank's rows of the global batch for each accumulation micro-step: [accum, world, micro] layout."""
+    micro = batch // (world * accum)
+    return [slice((a * world + rank) * micro, (a * world + rank + 1) * micro) for a in range(accum)]
+
+
+class _StepBatches:
+    """Batch sampler for a DataLoader over file-backed data: this rank's micro-batch indices, step by step."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, slices: list[slice]) -> None:
+        self.n, self.batch, self.seed, self.start, self.stop, self.slices = n, batch, seed, start, stop, slices
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            idx = global_batch_indices(self.n, self.batch, step, self.seed)
+            for s in self.slices:
+                yield idx[s].tolist()
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * len(self.slices)
+
+
+def _micro_batches(dataset, cfg: TrainConfig, start: int, slices: list[slice]) -> Iterator[list[Tensor]]:
+    """Yield, for each step from `start`, this rank's micro-batches of images (CPU tensors)."""
+    n, batch, seed, stop = len(dataset), cfg.training.batch_size, cfg.training.seed, cfg.training.n_iters
+    if isinstance(dataset, ImageTensorDataset):      # in memory: index directly, no DataLoader
+        for step in range(start, stop):
+            idx = global_batch_indices(n, batch, step, seed)
+            yield [dataset.images[idx[s]] for s in slices]
+        return
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_StepBatches(n, batch, seed, start, stop, slices),
+        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=False)
+    it = iter(loader)
+    for _ in range(start, stop):
+        yield [next(it) for _ in slices]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """torch.save to a temp file in the same folder, fsync, then os.replace: the old file survives any failure."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            prev = latest_checkpoint(path.parent)
+            raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); nothing was "
+                          f"replaced" + (f", the previous checkpoint {prev.name} is intact" if prev else "")) from e
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return path
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    return sorted(Path(run_dir).glob(f"{CKPT_PREFIX}[0-9]*.pt"))
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest ckpt-*.pt in run_dir, or None."""
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for p in list_checkpoints(run_dir)[:-keep]:
+        p.unlink(missing_ok=True)
+
+
+def _gather_rng(info: Dist, device: torch.device) -> list[Tensor]:
+    """Every rank's global torch RNG state (dropout), CPU and CUDA, so resume restores all of them."""
+    mine = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
+    if info.world_size == 1:
+        return [torch.cat(mine)]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, torch.cat(mine))
+    return out
+
+
+def _set_rng(states: list[Tensor], info: Dist, device: torch.device) -> None:
+    if info.rank >= len(states):
+        warnings.warn("resuming with more processes than the checkpoint was written with: the new ranks' "
+                      "dropout RNG starts fresh", stacklevel=2)
+        return
+    s = states[info.rank]
+    n_cpu = torch.get_rng_state().numel()
+    torch.set_rng_state(s[:n_cpu].clone())
+    if device.type == "cuda" and s.numel() > n_cpu:
+        torch.cuda.set_rng_state(s[n_cpu:].clone(), device)
+
+
+# --- run directory -------------------------------------------------------------------------------------------
+def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
+    run_dir = Path(cfg.out_dir)
+    if info.rank == 0:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise FileExistsError(f"out_dir {str(run_dir)!r} exists and is not a directory")
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not (cfg.resume or cfg.overwrite):
+            raise FileExistsError(f"out_dir {str(run_dir)!r} is not empty; pass --resume to continue the run in "
+                                  "it or --overwrite to train into it anyway")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "samples").mkdir(exist_ok=True)
+    return run_dir
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from, so the log reads as one run."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train a U-Net with L_simple as cfg describes; returns the run directory (see the module docstring)."""
+    from ddim.models import UNet
+    cfg.validate()
+    info, device = setup_distributed(cfg.device)
+    tc, oc, dc = cfg.training, cfg.optim, cfg.diffusion
+    try:
+        if tc.batch_size % (info.world_size * tc.grad_accum):
+            raise ValueError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
+                             f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
+        run_dir = _prepare_run_dir(cfg, info)
+        dataset = build_dataset(cfg.data)
+        if len(dataset) < tc.batch_size:
+            raise ValueError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
+                             f"({tc.batch_size})")
+        schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
+        unet_cfg = build_unet_config(cfg)
+
+        torch.manual_seed(tc.seed)                       # same initial weights on every rank
+        model = UNet(unet_cfg).to(device)
+        ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.model.ema else None
+        opt_cls = torch.optim.AdamW if oc.optimizer.lower() == "adamw" else torch.optim.Adam
+        opt = opt_cls(model.parameters(), lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps,
+                      weight_decay=oc.weight_decay, amsgrad=oc.amsgrad)
+        scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+        gen = torch.Generator(device=device).manual_seed(tc.seed)   # t, eps, flips: identical on every rank
+        torch.manual_seed(tc.seed + 1 + info.rank)                  # dropout: differs per rank
+
+        start = 0
+        ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+        if cfg.resume and ckpt is None and info.rank == 0:
+            warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from step 0", stacklevel=2)
+        if ckpt is not None:
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+            if state["unet"] != unet_cfg.to_dict():
+                raise ValueError(f"{ckpt} was trained with model {state['unet']}, but the config now says "
+                                 f"{unet_cfg.to_dict()}")
+            model.load_state_dict(state["model"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+            opt.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            gen.set_state(state["rng_gen"].cpu())
+            _set_rng(state["rng_torch"], info, device)
+            start = int(state["step"])
+        if info.rank == 0:
+            _write_json_atomic({**cfg.to_dict(), "unet": unet_cfg.to_dict(), "world_size": info.world_size,
+                                "device": str(device)}, run_dir / "config.json")
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
+
+        ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+               if info.world_size > 1 else model)
+        slices = _local_slices(tc.batch_size, info.world_size, tc.grad_accum, info.rank)
+        B, (C, H, W) = tc.batch_size, (unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size)
+        x_T = torch.randn(tc.n_samples, C, H, W, generator=torch.Generator().manual_seed(tc.seed + 12345))
+        params = [p for p in model.parameters() if p.requires_grad]
+        log = open(run_dir / "metrics.jsonl", "a") if info.rank == 0 else None
+        bar = None
+        if info.rank == 0 and progress:
+            from tqdm import tqdm
+            bar = tqdm(total=tc.n_iters, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
+
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        gn_sum = torch.zeros((), device=device)
+        t_last, n_last = time.perf_counter(), 0
+        for step, micros in zip(range(start, tc.n_iters), _micro_batches(dataset, cfg, start, slices)):
+            lr = lr_at(step, oc.lr, oc.warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            # One global batch of randomness, the same on every rank; each rank keeps its rows.
+            t_all = sample_t(B, schedule.T, gen, dc.antithetic, device)
+            noise_all = torch.randn(B, C, H, W, generator=gen, device=device)
+            flip_all = torch.rand(B, generator=gen, device=device) < 0.5 if cfg.data.random_flip else None
+            for a, (x_0, s) in enumerate(zip(micros, slices)):
+                x_0 = x_0.to(device, non_blocking=True)
+                if flip_all is not None:
+                    x_0 = torch.where(flip_all[s].view(-1, 1, 1, 1), x_0.flip(-1), x_0)
+                sync = a == len(slices) - 1
+                with (contextlib.nullcontext() if sync or ddp is model else ddp.no_sync()):
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        loss = loss_fn(ddp, schedule, x_0, t_all[s], noise_all[s], dc.prediction, dc.loss_reduction)
+                    scaler.scale(loss / len(slices)).backward()
+                loss_sum += loss.detach() / len(slices)
+            scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip if oc.grad_clip > 0 else math.inf)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema_update(ema, model, ema_decay(step, cfg.model.ema_rate, cfg.model.ema_warmup))
+            gn_sum += grad_norm.detach().float()
+            done = step + 1
+            n_last += 1
+
+            if done % tc.log_freq == 0 or done == tc.n_iters:
+                stats = torch.stack([loss_sum, gn_sum]) / n_last
+                if info.world_size > 1:
+                    dist.all_reduce(stats)
+                    stats /= info.world_size
+                now = time.perf_counter()
+                rate = n_last / max(now - t_last, 1e-9)
+                rec = {"step": done, "loss": stats[0].item(), "lr": lr, "grad_norm": stats[1].item(),
+                       "it_per_s": rate, "img_per_s": rate * B}
+                if log is not None:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.2f}")
+                loss_sum.zero_(), gn_sum.zero_()
+                t_last, n_last = time.perf_counter(), 0
+            if bar is not None:
+                bar.update(1)
+            if done % tc.snapshot_freq == 0 or done == tc.n_iters:
+                rng = _gather_rng(info, device)
+                if info.rank == 0:
+                    state = {"step": done, "model": model.state_dict(),
+                             "ema": ema.state_dict() if ema is not None else None,
+                             "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                             "rng_gen": gen.get_state(), "rng_torch": rng, "unet": unet_cfg.to_dict(),
+                             "schedule": schedule.to_dict(), "prediction": dc.prediction,
+                             "config": cfg.to_dict(), "world_size": info.world_size}
+                    save_checkpoint(state, run_dir / f"{CKPT_PREFIX}{done:07d}.pt")
+                    _prune_checkpoints(run_dir, tc.keep_last)
+            if info.rank == 0 and ((tc.sample_freq and done % tc.sample_freq == 0) or done == tc.n_iters):
+                _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T, tc.sample_steps,
+                             run_dir / "samples" / f"step-{done:07d}.png")
+                t_last = time.perf_counter()          # keep sampling time out of it/s
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+        if info.rank == 0:
+            from ddim import checkpoint
+            final = ema if ema is not None else model
+            checkpoint.save(run_dir / "model.safetensors", final, schedule, prediction=dc.prediction,
+                            metadata={"steps": str(tc.n_iters), "dataset": str(cfg.data.dataset),
+                                      "weights": "ema" if ema is not None else "raw"})
+        if info.world_size > 1:
+            dist.barrier()
+        return run_dir
+    finally:
+        if info.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@torch.no_grad()
+def _sample_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T: Tensor, steps: int,
+                 path: Path) -> None:
+    """A DDIM (eta = 0) grid from a fixed x_T, so successive grids show the same samples improving."""
+    from ddim.sampling import DDIMSampler
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = DDIMSampler(model, schedule, prediction=prediction).sample(x_T.to(device), steps=min(steps, schedule.T))
+    model.train(was_training)
+    save_image_grid(x.float().clamp(-1, 1), path, nrow=max(1, int(math.ceil(math.sqrt(x.shape[0])))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ddim.train [flags]`: the same as `ddim train` (handy under torchrun)."""
+    import argparse
+    from ddim.config import add_train_arguments, config_from_args
+    parser = argparse.ArgumentParser(prog="python -m ddim.train", description="Train a DDPM/DDIM U-Net.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_arguments(parser)
+    run_dir = train(config_from_args(parser.parse_args(argv)), progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run_dir)
+
+
+if __name__ == "__main__":
+    main()
