@@ -42,7 +42,9 @@ _CELEBA_SIZE = (178, 218)  # (width, height) of img_align_celeba
 # --- pixels <-> tensors ---------------------------------------------------------------------------------
 def from_uint8(x: np.ndarray | Tensor) -> Tensor:
     """uint8 pixels (any shape) -> float32 in [-1, 1]: x / 127.5 - 1."""
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    if not isinstance(x, Tensor):
+        x = np.asarray(x)
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())
     return x.to(torch.float32) / 127.5 - 1.0
 
 
