@@ -154,15 +154,15 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        h = self.norm(x)
-        # (B, C, H, W) -> (B, 1, HW, C); a free view when x is channels_last. SDPA's default scale is C^-1/2,
-        # the release's scale.
-        q, k, v = (p(h).permute(0, 2, 3, 1).reshape(B, 1, H * W, C) for p in (self.q, self.k, self.v))
-        a = F.scaled_dot_product_attention(q, k, v)
-        a = a.reshape(B, H, W, C).permute(0, 3, 1, 2)
-        if x.is_contiguous(memory_format=torch.channels_last):
-            a = a.contiguous(memory_format=torch.channels_last)
-        return x + self.proj_out(a)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C): a free view when x is channels_last
+        # The 1x1 convs are linear maps over channels: one fused GEMM for q, k, v (CPU 1x1 convs on NCHW tensors
+        # take a slow path), weights kept as separate convs so the release's checkpoints load unchanged.
+        w = torch.cat([self.q.weight, self.k.weight, self.v.weight]).flatten(1)
+        b = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(h, w, b).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, HW, C) each: a single head
+        a = F.scaled_dot_product_attention(q, k, v).squeeze(1)     # default scale C^-1/2, the release's
+        out = F.linear(a, self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return x + out.transpose(1, 2).view(B, C, H, W)  # the sum takes x's memory format
 
 
 class Downsample(nn.Module):
