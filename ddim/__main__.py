@@ -1,0 +1,5 @@
+import sys
+
+from ddim.cli import main
+
+sys.exit(main())
