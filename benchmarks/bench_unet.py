@@ -114,11 +114,11 @@ def main() -> None:
         "",
         f"Machine: {machine()}. float32, x [B, 3, 32, 32], `torch.inference_mode`, {args.threads} threads, same "
         f"weights in both (exported with `export_diffusers`); median of interleaved rounds (about "
-        f"{args.seconds:.0f} s of rounds per batch size, at least {args.min_rounds}). `ddim compile` = "
-        "`torch.compile(model, dynamic=False)` with inductor freezing, NCHW input, timed at B in "
-        f"{args.compile_batches} only"
-        + (f"; compile + first call took {', '.join(f'{v:.0f} s (B={b})' for b, v in compile_s.items())}"
-           if compile_s else "") + f". Total run {time.perf_counter() - start:.0f} s. Goal: ratio ddim/diffusers <= 1.",
+        f"{args.seconds:.0f} s of rounds per batch size, at least {args.min_rounds})."
+        + (" `ddim compile` = `torch.compile(model, dynamic=False)` with inductor freezing, NCHW input, timed at "
+           f"B in {args.compile_batches} only; compile + first call took "
+           f"{', '.join(f'{v:.0f} s (B={b})' for b, v in compile_s.items())}." if compile_s else "")
+        + f" Total run {time.perf_counter() - start:.0f} s. Goal: ratio ddim/diffusers <= 1.",
         "",
         "| batch | rounds | " + " | ".join(f"{n} (ms)" for n in names)
         + " | ddim / diffusers | ddim channels_last / diffusers"
