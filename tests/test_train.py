@@ -1,0 +1,249 @@
+"""The DDPM objective, EMA, LR warmup, config parsing, and the training loop on tiny data (CPU, seconds)."""
+
+import errno
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ddim import train as tr
+from ddim.config import TrainConfig, add_train_arguments, config_from_args, config_from_dict, load_yaml
+from ddim.schedule import NoiseSchedule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny shapes: one thread avoids OpenMP oversubscription on a shared CPU (and is faster anyway)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Recorder(nn.Module):
+    """Returns zeros and remembers its inputs, so the loss equals the mean squared target."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        self.x, self.t = x, t
+        return torch.zeros_like(x) + self.w
+
+
+def _batch(seed=0, shape=(6, 1, 4, 4)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1, torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_loss_targets_match_hand_formulas(prediction):
+    s = NoiseSchedule.linear(1000)
+    x0, eps = _batch()
+    t = torch.tensor([0, 1, 10, 500, 998, 999])
+    m = Recorder().double()
+    loss = tr.loss_fn(m, s, x0, t, eps, prediction)
+    a = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps                     # eq. 4 by hand
+    assert torch.allclose(m.x, x_t, atol=1e-12) and torch.equal(m.t, t)
+    target = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+    assert loss.item() == pytest.approx(target.square().mean().item(), rel=1e-6)
+    # "sum" over pixels (official) is the per-pixel mean times the pixel count
+    loss_sum = tr.loss_fn(m, s, x0, t, eps, prediction, reduction="sum")
+    assert loss_sum.item() == pytest.approx(loss.item() * 16, rel=1e-6)
+    with pytest.raises(ValueError, match="prediction"):
+        tr.loss_fn(m, s, x0, t, eps, "score")
+
+
+def test_sample_t_uniform_and_antithetic():
+    g = torch.Generator().manual_seed(0)
+    t = tr.sample_t(10000, 1000, g)
+    assert t.min() >= 0 and t.max() <= 999 and abs(t.float().mean().item() - 499.5) < 10
+    t = tr.sample_t(7, 1000, torch.Generator().manual_seed(1), antithetic=True)
+    assert t.shape == (7,)
+    half = tr.sample_t(7, 1000, torch.Generator().manual_seed(1), antithetic=True)[:4]
+    assert torch.equal(t[4:], 999 - half[:3])                        # the official pairing t, T - 1 - t
+
+
+def test_ema_math_and_warmup():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    before = [p.detach().clone() for p in a.parameters()]
+    tr.ema_update(a, b, 0.9)
+    for e, p0, p in zip(a.parameters(), before, b.parameters()):
+        assert torch.allclose(e, 0.9 * p0 + 0.1 * p)
+    assert tr.ema_decay(0, 0.9999, warmup=True) == pytest.approx(0.1)
+    assert tr.ema_decay(90, 0.9999, warmup=True) == pytest.approx(0.91)
+    assert tr.ema_decay(10**7, 0.9999, warmup=True) == 0.9999 and tr.ema_decay(0, 0.9999) == 0.9999
+
+
+def test_lr_warmup():
+    assert [tr.lr_at(k, 1.0, 4) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert tr.lr_at(0, 2e-4, 0) == 2e-4
+
+
+def test_loss_decreases_on_fixed_batch():
+    from ddim.models import PRESETS, UNet
+    torch.manual_seed(0)
+    model = UNet(PRESETS["tiny"])
+    s = NoiseSchedule.linear(1000)
+    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    eps, t = torch.randn_like(x0), torch.tensor([10, 200, 500, 900])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = tr.loss_fn(model, s, x0, t, eps).item()
+    for _ in range(15):
+        loss = tr.loss_fn(model, s, x0, t, eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert tr.loss_fn(model, s, x0, t, eps).item() < 0.7 * first
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+def _cfg(tmp_path, out="run", **training):
+    """Tiny 8x8 grey data (24 images) and the 'tiny' U-Net: a step takes a few milliseconds."""
+    npz = tmp_path / "tiny.npz"
+    if not npz.exists():
+        rng = np.random.default_rng(0)
+        np.savez(npz, images=rng.integers(0, 256, (24, 8, 8), dtype=np.uint8))
+    d = {"data": {"dataset": "npz", "root": str(npz), "image_size": 8, "channels": 1, "random_flip": True},
+         "model": {"preset": "tiny", "dropout": 0.1, "ema_rate": 0.9, "ema_warmup": True},
+         "diffusion": {"num_diffusion_timesteps": 100, "antithetic": True},
+         "training": {"batch_size": 4, "n_iters": 6, "snapshot_freq": 2, "keep_last": 2, "log_freq": 1,
+                      "sample_freq": 0, "sample_steps": 5, "n_samples": 4, **training},
+         "optim": {"lr": 1e-3, "warmup": 3},
+         "out_dir": str(tmp_path / out)}
+    return config_from_dict(d)
+
+
+def _metrics(run):
+    return [json.loads(ln) for ln in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_run_dir(tmp_path):
+    run = tr.train(_cfg(tmp_path), progress=False)
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["ckpt-0000004.pt", "ckpt-0000006.pt", "config.json", "metrics.jsonl", "model.safetensors",
+                     "samples"]                                       # keep_last=2
+    assert (run / "samples" / "step-0000006.png").exists()
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert set(rows[0]) >= {"step", "loss", "lr", "grad_norm", "it_per_s", "img_per_s"}
+    assert rows[0]["lr"] == pytest.approx(1e-3 / 3) and all(math.isfinite(r["loss"]) for r in rows)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["training"]["batch_size"] == 4 and cfg["unet"]["image_size"] == 8
+    state = torch.load(run / "ckpt-0000006.pt", weights_only=True)
+    assert state["step"] == 6 and set(state) >= {"model", "ema", "optimizer", "scaler", "rng_gen", "rng_torch"}
+    from ddim import checkpoint
+    loaded = checkpoint.load(run / "model.safetensors")
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, state["ema"][k])                        # the export is the EMA model
+
+
+def test_resume_follows_the_same_curve(tmp_path):
+    full = tr.train(_cfg(tmp_path, "full", n_iters=6), progress=False)
+    tr.train(_cfg(tmp_path, "part", n_iters=3, snapshot_freq=3), progress=False)
+    cfg = _cfg(tmp_path, "part", n_iters=6, snapshot_freq=3)
+    cfg.resume = True
+    part = tr.train(cfg, progress=False)
+    a, b = _metrics(full), _metrics(part)
+    assert [r["step"] for r in b] == list(range(1, 7))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]           # dropout, t, eps, flips, data order
+    sa = torch.load(full / "ckpt-0000006.pt", weights_only=True)
+    sb = torch.load(part / "ckpt-0000006.pt", weights_only=True)
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]) and torch.equal(sa["ema"][k], sb["ema"][k])
+
+
+def test_refuses_non_empty_run_dir_and_mismatched_resume(tmp_path):
+    tr.train(_cfg(tmp_path, n_iters=2), progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        tr.train(_cfg(tmp_path, n_iters=2), progress=False)
+    cfg = _cfg(tmp_path, n_iters=4)
+    cfg.resume, cfg.model.ch = True, 64
+    with pytest.raises(ValueError, match="was trained with model"):
+        tr.train(cfg, progress=False)
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    run = tr.train(_cfg(tmp_path, n_iters=2), progress=False)
+    good = torch.load(run / "ckpt-0000002.pt", weights_only=True)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cfg = _cfg(tmp_path, n_iters=4)
+    cfg.resume = True
+    with pytest.raises(OSError, match="ckpt-0000002.pt is intact") as e:
+        tr.train(cfg, progress=False)
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in run.glob("ckpt-*")] == ["ckpt-0000002.pt"]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    again = torch.load(run / "ckpt-0000002.pt", weights_only=True)
+    assert all(torch.equal(good["model"][k], again["model"][k]) for k in good["model"])
+
+
+def test_bad_inputs_name_the_parameter(tmp_path):
+    with pytest.raises(ValueError, match="training.batch_size .* divisible"):
+        tr.train(_cfg(tmp_path, batch_size=4, grad_accum=3), progress=False)
+    with pytest.raises(ValueError, match="fewer than training.batch_size"):
+        tr.train(_cfg(tmp_path, "big", batch_size=32), progress=False)
+    cfg = _cfg(tmp_path, "missing")
+    cfg.data.dataset, cfg.data.root = "folder", str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tr.train(cfg, progress=False)
+    with pytest.raises(ValueError, match="optim.lr"):
+        _cfg(tmp_path).__class__(optim=type(_cfg(tmp_path).optim)(lr=-1.0)).validate()
+
+
+def test_grad_accum_matches_full_batch(tmp_path):
+    # Same global batch and randomness: only float summation order differs. (Adam's first steps are about
+    # lr * sign(g), so weights are compared to a fraction of lr, and the loss curves closely.)
+    runs = []
+    for name, accum in (("one", 1), ("acc", 2)):
+        cfg = _cfg(tmp_path, name, n_iters=3, grad_accum=accum)
+        cfg.model.dropout = 0.0
+        runs.append(tr.train(cfg, progress=False))
+    la, lb = ([r["loss"] for r in _metrics(run)] for run in runs)
+    assert la[0] == pytest.approx(lb[0], rel=1e-6) and la == pytest.approx(lb, rel=1e-4)
+    a, b = (torch.load(run / "ckpt-0000002.pt", weights_only=True)["model"] for run in runs)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3          # < one Adam step (lr = 1e-3)
+
+
+# --- config --------------------------------------------------------------------------------------------------
+def test_official_yaml_and_own_yaml_load():
+    cfg = load_yaml(REPO / "configs" / "cifar10.yml")
+    assert cfg.data.dataset == "cifar10" and cfg.training.batch_size == 128 and cfg.model.ema_rate == 0.9999
+    assert cfg.optim.grad_clip == 1.0 and cfg.model.ch_mult == [1, 2, 2, 2]
+    unet = tr.build_unet_config(cfg)
+    assert unet.ch == 128 and unet.attn_resolutions == (16,) and unet.image_size == 32
+    digits = load_yaml(REPO / "configs" / "digits.yml")
+    assert digits.data.dataset == "digits" and tr.build_unet_config(digits).in_channels == 1
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ValueError, match=r"'optim'.*\['lrr'\]"):
+        config_from_dict({"optim": {"lrr": 1}})
+    with pytest.raises(ValueError, match="unknown config section"):
+        config_from_dict({"optimiser": {}})
+
+
+def test_cli_flags_override_yaml():
+    import argparse
+    p = add_train_arguments(argparse.ArgumentParser())
+    args = p.parse_args(["--config", str(REPO / "configs" / "digits.yml"), "--lr", "3e-4", "--steps", "7",
+                         "--random-flip", "true", "--ch-mult", "1,2", "--out", "x"])
+    cfg = config_from_args(args)
+    assert cfg.optim.lr == 3e-4 and cfg.training.n_iters == 7 and cfg.data.random_flip is True
+    assert cfg.model.ch_mult == [1, 2] and cfg.out_dir == "x" and cfg.training.batch_size == 64
+    assert config_from_args(p.parse_args([])) == TrainConfig()
