@@ -114,9 +114,14 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
     elif path.suffix == ".safetensors" and (path.parent / "config.json").exists() and not _is_own(path):
         loaded = _load_diffusers(path.parent)
     elif _is_safetensors(path):
-        loaded = _load_safetensors(path, config)
+        loaded = _load_safetensors(path, config)  # config is used only if the file has no ddim header
     else:
         loaded = _load_torch_file(path, config, ema)
+    if config is not None and loaded.format in ("ddim", "diffusers"):
+        wanted = _resolve_config(config)[0]
+        if wanted != loaded.config:
+            raise CheckpointError(f"{path}: carries its own config {loaded.config}, which differs from the config "
+                                  f"passed, {wanted}; leave config=None for this format")
     if schedule is not None:
         loaded.schedule = schedule
     loaded.model = loaded.model.to(map_location).eval()
@@ -192,8 +197,6 @@ def _load_safetensors(path: Path, config: Any) -> LoadedModel:
         betas = tensors.pop(_BETAS_KEY)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged ddim header ({type(e).__name__}: {e})") from None
-    if config is not None and _resolve_config(config)[0] != stored:
-        raise CheckpointError(f"{path}: carries its own config {stored}, which differs from the one passed")
     model = _build(path, stored, tensors)
     schedule = NoiseSchedule(betas, name=sched_info.get("name", "custom"))
     return LoadedModel(model, schedule, header.get("prediction", "eps"), stored, metadata, FORMAT)
@@ -233,6 +236,8 @@ def _from_state_dict(path: Path, state: Mapping, config: Any, fmt: str, info: di
     else:
         cfg, official = _resolve_config(config)
     model = _build(path, cfg, state)
+    if official is not None:
+        info = {**info, "official_config": official}  # var_type, ema_rate, ... for whoever needs them
     if official is not None and "diffusion" in official:
         d = official["diffusion"]
         sched = NoiseSchedule.from_name(d.get("beta_schedule", "linear"), int(d.get("num_diffusion_timesteps", 1000)),
@@ -533,7 +538,7 @@ def export_diffusers(loaded_or_model: LoadedModel | UNet, folder: str | os.PathL
     n = len(cfg.ch_mult)
     attn = [cfg.image_size // 2**i in cfg.attn_resolutions for i in range(n)]
     dconf = {
-        "_class_name": "UNet2DModel", "_diffusers_version": "0.21.0",
+        "_class_name": "UNet2DModel",  # no _diffusers_version: diffusers does not need one, and none wrote this
         **{k: v for k, v in _DIFFUSERS_DEFAULTS.items()},
         **{k: v[0] for k, v in _DIFFUSERS_REQUIRED.items()},
         "act_fn": "silu", "sample_size": cfg.image_size, "in_channels": cfg.in_channels,

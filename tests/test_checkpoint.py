@@ -62,6 +62,7 @@ def test_official_train_metadata_and_schedule_from_config(tmp_path):
     yml.write_text(yaml.safe_dump(cfg))
     loaded = load(FIXTURES / "official_small_train.pth", config=yml)
     assert loaded.metadata["epoch"] == 3 and loaded.metadata["step"] == 1234
+    assert loaded.metadata["official_config"]["model"]["var_type"] == "fixedlarge"
     assert loaded.schedule == NoiseSchedule.quadratic(500, 1e-4, 0.02)
     assert loaded.config == UNetConfig.from_official(cfg)
     # Without a diffusion section: the official default.
@@ -200,6 +201,13 @@ def test_own_format_keeps_bfloat16_and_channels_last_models(tmp_path):
     loaded = load(tmp_path / "m.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.model.state_dict().values()))
     assert loaded.model.conv_in.weight.dtype == torch.bfloat16
+
+
+def test_own_format_refuses_a_different_config(tmp_path):
+    save(tmp_path / "m.safetensors", random_tiny(), NoiseSchedule.linear())
+    assert load(tmp_path / "m.safetensors", config="tiny").config == PRESETS["tiny"]
+    with pytest.raises(CheckpointError, match="m.safetensors.*differs"):
+        load(tmp_path / "m.safetensors", config="digits")
 
 
 def test_save_rejects_unknown_prediction_and_non_json_metadata(tmp_path):

@@ -95,6 +95,8 @@ def test_bad_config_and_channels():
         UNetConfig(ch=48)
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         tiny()(torch.randn(1, 1, 16, 16), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="attn_resolutions"):
+        UNetConfig(image_size=32, attn_resolutions=(12,))  # the release would silently build no attention
     with pytest.raises(ValueError, match="unknown"):
         UNetConfig.from_dict({"chanels": 3})
 

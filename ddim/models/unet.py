@@ -44,6 +44,11 @@ class UNetConfig:
         if self.image_size % self.downsample_factor:
             raise ValueError(f"image_size {self.image_size} must be divisible by 2**(len(ch_mult) - 1) = "
                              f"{self.downsample_factor}")
+        levels = [self.image_size // 2**i for i in range(len(self.ch_mult))]
+        if any(r not in levels for r in self.attn_resolutions):
+            # The release silently builds no attention for such a value; a typo should not cost a training run.
+            raise ValueError(f"attn_resolutions {self.attn_resolutions} must be level resolutions {levels} "
+                             f"(image_size {self.image_size} halved per level)")
         if any(m * self.ch % 32 for m in (1, *self.ch_mult)):
             raise ValueError(f"every width ch * m (ch={self.ch}, ch_mult={self.ch_mult}) must be divisible by "
                              "32, the GroupNorm group count")
