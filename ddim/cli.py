@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=_default_device(), help="torch device")
     s.set_defaults(fn=cmd_fid_stats)
 
+    sub.add_parser("bench", help="sampling throughput against diffusers on the same weights (see ddim bench --help)",
+                   add_help=False)
     try:
         from ddim import train as _train
         s = sub.add_parser("train", help="train a noise-prediction U-Net with the DDPM objective",
@@ -332,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:          # its own parser: it also runs itself in subprocesses
+        from ddim import bench
+        bench.main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)

@@ -1,0 +1,200 @@
+"""`ddim bench`: sampling throughput of this package against diffusers' DDIMPipeline, same weights, one run.
+
+Each (path, batch) cell runs in a fresh subprocess so that its peak memory is its own and no compile cache
+or allocator state leaks between cells. The network is the `cifar10` preset (35.7M parameters) with seeded
+random weights, exported to a diffusers `UNet2DModel` folder so that both sides compute the same function.
+
+Paths:
+- diffusers: `DDIMPipeline` (UNet2DModel + DDIMScheduler), float32, the peer.
+- ddim-fp32: this package, float32 eager.
+- ddim-fast: bf16 autocast + channels_last (sampler arithmetic in float32).
+- ddim-compile: ddim-fast plus torch.compile with frozen weights (inductor `freezing`); compile time is
+  reported separately and excluded from images/s (steady state).
+
+The sampler's own share of the time is measured exactly on the CPU (ops are synchronous there): the time
+spent inside the network's calls is summed and subtracted from the whole loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+PATHS = ("diffusers", "ddim-fp32", "ddim-fast", "ddim-compile")
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n matmul in `dtype` on this device (a practical peak for dense work)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def forward_flops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """FLOPs of one forward at `shape`, counted by torch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x, t = torch.randn(shape), torch.zeros(shape[0], dtype=torch.long)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return float(counter.get_total_flops())
+
+
+class _Timed:
+    """Wrap the network so the loop can tell its time from the sampler's own."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, x, t):
+        t0 = time.perf_counter()
+        out = self.fn(x, t)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> dict:
+    """One measurement, meant to run in its own process; returns seconds, images/s, overhead and peak RSS."""
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    result: dict = {"path": path, "batch": batch, "steps": steps}
+    if path == "diffusers":
+        from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+        unet = UNet2DModel.from_pretrained(folder).eval()
+        sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                              clip_sample=False, set_alpha_to_one=True, steps_offset=0)
+        pipe = DDIMPipeline(unet=unet, scheduler=sched)
+        pipe.set_progress_bar_config(disable=True)
+        run = lambda: pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, output_type="np",  # noqa: E731
+                           generator=torch.Generator().manual_seed(0))
+        run_warm = lambda: pipe(batch_size=batch, num_inference_steps=2, eta=0.0, output_type="np")  # noqa: E731
+    else:
+        from ddim.checkpoint import load
+        from ddim.data import to_uint8
+        from ddim.generate import network
+        from ddim.sampling import DDIMSampler
+        loaded = load(weights)
+        fast = path != "ddim-fp32"
+        if path == "ddim-compile":
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True       # weights become constants: folded and pre-packed for oneDNN
+        net = _Timed(network(loaded.model, "bfloat16" if fast else "float32", channels_last=fast,
+                             compile=path == "ddim-compile"))
+        sampler = DDIMSampler(net, loaded.schedule)
+        x_T = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        run = lambda: to_uint8(sampler.sample(x_T, steps=steps))  # noqa: E731
+        run_warm = lambda: sampler.sample(x_T, steps=2)  # noqa: E731
+    t0 = time.perf_counter()
+    run_warm()                                  # first calls: allocations, oneDNN primitives, compilation
+    result["warmup_s"] = time.perf_counter() - t0
+    if path != "diffusers":
+        net.seconds = 0.0
+    t0 = time.perf_counter()
+    run()
+    result["seconds"] = time.perf_counter() - t0
+    result["images_per_s"] = batch / result["seconds"]
+    if path != "diffusers":
+        result["sampler_share"] = 1 - net.seconds / result["seconds"]
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _cell_in_subprocess(path: str, batch: int, steps: int, weights: str, folder: str, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "ddim.bench", "--_cell", json.dumps([path, batch, steps, weights, folder])]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        return {"path": path, "batch": batch, "steps": steps, "error": r.stderr.strip().splitlines()[-1:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def markdown(results: list[dict], peaks: dict[str, float], flops: float, machine: str, steps: int) -> str:
+    """The BENCHMARKS.md section for these results."""
+    lines = [
+        "## Sampling throughput against diffusers (`ddim bench`)",
+        "",
+        f"Machine: {machine}. Network: the `cifar10` preset ({flops / 1e9:.2f} GFLOP per image per forward, "
+        f"counted by torch's FlopCounterMode), seeded random weights shared with a diffusers `UNet2DModel`. "
+        f"S = {steps} DDIM steps, eta = 0, one cell per fresh process. Matmul peak of this machine "
+        f"(2048^3 GEMM): float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s.",
+        "",
+        "| batch | path | images/s | vs diffusers | GFLOP/s (share of its dtype's peak) | sampler's own share | "
+        "peak RSS (MB) | warm-up (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = {r["batch"]: r["images_per_s"] for r in results if r["path"] == "diffusers" and "error" not in r}
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['batch']} | {r['path']} | failed: {' '.join(r['error'])} | | | | | |")
+            continue
+        gflops = r["images_per_s"] * flops * r["steps"] / 1e9
+        peak = peaks["float32" if r["path"] in ("diffusers", "ddim-fp32") else "bfloat16"]
+        ratio = r["images_per_s"] / base[r["batch"]] if r["batch"] in base else float("nan")
+        share = f"{100 * r['sampler_share']:.2f}%" if "sampler_share" in r else "-"
+        lines.append(f"| {r['batch']} | {r['path']} | {r['images_per_s']:.3f} | {ratio:.2f}x | "
+                     f"{gflops:.0f} ({100 * gflops / peak:.0f}%) | {share} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['warmup_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="ddim bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example: ddim bench --batches 1 8 64 --steps 50 --write")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps S (default: 50)")
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="which paths to run")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads per cell")
+    p.add_argument("--write", action="store_true", help="update the checkout's BENCHMARKS.md (else print only)")
+    p.add_argument("--_cell", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._cell:
+        print(json.dumps(run_cell(*json.loads(args._cell))))
+        return
+
+    from ddim import NoiseSchedule
+    from ddim.checkpoint import export_diffusers, save
+    from ddim.models import PRESETS, UNet
+    torch.manual_seed(0)
+    model = UNet(PRESETS["cifar10"]).eval()
+    flops = forward_flops(model, (1, 3, 32, 32))
+    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak: float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s; "
+          f"{flops / 1e9:.2f} GFLOP per image per forward", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, folder = os.path.join(tmp, "cifar10.safetensors"), os.path.join(tmp, "unet")
+        save(weights, model, NoiseSchedule.linear())
+        export_diffusers(model, folder)
+        for batch in args.batches:
+            for path in args.paths:
+                r = _cell_in_subprocess(path, batch, args.steps, weights, folder, args.threads)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        from _report import machine, write_section    # the repo's benchmark helpers, when run from a checkout
+    except ImportError:
+        machine, write_section = (lambda: "unknown machine"), None
+    text = markdown(results, peaks, flops, machine(), args.steps)
+    print(text)
+    if args.write and write_section is not None:
+        write_section("bench_sampling", text)
+
+
+if __name__ == "__main__":
+    main()
