@@ -1,0 +1,211 @@
+"""Evaluation commands on a tiny random 1-channel model: rows, files, resumption, the metric plumbing against
+independent truths (a perfect generator scores ~0, noise scores high), and clear errors for bad input."""
+
+import argparse
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from ddim import NoiseSchedule
+from ddim import evaluation as ev
+from ddim.checkpoint import save
+from ddim.cli import _model_args, reconstruction_mse
+from ddim.data import digits
+from ddim.generate import load_model
+from ddim.models import UNet, UNetConfig
+from ddim.sampling import DDIMSampler
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # On a shared, oversubscribed CPU, intra-op threads spin against each other: one thread is ~50x faster.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny1.safetensors"
+    save(path, UNet(UNetConfig(16, 1, 1, 32, (1, 2), 1, (8,), 0.0)), NoiseSchedule.linear())
+    return load_model(path)
+
+
+@pytest.fixture(scope="module")
+def real():
+    return digits(16).images
+
+
+def _projection_metric(reference: torch.Tensor, dim: int = 8) -> ev.FeatureMetric:
+    """A Frechet distance in a fixed random projection of the pixels: independent of any trained network."""
+    w = torch.randn(reference[0].numel(), dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    features = lambda x: (x.flatten(1).double() @ w).numpy()   # noqa: E731
+    from ddim.metrics.fid import feature_statistics
+    mu, sigma = feature_statistics(features(reference))
+    return ev.FeatureMetric("projection Frechet distance", features, mu, sigma, "real digits")
+
+
+def test_metric_scores_a_perfect_generator_near_zero_and_noise_high(real):
+    m = _projection_metric(real)
+    assert abs(m.distance(real)) < 1e-8 * np.trace(m.sigma)         # the reference itself: exactly 0 up to round-off
+    half = m.distance(real[::2])                                     # a different sample of the same data
+    noise = m.distance(torch.randn(len(real) // 2, *real.shape[1:], generator=torch.Generator().manual_seed(0)))
+    assert half < 0.05 * noise
+    assert noise > np.trace(m.sigma)                                 # far: of the order of the data's own spread
+
+
+def test_classifier_metric_perfect_generator_and_noise(real, tmp_path, monkeypatch):
+    from ddim.metrics import classifier
+    if classifier.CLASSIFIER_WEIGHTS.exists():
+        clf = classifier.load_digits_classifier()
+    else:   # a briefly trained one: any fixed feature map must score the reference itself ~0
+        clf, _ = classifier.train_digits_classifier(epochs=1)
+        monkeypatch.setattr(classifier, "load_digits_classifier", lambda *a, **k: clf)
+    m = ev.classifier_metric("digits", cache=tmp_path)
+    assert abs(m.distance(real)) < 1e-6 * max(np.trace(m.sigma), 1.0)
+    noise = torch.rand(500, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert m.distance(real[1::2]) < 0.1 * m.distance(noise)
+    assert list(tmp_path.glob("reference-classifier-*.npz"))        # cached, and read back unchanged
+    m2 = ev.classifier_metric("digits", cache=tmp_path)
+    assert np.allclose(m.mu, m2.mu) and m.label == "classifier Frechet distance"
+    # the same number evaluate_digits reports (its reference is all 1797 real digits too)
+    x = real[:300] + 0.3 * torch.randn(300, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    got = classifier.evaluate_digits(x, clf)["frechet_distance_classifier"]
+    assert m.distance(x.clamp(-1, 1)) == pytest.approx(got, rel=1e-6)
+
+
+def test_cells_share_x_T_and_do_not_depend_on_batch_size(loaded):
+    a = ev.generate_samples(loaded, 3, 2, eta=0.0, batch_size=3)
+    b = ev.generate_samples(loaded, 5, 2, eta=0.0, batch_size=2)
+    assert torch.equal(a, b[:3])
+    # eta = 0 at S = 1 is one eq. 12 step from x_T to alpha = 1: x0_pred of sample i's own x_T
+    c = ev.generate_samples(loaded, 2, 1, eta=0.0)
+    d = ev.generate_samples(loaded, 2, 1, eta=1.0)
+    assert torch.allclose(c, d)                                       # sigma = 0 on the last step
+
+
+def test_table1_rows_files_and_resume(loaded, real, tmp_path, monkeypatch):
+    m = _projection_metric(real)
+    rows = ev.table1(loaded, steps=(1, 3), etas=(0.0, 1.0), n=4, metric=m, out=tmp_path, progress=False)
+    assert [(r["sampler"], r["steps"]) for r in rows] == [
+        ("eta = 0", 1), ("eta = 0", 3), ("eta = 1", 1), ("eta = 1", 3), ("sigma-hat", 1), ("sigma-hat", 3)]
+    assert all(r["n"] == 4 and np.isfinite(r["distance"]) and r["metric"] == m.label for r in rows)
+    for ext in ("md", "csv", "png", "json"):
+        assert (tmp_path / f"table1.{ext}").stat().st_size > 0
+    with open(tmp_path / "table1.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    md = (tmp_path / "table1.md").read_text()
+    assert "| sigma-hat |" in md and "S = 3" in md and "projection Frechet distance" in md
+    assert (tmp_path / "table1.png").read_bytes()[:4] == b"\x89PNG"
+    # The score of a cell is the metric of that cell's samples.
+    x = ev.generate_samples(loaded, 4, 3, eta=1.0)
+    assert rows[3]["distance"] == pytest.approx(m.distance(x), rel=1e-9)
+
+    # A rerun with the same settings reuses every cell without sampling; other settings need overwrite.
+    monkeypatch.setattr(ev, "generate_samples", lambda *a, **k: pytest.fail("resumed run sampled again"))
+    again = ev.table1(loaded, steps=(1, 3), etas=(0.0, 1.0), n=4, metric=m, out=tmp_path, progress=False)
+    assert [r["distance"] for r in again] == pytest.approx([r["distance"] for r in rows])
+    with pytest.raises(FileExistsError, match="overwrite"):
+        ev.table1(loaded, steps=(1,), etas=(0.0,), n=5, metric=m, out=tmp_path, progress=False)
+
+
+def test_table2_rows_files_and_value(loaded, real, tmp_path):
+    rows = ev.table2(loaded, steps=(1, 2), images=real, n=3, batch_size=2, out=tmp_path, progress=False)
+    assert [r["steps"] for r in rows] == [1, 2] and all(r["n"] == 3 for r in rows)
+    for ext in ("md", "csv", "png"):
+        assert (tmp_path / f"table2.{ext}").stat().st_size > 0
+    # Batched means combine to the mean over all images: compare with one unbatched encode/decode.
+    s = DDIMSampler(loaded.model, loaded.schedule)
+    x0 = real[:3]
+    assert rows[1]["mse"] == pytest.approx(reconstruction_mse(x0, s.sample(s.invert(x0, 2), 2, 0.0)), rel=1e-5)
+    assert "| MSE |" in (tmp_path / "table2.md").read_text()
+
+
+def test_timing_rows_files_and_fit(loaded, tmp_path):
+    rows = ev.timing(loaded, steps=(1, 2, 4), batch_size=2, repeats=1, warmup=0, out=tmp_path, progress=False)
+    assert [r["steps"] for r in rows] == [1, 2, 4]
+    assert all(r["seconds_per_image"] > 0 for r in rows)               # no timed assertions beyond positivity
+    assert "R^2" in (tmp_path / "timing.md").read_text() and (tmp_path / "timing.png").exists()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        ev.timing(loaded, steps=(1, 2), batch_size=2, repeats=1, out=tmp_path, progress=False)
+
+
+def test_linear_fit_against_known_lines():
+    s = np.array([10, 20, 50, 100, 1000.0])
+    slope, intercept, r2 = ev.linear_fit(s, 0.003 * s + 0.02)
+    assert slope == pytest.approx(0.003) and intercept == pytest.approx(0.02) and r2 == pytest.approx(1.0)
+    _, _, r2_noise = ev.linear_fit(s, np.array([1.0, -1.0, 1.0, -1.0, 0.0]))
+    assert r2_noise < 0.5
+    with pytest.raises(ValueError):
+        ev.linear_fit([5, 5], [1, 2])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(etas=(-0.1,)), "eta"),
+    (dict(steps=(0,)), "steps"),
+    (dict(steps=(1001,)), "steps"),
+    (dict(metric="lpips"), "metric"),
+    (dict(n=1), "n must be"),
+    (dict(etas=(), sigma_hat=False), "etas"),
+    (dict(etas=(3.0,)), "eta"),                     # eq. 12 needs 1 - a_s - sigma^2 >= 0
+    (dict(metric="inception"), "reference"),
+])
+def test_table1_bad_input(loaded, kwargs, match):
+    args = dict(steps=(2,), etas=(0.0,), n=4, progress=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        ev.table1(loaded, **args)
+
+
+def test_inception_without_weights_says_what_to_pass(loaded, tmp_path, monkeypatch):
+    monkeypatch.delenv("DDIM_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    stats = tmp_path / "stats.npz"
+    np.savez(stats, mu=np.zeros(3), sigma=np.eye(3))
+    with pytest.raises(ValueError, match="inception_weights.*(--inception-weights|DDIM_INCEPTION_WEIGHTS)"):
+        ev.table1(loaded, steps=(2,), n=4, metric="inception", reference=str(stats), progress=False)
+
+
+def test_table2_and_timing_bad_input(loaded):
+    with pytest.raises(ValueError, match="steps"):
+        ev.table2(loaded, steps=(2000,), images=torch.zeros(2, 1, 16, 16), progress=False)
+    with pytest.raises(ValueError, match="images"):
+        ev.table2(loaded, steps=(2,), images=torch.zeros(2, 3, 16, 16), progress=False)
+    with pytest.raises(ValueError, match="repeats"):
+        ev.timing(loaded, steps=(2,), repeats=0, progress=False)
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="ddim")
+    sub = p.add_subparsers(dest="command", required=True)
+    ev.add_eval_parser(sub, _model_args)
+    return p
+
+
+def test_cli_commands_run_and_have_examples(loaded, real, tmp_path, monkeypatch, capsys):
+    p = _parser()
+    for name in ("table1", "table2", "timing"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["eval", name, "--help"])
+        assert f"example: ddim eval {name}" in capsys.readouterr().out
+    ckpt = ["--ckpt", str(loaded.metadata.get("path", "")) or _save(loaded, tmp_path), "--device", "cpu"]
+    # the CLI's metric is a name; give table1 the independent projection metric instead of the classifier
+    monkeypatch.setattr(ev, "make_metric", lambda *a, **k: _projection_metric(real))
+    for argv in (["eval", "table1", "--steps", "1", "2", "--etas", "0", "--n", "3", "--quiet"],
+                 ["eval", "table2", "--steps", "1", "--n", "2", "--quiet"],
+                 ["eval", "timing", "--steps", "1", "2", "--batch-size", "1", "--repeats", "1", "--quiet"]):
+        args = p.parse_args(argv + ckpt + ["--out", str(tmp_path / "eval")])
+        args.fn(args)
+        assert (tmp_path / "eval" / f"{argv[1]}.png").exists()
+    out = capsys.readouterr().out
+    assert "sigma-hat" in out and "| MSE |" in out and "R^2" in out
+
+
+def _save(loaded, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save(path, loaded.model, loaded.schedule)
+    return str(path)
