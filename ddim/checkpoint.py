@@ -102,7 +102,8 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
         fields or the official layout), or a path to the official YAML (`configs/cifar10.yml`) or JSON. Without it,
         the preset whose key names and shapes match the file is used. The official YAML's `diffusion` section also
         gives the schedule; otherwise the official default, linear 1e-4..0.02 with T = 1000.
-    ema: for the official training container, take the EMA weights (True) or the raw ones (False).
+    ema: for the official training container, take the EMA weights (True) or the raw ones (False); other formats
+        hold one set of weights and ignore it.
     schedule: overrides the schedule found in (or assumed for) the file.
     Weights keep their stored dtype and go to `map_location`.
     """
@@ -111,8 +112,8 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_dir():
         loaded = _load_diffusers(path)
-    elif path.suffix == ".safetensors" and (path.parent / "config.json").exists() and not _is_own(path):
-        loaded = _load_diffusers(path.parent)
+    elif path.name in _WEIGHT_FILES and (path.parent / "config.json").exists():
+        loaded = _load_diffusers(path.parent)  # the weights file of a diffusers folder, named directly
     elif _is_safetensors(path):
         loaded = _load_safetensors(path, config)  # config is used only if the file has no ddim header
     else:
@@ -133,13 +134,6 @@ def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{"
-
-
-def _is_own(path: Path) -> bool:
-    try:
-        return _read_safetensors_header(path).get("format") == FORMAT
-    except CheckpointError:
-        return False
 
 
 def _read_safetensors_header(path: Path) -> dict[str, str]:

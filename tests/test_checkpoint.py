@@ -139,6 +139,11 @@ def test_diffusers_bin_weights_and_legacy_attention_names(tmp_path):
     torch.testing.assert_close(eps(load(tmp_path / "unet"), x, t), ref, atol=1e-5, rtol=0)
 
 
+def test_diffusers_weights_file_named_directly(tmp_path):
+    diffusers_model().save_pretrained(tmp_path)
+    assert load(tmp_path / "diffusion_pytorch_model.safetensors").format == "diffusers"
+
+
 def test_diffusers_pipeline_folder_takes_scheduler_config(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     diffusers_model().save_pretrained(tmp_path / "unet")
