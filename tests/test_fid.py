@@ -183,6 +183,8 @@ def test_to_uint8_conventions():
     out = to_uint8_nhwc(x)
     assert out.shape == (2, 1, 3, 3)
     np.testing.assert_array_equal(out[0, 0, :, 0], [0, 128, 255])
+    bright = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3)  # tensors are [-1, 1] even without negatives
+    np.testing.assert_array_equal(to_uint8_nhwc(bright)[0, 0, :, 0], [128, 191, 255])
     np.testing.assert_array_equal(to_uint8_nhwc(np.full((1, 2, 2, 3), 0.5))[0, 0, 0], [128] * 3)
     with pytest.raises(ValueError):
         to_uint8_nhwc(np.zeros((1, 2, 2, 2)))

@@ -210,11 +210,13 @@ def kid(features1: np.ndarray, features2: np.ndarray, subsets: int = 100, subset
 def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
     """Images as uint8 [N, H, W, 3] for Inception.
 
-    numpy arrays are channel-last ([N, H, W], [N, H, W, 1] or [N, H, W, 3]; [N, C, H, W] with C in {1, 3} is
-    recognised too); torch tensors are channel-first [N, C, H, W] (the package's convention). Integer arrays
-    must lie in [0, 255]. Float arrays are read as [-1, 1] when they have negative values (the package's
-    sample range), else as [0, 1] when their maximum is <= 1, else as [0, 255]; they are rounded the way
-    saving a PNG would round them. Gray images are repeated to 3 channels.
+    Torch tensors follow the package's convention: channel-first [N, C, H, W], floats in [-1, 1] (always read
+    so, whatever their actual range, so that results never depend on the batch), converted like
+    ``ddim.data.to_uint8`` (round((x + 1) * 127.5), clamped). numpy arrays are channel-last ([N, H, W],
+    [N, H, W, 1] or [N, H, W, 3]; [N, C, H, W] with C in {1, 3} is recognised too), as image files and .npz
+    sample files are; float arrays there have no fixed convention, so the range is inferred from the whole
+    array: [-1, 1] if it has negative values, else [0, 1] if its maximum is <= 1, else [0, 255]. Integer
+    images must lie in [0, 255]. Gray images are repeated to 3 channels.
     """
     if isinstance(images, Tensor):
         x = images.detach().cpu()
@@ -222,6 +224,8 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
             x = x[:, None]
         if x.ndim != 4:
             raise ValueError(f"image tensors must be [N, C, H, W], got {tuple(x.shape)}")
+        if x.is_floating_point():
+            x = ((x.double() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         arr = x.permute(0, 2, 3, 1).numpy()
     else:
         arr = np.asarray(images)
