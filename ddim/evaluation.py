@@ -61,6 +61,7 @@ class FeatureMetric:
     mu: np.ndarray
     sigma: np.ndarray
     reference_name: str = "reference"
+    fingerprint: str = ""     # identifies the feature network's weights, so cached numbers are not mixed up
 
     def distance(self, images: Tensor) -> float:
         """Frechet distance between the features of images [N, C, H, W] (N >= 2) and the reference."""
@@ -126,11 +127,23 @@ def classifier_metric(reference: str | Tensor = "digits", image_size: int = 16, 
     clf = clf.to(device).eval() if isinstance(clf, torch.nn.Module) else clf
     features = _batched_features(clf.features, batch_size, device)
     name = reference if isinstance(reference, str) else f"{len(reference)} given images"
-    key = {"metric": "classifier", "reference": name, "image_size": image_size}
+    fingerprint = _weights_fingerprint(clf)
+    key = {"metric": "classifier", "reference": name, "image_size": image_size, "classifier": fingerprint}
     if isinstance(reference, Tensor):
         key["sha"] = hashlib.sha256(reference.float().cpu().numpy().tobytes()).hexdigest()[:16]
     mu, sigma = _cached_statistics(cache, key, lambda: _feature_stats(features, _reference_images(reference, image_size, 1)))
-    return FeatureMetric("classifier Frechet distance", features, mu, sigma, f"real digits ({name})")
+    ref_name = "the 1797 real digits" if isinstance(reference, str) and reference == "digits" else name
+    return FeatureMetric("classifier Frechet distance", features, mu, sigma, ref_name, fingerprint)
+
+
+def _weights_fingerprint(module: Any) -> str:
+    if not isinstance(module, torch.nn.Module):
+        return ""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def _feature_stats(features: Callable[[Tensor], np.ndarray], images: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +178,7 @@ def inception_metric(reference: str | os.PathLike | None, weights: str | os.Path
         key = {"metric": "inception", "reference": str(ref.resolve()), "mtime": stat.st_mtime, "size": stat.st_size}
         mu, sigma = _cached_statistics(cache, key, lambda: fid.feature_statistics(extract(fid.load_images(ref),
                                                                                           batch_size)))
-    return FeatureMetric("FID", features, mu, sigma, str(reference))
+    return FeatureMetric("FID", features, mu, sigma, str(reference), Path(weights).name)
 
 
 def _is_statistics(path: Path) -> bool:
@@ -284,10 +297,25 @@ def _figure(figsize: tuple[float, float] = (5.5, 3.8)):
     return fig, fig.subplots()
 
 
-def _fmt(x: float, digits: int = 3) -> str:
+def _log_axes(ax: Any, steps: Sequence[int], log_y: bool) -> None:
+    """Log x with the S values as plain tick labels; log y (when asked) with plain-number labels."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(set(steps)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if log_y:
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 1000 else f"{v:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if ax.get_ylim()[1] / ax.get_ylim()[0] < 30 else NullFormatter())
+
+
+def _fmt(x: float) -> str:
+    """Table numbers: two decimals as in the paper, one from 100 up, 3 significant digits below 1."""
     if not math.isfinite(x):
         return str(x)
-    return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.{max(digits - 1, 0) + 2}f}".rstrip("0")
+    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) >= 1 else f"{x:.3g}"
 
 
 # --- Table 1 -----------------------------------------------------------------------------------------------------
@@ -332,15 +360,14 @@ def table1(loaded: LoadedModel, steps: Sequence[int] = TABLE1_STEPS, etas: Seque
             sampler.iter_sample(probe, S, e or 0.0, skip, var)
 
     out = Path(out) if out is not None else None
-    done: list[dict] = []
-    if out is not None:
-        settings = {"ckpt": loaded.metadata.get("source", str(loaded.metadata.get("path", ""))), "n": n,
-                    "skip": skip, "seed": seed, "dtype": dtype,
-                    "metric": metric if isinstance(metric, str) else metric.label,
-                    "reference": None if reference is None or isinstance(reference, Tensor) else str(reference)}
-        done = _start_run(out, "table1", settings, overwrite)
     m = make_metric(metric, loaded, reference, inception_weights, device, cache=out)
     label = m.label
+    done: list[dict] = []
+    if out is not None:
+        settings = {"ckpt": loaded.metadata.get("source", ""), "model": _weights_fingerprint(loaded.model),
+                    "n": n, "skip": skip, "seed": seed, "dtype": dtype, "metric": label,
+                    "features": m.fingerprint, "reference": m.reference_name}
+        done = _start_run(out, "table1", settings, overwrite)
 
     rows: list[dict] = []
     reused = {(r["sampler"], int(r["steps"])): r for r in done}
@@ -414,9 +441,7 @@ def _plot_table1(rows: list[dict], path: Path, label: str) -> None:
     for r in rows:
         if not r["steps"]:
             ax.axhline(r["distance"], color="grey", lw=0.8, ls=":", label=f"{r['sampler']} (floor)")
-    ax.set_xscale("log")
-    if all(r["distance"] > 0 for r in rows):
-        ax.set_yscale("log")
+    _log_axes(ax, [r["steps"] for r in rows if r["steps"]], all(r["distance"] > 0 for r in rows))
     ax.set_xlabel("S (sampling steps)")
     ax.set_ylabel(label)
     ax.set_title(f"Table 1: {label} vs S")
@@ -450,7 +475,8 @@ def table2(loaded: LoadedModel, steps: Sequence[int] = TABLE2_STEPS, images: str
     out = Path(out) if out is not None else None
     done = {}
     if out is not None:
-        settings = {"images": images if isinstance(images, str) else f"{len(images)} given images",
+        settings = {"model": _weights_fingerprint(loaded.model),
+                    "images": images if isinstance(images, str) else f"{len(images)} given images",
                     "n": len(x0), "skip": skip, "dtype": dtype}
         done = {int(r["steps"]): r for r in _start_run(out, "table2", settings, overwrite)}
     rows: list[dict] = []
@@ -489,8 +515,7 @@ def table2_markdown(rows: list[dict], skip: str = "uniform") -> str:
 def _plot_table2(rows: list[dict], path: Path) -> None:
     fig, ax = _figure()
     ax.plot([r["steps"] for r in rows], [max(r["mse"], 1e-12) for r in rows], marker="o")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax, [r["steps"] for r in rows], True)
     ax.set_xlabel("S (encoding and decoding steps)")
     ax.set_ylabel("per-dimension MSE (pixels in [0, 1])")
     ax.set_title("Table 2: reconstruction error vs S")
@@ -565,8 +590,8 @@ def timing_markdown(rows: list[dict], device: str = "cpu") -> str:
              "| ms per image | " + " | ".join(f"{r['seconds_per_image'] * 1e3:.3g}" for r in rows) + " |"]
     if len({r["steps"] for r in rows}) >= 2:
         a, b, r2 = linear_fit([r["steps"] for r in rows], [r["seconds_per_image"] for r in rows])
-        lines += ["", f"Least-squares line: seconds per image = {a * 1e3:.4g} ms x S + {b * 1e3:.3g} ms, "
-                      f"R^2 = {r2:.4f}"]
+        lines += ["", f"Least-squares line: ms per image = {a * 1e3:.4g} x S {'-' if b < 0 else '+'} "
+                      f"{abs(b) * 1e3:.3g}, R^2 = {r2:.4f}"]
     return "\n".join(lines) + "\n"
 
 
