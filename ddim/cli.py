@@ -109,18 +109,25 @@ def cmd_sample(args: argparse.Namespace) -> None:
     run = SampleRun(ckpt=str(args.ckpt or "embedded:digits"), n=args.n, steps=args.steps, eta=args.eta,
                     skip=args.skip, variance=args.variance, seed=args.seed, clip_denoised=args.clip_denoised,
                     ema=not args.raw_weights)
-    _init_distributed()
-    out = generate(loaded, args.out, run, args.batch_size, args.device, args.dtype, args.channels_last,
-                   args.compile, args.overwrite, progress=not args.quiet)
-    print(f"wrote {args.n} images to {out}/images, {out}/samples.npz and {out}/grid.png")
+    distributed = _init_distributed()
+    try:
+        out = generate(loaded, args.out, run, args.batch_size, args.device, args.dtype, args.channels_last,
+                       args.compile, args.overwrite, progress=not args.quiet)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {args.n} images to {out}/images, {out}/samples.npz and {out}/grid.png")
 
 
-def _init_distributed() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+def _init_distributed() -> bool:
+    """Join the process group when launched by torchrun; True if this call created it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
@@ -237,10 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample images to PNGs, a grid and an .npz", formatter_class=F,
                        epilog="example: ddim sample --n 64 --steps 50 --out samples   "
-                              "(resumable; under torchrun: torchrun --nproc_per_node 8 -m ddim sample ...)")
+                              "(resumable; on 8 GPUs: torchrun --nproc_per_node 8 -m ddim sample --num-samples 50000 ...)")
     _model_args(s)
     _sampling_args(s)
-    s.add_argument("--n", type=int, default=64, help="number of images")
+    s.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
+                   help="number of images (spell it --num-samples under torchrun, whose parser takes --n)")
     s.add_argument("--out", default="samples", help="output folder")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
