@@ -145,6 +145,19 @@ def test_kid_linear_kernel_closed_form():
     assert mean == pytest.approx(np.sum(shift**2) / 8, rel=0.05)
 
 
+def test_kid_matches_explicit_unbiased_mmd():
+    # one subset holding every sample: the estimator is permutation invariant, so it equals the textbook sums
+    rng = np.random.default_rng(10)
+    m = 5
+    x, y = rng.standard_normal((m, 3)), rng.standard_normal((m, 3)) + 0.3
+    k = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731  (the default kernel, D = 3)
+    mean, std = kid(x, y, subsets=1, subset_size=m)
+    kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m**2
+    assert mean == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-12) and std == 0
+
+
 def test_kid_clips_subset_size_and_is_seeded():
     rng = np.random.default_rng(9)
     a, b = rng.standard_normal((30, 4)), rng.standard_normal((20, 4))
@@ -237,6 +250,20 @@ def random_inception():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     return model.eval()
+
+
+def test_inception_follows_the_2015_graph():
+    from ddim.metrics.inception import _avg_pool_3x3
+
+    # TF's average pool ignores the zero padding, so a constant map stays constant up to the border
+    torch.testing.assert_close(_avg_pool_3x3(torch.ones(1, 2, 5, 5)), torch.ones(1, 2, 5, 5))
+    model = FIDInceptionV3()
+    assert [m.pool for m in (model.Mixed_7b, model.Mixed_7c)] == ["avg", "max"]
+    # input scaling (x - 128) / 128 after the resize
+    x = torch.tensor([0.0, 128.0, 255.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    y = FIDInceptionV3.preprocess(x)
+    assert y.shape == (1, 3, 299, 299)
+    torch.testing.assert_close(y[0, :, 0, 0], torch.tensor([-1.0, 0.0, 127 / 128]))
 
 
 def test_inception_state_dict_matches_manifest():
