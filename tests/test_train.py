@@ -89,11 +89,12 @@ def test_lr_warmup():
 
 
 def test_loss_decreases_on_fixed_batch():
+    import dataclasses
     from ddim.models import PRESETS, UNet
     torch.manual_seed(0)
-    model = UNet(PRESETS["tiny"])
+    model = UNet(dataclasses.replace(PRESETS["tiny"], image_size=8))
     s = NoiseSchedule.linear(1000)
-    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
     eps, t = torch.randn_like(x0), torch.tensor([10, 200, 500, 900])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = tr.loss_fn(model, s, x0, t, eps).item()
@@ -204,6 +205,16 @@ def test_bad_inputs_name_the_parameter(tmp_path):
         tr.train(cfg, progress=False)
     with pytest.raises(ValueError, match="optim.lr"):
         _cfg(tmp_path).__class__(optim=type(_cfg(tmp_path).optim)(lr=-1.0)).validate()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(tmp_path, precision):
+    run = tr.train(_cfg(tmp_path, n_iters=2, precision=precision), progress=False)
+    assert all(math.isfinite(r["loss"]) for r in _metrics(run))
+    state = torch.load(run / "ckpt-0000002.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    if precision == "fp16":
+        assert state["scaler"]["scale"] > 0                          # the grad scaler is saved for resume
 
 
 def test_grad_accum_matches_full_batch(tmp_path):
