@@ -215,7 +215,8 @@ def cmd_trajectory(args: argparse.Namespace) -> None:
 def cmd_fid(args: argparse.Namespace) -> None:
     from ddim.metrics import fid
     result = fid.compute_fid(args.images, args.reference, weights=args.inception_weights,
-                             batch_size=args.batch_size, device=args.device, progress=True)
+                             batch_size=args.batch_size, device=args.device, progress=True,
+                             download=not args.no_download)
     print(json.dumps(result, indent=1))
 
 
@@ -223,7 +224,7 @@ def cmd_fid_stats(args: argparse.Namespace) -> None:
     from ddim.metrics import fid
     images = fid.load_images(args.images)
     feats = fid.inception_features(images, weights=args.inception_weights, batch_size=args.batch_size,
-                                   device=args.device, progress=True)
+                                   device=args.device, progress=True, download=not args.no_download)
     mu, sigma = fid.feature_statistics(feats)
     out = _prepare_out(Path(args.out), args.overwrite)
     fid.save_statistics(out, mu, sigma)
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "$DDIM_INCEPTION_WEIGHTS, else the torch hub cache)")
     s.add_argument("--batch-size", type=int, default=50, help="images per Inception call")
     s.add_argument("--device", default=_default_device(), help="torch device")
+    s.add_argument("--no-download", action="store_true", help="never fetch the weights into the torch hub cache")
     s.set_defaults(fn=cmd_fid)
 
     s = sub.add_parser("fid-stats", help="write Inception statistics (.npz with mu, sigma: pytorch-fid layout)",
@@ -325,10 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inception-weights", default=None, help="the Inception weights file (see `ddim fid`)")
     s.add_argument("--batch-size", type=int, default=50, help="images per Inception call")
     s.add_argument("--device", default=_default_device(), help="torch device")
+    s.add_argument("--no-download", action="store_true", help="never fetch the weights into the torch hub cache")
     s.set_defaults(fn=cmd_fid_stats)
 
     sub.add_parser("bench", help="sampling throughput against diffusers on the same weights (see ddim bench --help)",
-                   add_help=False)
+                   add_help=False, epilog="example: ddim bench --batches 1 8 64 --steps 50 --write")
     try:
         from ddim import train as _train
         s = sub.add_parser("train", help="train a noise-prediction U-Net with the DDPM objective",
