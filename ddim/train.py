@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -149,12 +150,17 @@ def build_unet_config(cfg: TrainConfig):
 
 
 # --- data order ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
 def global_batch_indices(n: int, batch: int, step: int, seed: int) -> Tensor:
-    """Indices [batch] of the step-th global batch: a seeded permutation per epoch, last partial batch dropped."""
-    per_epoch = n // batch
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return perm[k * batch:(k + 1) * batch]
+    """Indices [batch] of the step-th global batch: a seeded permutation per epoch, last partial batch dropped.
+
+    A function of the step alone, so resuming at step k reads exactly the batches an unbroken run would."""
+    epoch, k = divmod(step, n // batch)
+    return _epoch_permutation(n, seed, epoch)[k * batch:(k + 1) * batch]
 
 
 def _local_slices(batch: int, world: int, accum: int, rank: int) -> list[slice]:
@@ -179,13 +185,17 @@ class _StepBatches:
         return (self.stop - self.start) * len(self.slices)
 
 
-def _micro_batches(dataset, cfg: TrainConfig, start: int, slices: list[slice]) -> Iterator[list[Tensor]]:
-    """Yield, for each step from `start`, this rank's micro-batches of images (CPU tensors)."""
+def _micro_batches(dataset, cfg: TrainConfig, start: int, slices: list[slice],
+                   device: torch.device) -> Iterator[list[Tensor]]:
+    """Yield, for each step from `start`, this rank's micro-batches of images."""
     n, batch, seed, stop = len(dataset), cfg.training.batch_size, cfg.training.seed, cfg.training.n_iters
     if isinstance(dataset, ImageTensorDataset):      # in memory: index directly, no DataLoader
+        images = dataset.images
+        if device.type != "cpu" and images.numel() * 4 < 2**30:
+            images = images.to(device)               # small sets live on the accelerator: no copy per step
         for step in range(start, stop):
-            idx = global_batch_indices(n, batch, step, seed)
-            yield [dataset.images[idx[s]] for s in slices]
+            idx = global_batch_indices(n, batch, step, seed).to(images.device)
+            yield [images[idx[s]] for s in slices]
         return
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepBatches(n, batch, seed, start, stop, slices),
@@ -361,7 +371,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         loss_sum = torch.zeros((), device=device)
         gn_sum = torch.zeros((), device=device)
         t_last, n_last = time.perf_counter(), 0
-        for step, micros in zip(range(start, tc.n_iters), _micro_batches(dataset, cfg, start, slices)):
+        for step, micros in zip(range(start, tc.n_iters), _micro_batches(dataset, cfg, start, slices, device)):
             lr = lr_at(step, oc.lr, oc.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr

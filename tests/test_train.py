@@ -258,3 +258,16 @@ def test_cli_flags_override_yaml():
     assert cfg.optim.lr == 3e-4 and cfg.training.n_iters == 7 and cfg.data.random_flip is True
     assert cfg.model.ch_mult == [1, 2] and cfg.out_dir == "x" and cfg.training.batch_size == 64
     assert config_from_args(p.parse_args([])) == TrainConfig()
+
+
+def test_train_on_image_folder_with_a_corrupt_file(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (10 + i, 12), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    cfg = _cfg(tmp_path, "folder-run", n_iters=3, batch_size=2)
+    cfg.data.dataset, cfg.data.root = "folder", str(tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        run = tr.train(cfg, progress=False)
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3]
