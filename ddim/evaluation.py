@@ -131,7 +131,8 @@ def classifier_metric(reference: str | Tensor = "digits", image_size: int = 16, 
     key = {"metric": "classifier", "reference": name, "image_size": image_size, "classifier": fingerprint}
     if isinstance(reference, Tensor):
         key["sha"] = hashlib.sha256(reference.float().cpu().numpy().tobytes()).hexdigest()[:16]
-    mu, sigma = _cached_statistics(cache, key, lambda: _feature_stats(features, _reference_images(reference, image_size, 1)))
+    mu, sigma = _cached_statistics(
+        cache, key, lambda: _feature_stats(features, _reference_images(reference, image_size, 1)))
     ref_name = "the 1797 real digits" if isinstance(reference, str) and reference == "digits" else name
     return FeatureMetric("classifier Frechet distance", features, mu, sigma, ref_name, fingerprint)
 
@@ -647,7 +648,8 @@ def cmd_timing(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/timing.md, timing.csv, timing.png ({len(rows)} rows)")
 
 
-def add_eval_parser(subparsers: Any, model_args_fn: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+def add_eval_parser(subparsers: Any, model_args_fn: Callable[[argparse.ArgumentParser], None]
+                    ) -> argparse.ArgumentParser:
     """Register `eval {table1,table2,timing}` on an argparse subparsers object; `model_args_fn(parser)` adds
     the model flags (--ckpt, --config, --raw-weights, --device, --dtype, ...). Each command sets `fn`."""
     from ddim.schedule import SKIPS
@@ -676,7 +678,8 @@ def add_eval_parser(subparsers: Any, model_args_fn: Callable[[argparse.ArgumentP
                               "6726825d.pth --n 50000")
     common(p, TABLE1_STEPS, 250)
     g = p.add_argument_group("table 1")
-    g.add_argument("--etas", type=float, nargs="+", default=list(TABLE1_ETAS), help="eta values, one row each")
+    g.add_argument("--etas", type=float, nargs="*", default=list(TABLE1_ETAS), help="eta values, one row each "
+                   "(give none for the sigma-hat row alone)")
     g.add_argument("--no-sigma-hat", action="store_true", help="leave out the sigma-hat (DDPM, variance beta) row")
     g.add_argument("--n", type=int, default=1000, help="samples per cell (>= 2; the paper uses 50000)")
     g.add_argument("--skip", default="uniform", choices=SKIPS, help="the sub-sequence tau (the paper: quad for "
