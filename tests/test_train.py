@@ -263,11 +263,13 @@ def test_cli_flags_override_yaml():
 def test_train_on_image_folder_with_a_corrupt_file(tmp_path):
     from PIL import Image
     rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
     for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (10 + i, 12), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    (tmp_path / "bad.png").write_bytes(b"junk")
+        Image.fromarray(rng.integers(0, 256, (10 + i, 12), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes(b"junk")
     cfg = _cfg(tmp_path, "folder-run", n_iters=3, batch_size=2)
-    cfg.data.dataset, cfg.data.root = "folder", str(tmp_path)
+    cfg.data.dataset, cfg.data.root = "folder", str(folder)
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         run = tr.train(cfg, progress=False)
     assert [r["step"] for r in _metrics(run)] == [1, 2, 3]
