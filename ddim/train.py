@@ -263,7 +263,7 @@ def _set_rng(states: list[Tensor], info: Dist, device: torch.device) -> None:
         warnings.warn("resuming with more processes than the checkpoint was written with: the new ranks' "
                       "dropout RNG starts fresh", stacklevel=2)
         return
-    s = states[info.rank]
+    s = states[info.rank].cpu()
     n_cpu = torch.get_rng_state().numel()
     torch.set_rng_state(s[:n_cpu].clone())
     if device.type == "cuda" and s.numel() > n_cpu:
