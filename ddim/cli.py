@@ -232,9 +232,11 @@ def cmd_fid_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ddim import train
-    run_dir = train.train(train.config_from_args(args))
-    print(f"run directory: {run_dir}")
+    from ddim.config import config_from_args
+    from ddim.train import train
+    run_dir = train(config_from_args(args), progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run directory: {run_dir}")
 
 
 # --- parser ----------------------------------------------------------------------------------------------
@@ -330,17 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-download", action="store_true", help="never fetch the weights into the torch hub cache")
     s.set_defaults(fn=cmd_fid_stats)
 
+    from ddim.evaluation import add_eval_parser
+    add_eval_parser(sub, _model_args)
+
     sub.add_parser("bench", help="sampling throughput against diffusers on the same weights (see ddim bench --help)",
                    add_help=False, epilog="example: ddim bench --batches 1 8 64 --steps 50 --write")
-    try:
-        from ddim import train as _train
-        s = sub.add_parser("train", help="train a noise-prediction U-Net with the DDPM objective",
-                           formatter_class=F, epilog="example: ddim train --config configs/digits.yml "
-                                                     "--out runs/digits   (multi-GPU: torchrun ... -m ddim train)")
-        _train.add_train_arguments(s)
-        s.set_defaults(fn=cmd_train)
-    except (ImportError, AttributeError):      # the trainer is optional for sampling-only installs
-        pass
+    from ddim.config import add_train_arguments
+    s = sub.add_parser("train", help="train a noise-prediction U-Net with the DDPM objective",
+                       formatter_class=F, epilog="example: ddim train --config configs/digits.yml "
+                                                 "--out runs/digits   (multi-GPU: torchrun ... -m ddim train)")
+    add_train_arguments(s)
+    s.set_defaults(fn=cmd_train)
     return p
 
 

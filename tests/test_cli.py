@@ -138,3 +138,19 @@ def test_torchrun_shards_give_the_same_images_as_one_process(ckpt, tmp_path):
     one = np.load(tmp_path / "one" / "samples.npz")["arr_0"]
     assert np.array_equal(one, np.load(tmp_path / "two" / "samples.npz")["arr_0"])
     assert r.stdout.count("wrote 5 images") == 1          # rank 0 reports; the others stay quiet
+
+
+def test_train_then_sample_from_the_run(tmp_path):
+    # The newcomer's loop, end to end: train a few steps on random images, then sample from what it wrote.
+    arr = np.random.default_rng(0).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "data.npz", images=arr)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "npz", "--data-root", str(tmp_path / "data.npz"), "--model", "tiny",
+                 "--image-size", "16", "--channels", "3", "--batch-size", "4", "--steps", "3", "--ckpt-every", "3",
+                 "--sample-every", "0", "--n-samples", "4", "--sample-steps", "2", "--device", "cpu",
+                 "--out", str(run)]) == 0
+    assert (run / "config.json").exists() and (run / "model.safetensors").exists()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) >= 1
+    assert main(["sample", "--ckpt", str(run / "model.safetensors"), "--n", "2", "--steps", "3", "--quiet",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape == (2, 16, 16, 3)
