@@ -82,6 +82,9 @@ def _atomic_write_png(array: np.ndarray, path: Path) -> None:
             img.save(f, format="PNG")
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)                 # mkstemp makes 0600 files; use the mode open() would
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -216,6 +216,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        _chmod_like_open(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -231,6 +232,13 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         finally:
             os.close(dfd)
     return path
+
+
+def _chmod_like_open(path: str) -> None:
+    """mkstemp makes 0600 files; give them the mode open() would (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -289,6 +297,7 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
+        _chmod_like_open(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
