@@ -29,7 +29,7 @@ import torch
 from ddim.config import config_from_dict
 from ddim.models import PRESETS, UNet
 from ddim.schedule import NoiseSchedule
-from ddim.train import build_unet_config, save_checkpoint, train
+from ddim.train import save_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_train:start -->", "<!-- bench_train:end -->"

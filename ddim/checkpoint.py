@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from ddim.io import atomic_path, write_json_atomic
 from ddim.models.unet import PRESETS, UNet, UNetConfig
 from ddim.sampling import PREDICTIONS
 from ddim.schedule import NoiseSchedule
@@ -79,17 +79,8 @@ def save(path: str | os.PathLike, model: UNet, schedule: NoiseSchedule, *, predi
 
 
 def _atomic_write(path: Path, write) -> None:
-    # Temp file in the target directory so os.replace is a rename on one file system: readers never see half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:  # readers never see half a file
+        write(str(tmp))
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
@@ -549,11 +540,11 @@ def export_diffusers(loaded_or_model: LoadedModel | UNet, folder: str | os.PathL
             v = v.reshape(v.shape[0], v.shape[1])
         tensors[key_map[k]] = v.contiguous()
     folder = Path(folder)
-    _atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dconf, indent=2)))
+    write_json_atomic(folder / "config.json", dconf)
     _atomic_write(folder / _WEIGHT_FILES[0], lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     if schedule is not None:
         sconf = _scheduler_config(schedule, prediction)
-        _atomic_write(folder / "scheduler_config.json", lambda tmp: Path(tmp).write_text(json.dumps(sconf, indent=2)))
+        write_json_atomic(folder / "scheduler_config.json", sconf)
 
 
 def _scheduler_config(schedule: NoiseSchedule, prediction: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import gzip
 import os
 import pickle
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from ddim.io import atomic_path
 
 __all__ = [
     "ImageTensorDataset", "ImageFolder", "cifar10", "celeba", "npz_arrays", "idx_file", "digits",
@@ -76,19 +77,8 @@ def _atomic_write_png(array: np.ndarray, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)                 # mkstemp makes 0600 files; use the mode open() would
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, durable=False) as tmp:  # many small files: no fsync each
+        img.save(tmp, format="PNG")
 
 
 def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Path:

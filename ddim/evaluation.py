@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from torch import Tensor
 
 from ddim.checkpoint import LoadedModel
 from ddim.generate import initial_noise, network, sample_generators
+from ddim.io import atomic_path, write_text_atomic
 from ddim.sampling import DDIMSampler
 
 __all__ = ["FeatureMetric", "classifier_metric", "inception_metric", "make_metric", "generate_samples",
@@ -243,20 +243,8 @@ def _check_positive(value: int, name: str, minimum: int = 1) -> int:
 
 
 # --- files: atomic writes, manifests, resumable CSVs -------------------------------------------------------------
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _write_atomic(Path(path), lambda p: p.write_text(text))
+    write_text_atomic(path, text)
 
 
 def _write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
@@ -287,7 +275,8 @@ def _start_run(out: Path, name: str, settings: dict, overwrite: bool) -> list[di
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    _write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
 def _figure(figsize: tuple[float, float] = (5.5, 3.8)):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ddim.checkpoint import LoadedModel, load
 from ddim.data import save_image_grid, save_images
+from ddim.io import atomic_path, write_json_atomic
 from ddim.sampling import DDIMSampler
 
 __all__ = ["DEFAULT_MODEL", "load_model", "sample_generators", "initial_noise", "SampleRun", "generate",
@@ -107,17 +107,6 @@ def _check_run(out: Path, run: SampleRun, overwrite: bool) -> None:
             p.unlink(missing_ok=True)
 
 
-def _write_atomic(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -141,7 +130,7 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, run: SampleRun, batch_
     if rank == 0:
         _check_run(out, run, overwrite)
         (out / "images").mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "run.json", lambda p: Path(p).write_text(json.dumps(asdict(run), indent=1)))
+        write_json_atomic(out / "run.json", asdict(run), indent=1)
     if world > 1:
         torch.distributed.barrier()
 
@@ -178,6 +167,7 @@ def assemble(out: Path, n: int) -> None:
     arr = np.stack([np.asarray(Image.open(f)) for f in files])
     if arr.ndim == 3:
         arr = arr[..., None]
-    _write_atomic(out / "samples.npz", lambda p: np.savez(open(p, "wb"), arr_0=arr))
+    with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:  # file object: numpy appends no ".npz"
+        np.savez(f, arr_0=arr)
     grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2)
     save_image_grid(grid, out / "grid.png", nrow=8)

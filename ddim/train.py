@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 
 from ddim.config import TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset, save_image_grid
+from ddim.io import atomic_path, write_json_atomic
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "build_unet_config",
@@ -210,35 +210,14 @@ def _micro_batches(dataset, cfg: TrainConfig, start: int, slices: list[slice],
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """torch.save to a temp file in the same folder, fsync, then os.replace: the old file survives any failure."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _chmod_like_open(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            prev = latest_checkpoint(path.parent)
-            raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); nothing was "
-                          f"replaced" + (f", the previous checkpoint {prev.name} is intact" if prev else "")) from e
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    except OSError as e:
+        prev = latest_checkpoint(path.parent)
+        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); nothing was "
+                      f"replaced" + (f", the previous checkpoint {prev.name} is intact" if prev else "")) from e
     return path
-
-
-def _chmod_like_open(path: str) -> None:
-    """mkstemp makes 0600 files; give them the mode open() would (0666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -290,18 +269,6 @@ def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
     return run_dir
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        _chmod_like_open(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -360,8 +327,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             _set_rng(state["rng_torch"], info, device)
             start = int(state["step"])
         if info.rank == 0:
-            _write_json_atomic({**cfg.to_dict(), "unet": unet_cfg.to_dict(), "world_size": info.world_size,
-                                "device": str(device)}, run_dir / "config.json")
+            write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "unet": unet_cfg.to_dict(),
+                                                        "world_size": info.world_size, "device": str(device)})
             _truncate_metrics(run_dir / "metrics.jsonl", start)
 
         ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ddim.checkpoint import CheckpointError, LoadedModel, export_diffusers, load, save
 from ddim.models import PRESETS, UNet, UNetConfig

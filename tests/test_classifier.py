@@ -72,6 +72,17 @@ def test_evaluate_digits_real_vs_noise(classifier):
         evaluate_digits(torch.zeros(4, 3, 16, 16), classifier)
 
 
+def test_evaluate_digits_reads_uint8_images_as_saved(classifier):
+    """samples.npz holds uint8 NHWC; reading it must give the numbers of the [-1, 1] tensor it came from."""
+    x = digits_images()[0][:200]
+    u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    ref = evaluate_digits(u8.float() / 127.5 - 1, classifier)
+    for form in (u8.permute(0, 2, 3, 1).numpy(), u8, u8.numpy()):  # NHWC array, NCHW tensor, NCHW array
+        got = evaluate_digits(form, classifier)
+        assert got["histogram"] == ref["histogram"]
+        assert got["frechet_distance_classifier"] == pytest.approx(ref["frechet_distance_classifier"], rel=1e-9)
+
+
 def test_train_and_save_round_trip(tmp_path):
     # a quick smoke run; the shipped weights are the full run (train_digits_classifier() with its defaults)
     model, accuracy = train_digits_classifier(seed=1, epochs=2, max_train=256)

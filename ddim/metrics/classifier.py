@@ -215,7 +215,16 @@ def load_digits_classifier(path: str | os.PathLike | None = None, train_if_missi
 
 # --- evaluation ------------------------------------------------------------------------------------------------
 def _as_digits(samples: Tensor | np.ndarray) -> Tensor:
-    x = torch.as_tensor(np.asarray(samples) if not isinstance(samples, Tensor) else samples)
+    """Float [N, 1, 16, 16] in [-1, 1] from a tensor in [-1, 1], or from uint8 images (NHWC as in samples.npz,
+    or NCHW) in [0, 255]."""
+    if isinstance(samples, np.ndarray) and samples.dtype == np.uint8 or \
+            isinstance(samples, Tensor) and samples.dtype == torch.uint8:
+        x = torch.as_tensor(np.asarray(samples.cpu() if isinstance(samples, Tensor) else samples))
+        if x.ndim == 4 and x.shape[-1] == 1 and x.shape[1] != 1:
+            x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
+        x = x.float() / 127.5 - 1.0
+    else:
+        x = torch.as_tensor(np.asarray(samples) if not isinstance(samples, Tensor) else samples)
     x = x.detach().cpu().float()
     if x.ndim == 3:
         x = x[:, None]
@@ -228,7 +237,8 @@ def _as_digits(samples: Tensor | np.ndarray) -> Tensor:
 
 def evaluate_digits(samples: Tensor | np.ndarray, classifier: DigitsClassifier | None = None
                     ) -> dict[str, float | int | list[int] | None]:
-    """Classifier metrics of generated digits [N, 1, 16, 16] in [-1, 1] (N >= 2).
+    """Classifier metrics of generated digits: float [N, 1, 16, 16] in [-1, 1], or uint8 images such as
+    `np.load("samples.npz")["arr_0"]` (N >= 2).
 
     Returns dict with
       n_samples; confident_share: share with max softmax > 0.9; mean_confidence;

@@ -15,7 +15,6 @@ written by one tool can be read by the other.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Literal, Sequence
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 from torch import nn
 
+from ddim.io import atomic_path
 from ddim.metrics.inception import load_inception
 
 __all__ = [
@@ -137,15 +137,8 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) 
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"statistics files end in .npz, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:  # a file object, so numpy does not append another ".npz"
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)  # readers see either the old file or the complete new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy appends no ".npz"
+        np.savez(f, mu=mu, sigma=sigma)
     return path
 
 

@@ -239,7 +239,6 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
 
         widths = [c.ch * m for m in c.ch_mult]
-        in_widths = [c.ch] + widths[:-1]
         n = len(widths)
         res = c.image_size
         self.down = nn.ModuleList()
