@@ -160,7 +160,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         print(f"S = {S:5d}: per-dimension MSE {results[S]:.6f} (pixels in [0, 1])")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_image_grid(torch.cat(rows), out / "reconstructions.png", nrow=len(x0))
+    save_image_grid(torch.cat(rows), out / "reconstructions.png", nrow=len(x0), scale="auto")
     (out / "mse.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
     print(f"wrote {out}/reconstructions.png (first row: inputs; then one row per S) and {out}/mse.json")
 
@@ -183,7 +183,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     imgs = torch.cat([sampler.sample(flat[i:i + args.batch_size], args.steps, 0.0, args.skip)
                       for i in range(0, len(flat), args.batch_size)])
     out = _prepare_out(Path(args.out), args.overwrite)
-    save_image_grid(imgs.cpu(), out, nrow=args.frames)
+    save_image_grid(imgs.cpu(), out, nrow=args.frames, scale="auto")
     print(f"wrote {out}: {len(z0)} row(s) of {args.frames} slerp frames")
 
 
@@ -194,7 +194,7 @@ def cmd_consistency(args: argparse.Namespace) -> None:
     x_T, _ = _noise(args, loaded, range(args.n))
     rows = [sampler.sample(x_T, S, 0.0, args.skip).cpu() for S in args.steps]
     out = _prepare_out(Path(args.out), args.overwrite)
-    save_image_grid(torch.cat(rows), out, nrow=args.n)
+    save_image_grid(torch.cat(rows), out, nrow=args.n, scale="auto")
     print(f"wrote {out}: rows are S = {args.steps}, columns share x_T")
 
 
@@ -208,7 +208,7 @@ def cmd_trajectory(args: argparse.Namespace) -> None:
     cols = [x_T.cpu()] + [steps[k][2].cpu() for k in keep]            # x_T, then x0_pred along the way
     grid = torch.stack(cols, 1).flatten(0, 1)
     out = _prepare_out(Path(args.out), args.overwrite)
-    save_image_grid(grid, out, nrow=len(cols))
+    save_image_grid(grid, out, nrow=len(cols), scale="auto")
     print(f"wrote {out}: each row is x_T then x0_pred at t = {[steps[k][0] for k in keep]}")
 
 

@@ -29,7 +29,7 @@ from ddim.io import atomic_path
 
 __all__ = [
     "ImageTensorDataset", "ImageFolder", "cifar10", "celeba", "npz_arrays", "idx_file", "digits",
-    "build_dataset", "to_uint8", "from_uint8", "make_grid", "save_image_grid", "save_images", "DATASETS",
+    "build_dataset", "to_uint8", "from_uint8", "make_grid", "save_image_grid", "display_scale", "save_images", "DATASETS",
     "CELEBA_CROP",
 ]
 
@@ -81,10 +81,27 @@ def _atomic_write_png(array: np.ndarray, path: Path) -> None:
         img.save(tmp, format="PNG")
 
 
-def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Path:
-    """Save images [N, C, H, W] (float in [-1, 1] or uint8, C = 1 or 3) as one PNG grid, atomically."""
+def display_scale(size: int, target: int = 64) -> int:
+    """The integer zoom that makes an image of side ``size`` at least ``target`` pixels (1 if it already is)."""
+    return max(1, -(-target // max(1, size)))
+
+
+def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2,
+                    scale: int | str = 1) -> Path:
+    """Save images [N, C, H, W] (float in [-1, 1] or uint8, C = 1 or 3) as one PNG grid, atomically.
+
+    ``scale`` zooms the grid by an integer factor with nearest-neighbour pixels (the pixels stay exact, only
+    bigger); ``"auto"`` zooms small images to at least 64 pixels a side, so a grid of 16x16 digits is visible.
+    """
     path = Path(path)
-    _atomic_write_png(make_grid(images, nrow=nrow, padding=padding), path)
+    grid = make_grid(images, nrow=nrow, padding=padding)
+    if scale == "auto":
+        scale = display_scale(max(images.shape[-2:]))
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an integer >= 1 or 'auto', got {scale!r}")
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    _atomic_write_png(grid, path)
     return path
 
 

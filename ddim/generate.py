@@ -170,4 +170,4 @@ def assemble(out: Path, n: int) -> None:
     with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:  # file object: numpy appends no ".npz"
         np.savez(f, arr_0=arr)
     grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2)
-    save_image_grid(grid, out / "grid.png", nrow=8)
+    save_image_grid(grid, out / "grid.png", nrow=8, scale="auto")

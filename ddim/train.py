@@ -437,7 +437,7 @@ def _sample_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T
     device = next(model.parameters()).device
     x = DDIMSampler(model, schedule, prediction=prediction).sample(x_T.to(device), steps=min(steps, schedule.T))
     model.train(was_training)
-    save_image_grid(x.float().clamp(-1, 1), path, nrow=max(1, int(math.ceil(math.sqrt(x.shape[0])))))
+    save_image_grid(x.float().clamp(-1, 1), path, nrow=max(1, int(math.ceil(math.sqrt(x.shape[0])))), scale="auto")
 
 
 def main(argv: list[str] | None = None) -> None:

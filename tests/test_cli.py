@@ -12,6 +12,7 @@ from PIL import Image
 from ddim import NoiseSchedule
 from ddim.checkpoint import save
 from ddim.cli import build_parser, main
+from ddim.data import display_scale
 from ddim.models import PRESETS, UNet
 
 
@@ -26,6 +27,14 @@ def ckpt(tmp_path_factory):
 
 def _png(path):
     return np.asarray(Image.open(path))
+
+
+def _grid(path, tile=16):
+    """A picture command's grid, zoomed back to one pixel per image pixel (they zoom small images for viewing)."""
+    zoom = display_scale(tile)
+    g = _png(path)
+    assert g.shape[0] % zoom == 0 and g.shape[1] % zoom == 0
+    return g[::zoom, ::zoom]
 
 
 def test_every_command_has_help_with_an_example(capsys):
@@ -95,7 +104,7 @@ def test_reconstruct_writes_inputs_and_one_row_per_step_count(ckpt, tmp_path):
                  "--out", str(tmp_path / "rec")]) == 0
     mse = json.loads((tmp_path / "rec" / "mse.json").read_text())
     assert set(mse) == {"2", "4"} and all(0 <= v <= 1 for v in mse.values())
-    grid = _png(tmp_path / "rec" / "reconstructions.png")
+    grid = _grid(tmp_path / "rec" / "reconstructions.png")
     assert grid.shape[:2] == (2 + 3 * 18, 2 + 3 * 18)      # rows: inputs, S=2, S=4; 3 images each
     assert np.array_equal(grid[2:18, 2:18], np.asarray(Image.open(sorted(folder.iterdir())[0])))
 
@@ -117,7 +126,7 @@ def test_encode_writes_latents(ckpt, tmp_path):
 def test_picture_commands_write_grids_of_the_right_size(ckpt, tmp_path, command, extra, rows, cols):
     out = tmp_path / f"{command}.png"
     assert main([command, "--ckpt", ckpt, "--out", str(out)] + extra) == 0
-    h, w = _png(out).shape[:2]
+    h, w = _grid(out).shape[:2]
     assert (h, w) == (2 + rows * 18, 2 + cols * 18)
     assert main([command, "--ckpt", ckpt, "--out", str(out)] + extra) == 2     # no silent overwrite
 

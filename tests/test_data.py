@@ -38,6 +38,13 @@ def test_grid_and_images_written(tmp_path):
     gray = data.save_image_grid(torch.zeros(2, 1, 4, 4), tmp_path / "gray.png", nrow=2)
     with Image.open(gray) as im:
         assert im.mode == "L" and np.asarray(im)[2, 2] == 128
+    big = data.save_image_grid(imgs, tmp_path / "big.png", nrow=3, padding=1, scale="auto")  # 4 px -> x16
+    with Image.open(big) as im:
+        assert im.size == (16 * (1 + 3 * 5), 16 * (1 + 2 * 5))
+        assert np.array_equal(np.asarray(im)[16:80:16, 16:80:16], grid[1:5, 1:5])  # nearest: pixels unchanged
+    assert data.display_scale(16) == 4 and data.display_scale(32) == 2 and data.display_scale(256) == 1
+    with pytest.raises(ValueError, match="scale"):
+        data.save_image_grid(imgs, tmp_path / "bad.png", scale=0)
     paths = data.save_images(imgs[:2], tmp_path / "each", prefix="s")
     assert [p.name for p in paths] == ["s000000.png", "s000001.png"]
     assert not list(tmp_path.rglob("*.tmp"))
