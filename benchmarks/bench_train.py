@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddim.config import config_from_dict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ddim from a checkout, installed or not
+from ddim.config import config_from_dict  # noqa: E402
 from ddim.models import PRESETS, UNet
 from ddim.schedule import NoiseSchedule
 from ddim.train import save_checkpoint, train

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # _report, and ddim from a checkout
 from _report import machine, write_section  # noqa: E402
 
 from ddim.checkpoint import export_diffusers  # noqa: E402
