@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ddim.io import write_text_atomic
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
@@ -36,7 +37,4 @@ def write_section(name: str, body: str) -> None:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=BENCHMARKS.parent, prefix=".BENCHMARKS.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, BENCHMARKS)
+    write_text_atomic(BENCHMARKS, text)

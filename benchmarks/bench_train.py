@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -26,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ddim from a checkout, installed or not
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # _report, ddim
+from _report import machine, write_section  # noqa: E402
+
 from ddim.config import config_from_dict  # noqa: E402
 from ddim.models import PRESETS, UNet
 from ddim.schedule import NoiseSchedule
 from ddim.train import save_checkpoint, train
 
-ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
 
 
 def _cfg(preset: str, npz: Path, out: Path, batch: int, steps: int, device: str):
@@ -121,10 +119,10 @@ def main() -> None:
             amortised = args.batch / (step_s + c / args.snapshot_freq)
             rows.append((preset, sum(q.numel() for q in UNet(p).parameters()), h, o, amortised,
                          100 * (1 - amortised / h), c, n_steps))
-    lines = [START, "## Training throughput (`benchmarks/bench_train.py`)", "",
-             f"`python benchmarks/bench_train.py --batch {args.batch} --rounds {args.rounds}` on {args.device} "
-             f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-             f"{torch.__version__}). Images/s over the timed steps after warm-up; best of {args.rounds} "
+    lines = ["## Training throughput (`benchmarks/bench_train.py`)", "",
+             f"Machine: {machine()}.", "",
+             f"`python benchmarks/bench_train.py --batch {args.batch} --rounds {args.rounds}` on {args.device}. "
+             f"Images/s over the timed steps after warm-up; best of {args.rounds} "
              "alternating rounds. \"Trainer, amortised\" adds one checkpoint write per "
              f"{args.snapshot_freq} steps. Overhead = 1 - amortised / hand loop.", "",
              "| preset | params | timed steps | hand loop img/s | trainer img/s | trainer, amortised img/s | "
@@ -133,16 +131,12 @@ def main() -> None:
         lines.append(f"| {preset} | {n / 1e6:.2f}M | {s} | {h:.1f} | {o:.1f} | {am:.1f} | {ov:+.1f}% | {c:.2f} s |")
     lines += ["", "The hand loop: q_sample, forward, MSE, backward, Adam. The trainer also clips the gradient "
               "norm, updates the EMA, draws its randomness from a checkpointed generator, logs and shows "
-              "a progress bar. A shared CPU makes single runs noisy (a few %), hence alternating rounds.", END]
+              "a progress bar. A shared CPU makes single runs noisy (a few %), hence alternating rounds."]
     section = "\n".join(lines)
     print(section)
     if args.no_write:
         return
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    write_section("bench_train", section)
 
 
 if __name__ == "__main__":
