@@ -18,13 +18,7 @@ from ddim.models import UNet, UNetConfig
 from ddim.sampling import DDIMSampler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a shared, oversubscribed CPU, intra-op threads spin against each other: one thread is ~50x faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
