@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ddim.io import write_json_atomic
 from ddim.sampling import VARIANCES
 from ddim.schedule import SKIPS
 
@@ -24,6 +25,19 @@ def _default_device() -> str:
 
 
 # --- shared argument groups ------------------------------------------------------------------------------
+def _batch_size(text: str) -> int | str:
+    """argparse type of --batch-size: an integer >= 1 or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'auto', got {text!r}")
+    return value
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--ckpt", default=None, help="checkpoint: ddim .safetensors, official .ckpt / ckpt.pth, or a "
@@ -48,7 +62,8 @@ def _sampling_args(p: argparse.ArgumentParser, steps: bool = True) -> None:
                    help="'eta': sigma of eq. 16 times eta; 'large': Table 1's sigma-hat sampler")
     g.add_argument("--clip-denoised", action="store_true", help="clip x0_pred to [-1, 1] at every step")
     g.add_argument("--seed", type=int, default=0, help="sample i is a pure function of (seed, i)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per network call")
+    g.add_argument("--batch-size", type=_batch_size, default=64,
+                   help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
 
 
 def _load(args: argparse.Namespace):
@@ -61,6 +76,16 @@ def _sampler(args: argparse.Namespace, loaded):
     from ddim.sampling import DDIMSampler
     fn = network(loaded.model, args.dtype, args.channels_last, args.compile)
     return DDIMSampler(fn, loaded.schedule, loaded.prediction)
+
+
+def _resolve_batch(args: argparse.Namespace, loaded, n: int) -> int:
+    """--batch-size as a number; 'auto' probes the network on the device (see ddim.generate.auto_batch_size)."""
+    if args.batch_size != "auto":
+        return args.batch_size
+    from ddim.generate import auto_batch_size, network
+    c = loaded.config
+    fn = network(loaded.model, args.dtype, args.channels_last)  # eager probe: compiled code needs no more memory
+    return auto_batch_size(fn, (c.in_channels, c.image_size, c.image_size), args.device, max(1, n))
 
 
 def _noise(args: argparse.Namespace, loaded, indices):
@@ -134,8 +159,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
     import numpy as np
     loaded = _load(args)
     x0 = _input_images(args.input, loaded, args.n).to(args.device)
-    z = torch.cat([_sampler(args, loaded).invert(x0[i:i + args.batch_size], args.steps, args.skip, progress=True)
-                   for i in range(0, len(x0), args.batch_size)])
+    bs = _resolve_batch(args, loaded, len(x0))
+    z = torch.cat([_sampler(args, loaded).invert(x0[i:i + bs], args.steps, args.skip, progress=True)
+                   for i in range(0, len(x0), bs)])
     out = _prepare_out(Path(args.out), args.overwrite)
     np.savez(out, latents=z.float().cpu().numpy(), steps=args.steps, skip=args.skip)
     print(f"wrote latents [{', '.join(map(str, z.shape))}] (level tau_S of {args.steps} {args.skip} steps) to {out}")
@@ -161,7 +187,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_image_grid(torch.cat(rows), out / "reconstructions.png", nrow=len(x0), scale="auto")
-    (out / "mse.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    write_json_atomic(out / "mse.json", {str(k): v for k, v in results.items()}, indent=1)
     print(f"wrote {out}/reconstructions.png (first row: inputs; then one row per S) and {out}/mse.json")
 
 
@@ -180,8 +206,8 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     alphas = torch.linspace(0, 1, args.frames)
     frames = torch.stack([slerp(z0, z1, a.item()) for a in alphas], 1)     # [pairs, frames, C, H, W]
     flat = frames.flatten(0, 1)
-    imgs = torch.cat([sampler.sample(flat[i:i + args.batch_size], args.steps, 0.0, args.skip)
-                      for i in range(0, len(flat), args.batch_size)])
+    bs = _resolve_batch(args, loaded, len(flat))
+    imgs = torch.cat([sampler.sample(flat[i:i + bs], args.steps, 0.0, args.skip) for i in range(0, len(flat), bs)])
     out = _prepare_out(Path(args.out), args.overwrite)
     save_image_grid(imgs.cpu(), out, nrow=args.frames, scale="auto")
     print(f"wrote {out}: {len(z0)} row(s) of {args.frames} slerp frames")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -107,24 +108,64 @@ def _check_run(out: Path, run: SampleRun, overwrite: bool) -> None:
             p.unlink(missing_ok=True)
 
 
+CPU_AUTO_BATCH = 64  # on a CPU, throughput stops growing well before memory runs out
+
+
+def batch_from_memory(free_bytes: int, bytes_per_sample: float, limit: int, headroom: float = 0.8) -> int:
+    """The largest batch whose activations fit in ``headroom`` of ``free_bytes``, at most ``limit``; multiples of 8
+    above 8 (tensor-core friendly). Raises ValueError if not even one sample fits."""
+    if bytes_per_sample <= 0 or limit < 1:
+        raise ValueError(f"bytes_per_sample must be > 0 and limit >= 1, got {bytes_per_sample}, {limit}")
+    b = int(free_bytes * headroom // bytes_per_sample)
+    if b < 1:
+        raise ValueError(f"not even one sample fits: {free_bytes / 2**20:.0f} MiB free, about "
+                         f"{bytes_per_sample / 2**20:.0f} MiB needed per sample; pass a --batch-size")
+    b = min(b, limit)
+    return b - b % 8 if b >= 16 else b
+
+
+def auto_batch_size(fn: Callable[[Tensor, Tensor], Tensor], shape: Sequence[int], device: str | torch.device,
+                    limit: int, probe: int = 4) -> int:
+    """A batch size for sampling with ``fn`` on ``device``, at most ``limit`` (the number of images to make).
+
+    CUDA: one probe call of ``probe`` samples measures the peak memory per sample; the batch is what fits in 80%
+    of the free memory after it. CPU and other devices: ``min(limit, CPU_AUTO_BATCH)``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return min(limit, CPU_AUTO_BATCH)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.no_grad():
+        fn(torch.randn((probe, *shape), device=device), torch.full((probe,), 500, device=device, dtype=torch.long))
+    torch.cuda.synchronize(device)
+    per_sample = (torch.cuda.max_memory_allocated(device) - base) / probe
+    free, _ = torch.cuda.mem_get_info(device)
+    # memory the caching allocator holds but is not using counts as free for our own next allocations
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return batch_from_memory(free, max(per_sample, 1.0), limit)
+
+
 def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
-def generate(loaded: LoadedModel, out: str | os.PathLike, run: SampleRun, batch_size: int = 64,
+def generate(loaded: LoadedModel, out: str | os.PathLike, run: SampleRun, batch_size: int | str = 64,
              device: str | torch.device = "cpu", dtype: str = "float32", channels_last: bool = False,
              compile: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Sample run.n images into `out`: images/{i:06d}.png, samples.npz (uint8 NHWC, key arr_0), grid.png.
 
     Resumes an interrupted run with the same settings (images already on disk are kept). Under torchrun
     (an initialised process group) rank r samples the indices i = r mod world_size, and rank 0 assembles.
+    ``batch_size="auto"`` picks it from free GPU memory (`auto_batch_size`); the images do not depend on it.
     """
     if run.n < 1:
         raise ValueError(f"n must be >= 1, got {run.n}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
     out = Path(out)
     rank, world = _dist()
     if rank == 0:
@@ -136,9 +177,13 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, run: SampleRun, batch_
 
     cfg = loaded.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    sampler = DDIMSampler(network(loaded.model.to(device), dtype, channels_last, compile), loaded.schedule,
-                          loaded.prediction)
+    fn = network(loaded.model.to(device), dtype, channels_last, compile)
+    sampler = DDIMSampler(fn, loaded.schedule, loaded.prediction)
     todo = [i for i in range(rank, run.n, world) if not (out / "images" / f"{i:06d}.png").exists()]
+    if batch_size == "auto":
+        batch_size = auto_batch_size(fn, shape, device, max(1, len(todo)))
+        if progress and rank == 0:
+            print(f"batch size {batch_size} (auto)", file=sys.stderr)
     bar = tqdm(total=len(todo), desc=f"sampling {run.n} images", unit="img", disable=not progress or rank != 0)
     for b in range(0, len(todo), batch_size):
         idx = todo[b:b + batch_size]

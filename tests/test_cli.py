@@ -13,6 +13,7 @@ from ddim import NoiseSchedule
 from ddim.checkpoint import save
 from ddim.cli import build_parser, main
 from ddim.data import display_scale
+from ddim.generate import CPU_AUTO_BATCH, auto_batch_size, batch_from_memory
 from ddim.models import PRESETS, UNet
 
 
@@ -50,9 +51,11 @@ def test_sample_is_a_function_of_seed_and_index_not_of_batch(ckpt, tmp_path):
     common = ["sample", "--ckpt", ckpt, "--n", "5", "--steps", "3", "--eta", "0.5", "--quiet", "--seed", "3"]
     assert main(common + ["--batch-size", "5", "--out", str(tmp_path / "a")]) == 0
     assert main(common + ["--batch-size", "2", "--out", str(tmp_path / "b")]) == 0
+    assert main(common + ["--batch-size", "auto", "--out", str(tmp_path / "auto")]) == 0
     a, b = np.load(tmp_path / "a" / "samples.npz")["arr_0"], np.load(tmp_path / "b" / "samples.npz")["arr_0"]
     assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
+    assert np.array_equal(a, np.load(tmp_path / "auto" / "samples.npz")["arr_0"])
     assert np.array_equal(_png(tmp_path / "a" / "images" / "000004.png"), a[4])
     assert (tmp_path / "a" / "grid.png").exists()
     # A different seed gives different images.
@@ -163,3 +166,24 @@ def test_train_then_sample_from_the_run(tmp_path):
     assert main(["sample", "--ckpt", str(run / "model.safetensors"), "--n", "2", "--steps", "3", "--quiet",
                  "--out", str(tmp_path / "s")]) == 0
     assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape == (2, 16, 16, 3)
+
+
+def test_batch_size_flag_takes_integers_or_auto(capsys):
+    for bad in ["0", "-3", "big"]:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["sample", "--batch-size", bad])
+        assert "integer >= 1 or 'auto'" in capsys.readouterr().err
+    assert build_parser().parse_args(["sample", "--batch-size", "auto"]).batch_size == "auto"
+
+
+def test_batch_from_memory_fits_the_budget():
+    mib = 2 ** 20
+    assert batch_from_memory(1000 * mib, 10 * mib, limit=10_000) == 80        # 80% of 1000 MiB / 10 MiB
+    assert batch_from_memory(1000 * mib, 7 * mib, limit=10_000) == 112       # 114 -> multiple of 8
+    assert batch_from_memory(1000 * mib, 10 * mib, limit=50) == 48           # capped by the images to make
+    assert batch_from_memory(100 * mib, 10 * mib, limit=50) == 8             # small: kept as is
+    assert batch_from_memory(13 * mib, 10 * mib, limit=50) == 1              # 10.4 MiB usable
+    with pytest.raises(ValueError, match="not even one sample fits"):
+        batch_from_memory(5 * mib, 10 * mib, limit=50)
+    assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=1000) == CPU_AUTO_BATCH
+    assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=5) == 5
