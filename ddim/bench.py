@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,30 @@ def _cell_in_subprocess(path: str, batch: int, steps: int, weights: str, folder:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def combine(runs: list[dict]) -> dict:
+    """One table row from repeated runs of a cell: the median images/s and sampler share, the largest peak
+    memory, the first warm-up, and the slowest and fastest run; an error if any run failed."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    speeds = sorted(r["images_per_s"] for r in runs)
+    row = dict(runs[0])
+    row["images_per_s"] = statistics.median(speeds)
+    row["seconds"] = row["batch"] / row["images_per_s"]
+    row["runs"], row["spread"] = len(runs), (speeds[0], speeds[-1])
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    if "sampler_share" in row:
+        row["sampler_share"] = statistics.median(r["sampler_share"] for r in runs)
+    return row
+
+
 def markdown(results: list[dict], peaks: dict[str, float], flops: float, machine: str, steps: int) -> str:
     """The BENCHMARKS.md section for these results."""
     lines = [
@@ -129,17 +154,18 @@ def markdown(results: list[dict], peaks: dict[str, float], flops: float, machine
         "",
         f"Machine: {machine}. Network: the `cifar10` preset ({flops / 1e9:.2f} GFLOP per image per forward, "
         f"counted by torch's FlopCounterMode), seeded random weights shared with a diffusers `UNet2DModel`. "
-        f"S = {steps} DDIM steps, eta = 0, one cell per fresh process. Matmul peak of this machine "
+        f"S = {steps} DDIM steps, eta = 0, one cell per fresh process (repeated cells alternate the order of "
+        f"the paths; the row is their median). Matmul peak of this machine "
         f"(2048^3 GEMM): float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s.",
         "",
         "| batch | path | images/s | vs diffusers | GFLOP/s (share of its dtype's peak) | sampler's own share | "
-        "peak RSS (MB) | warm-up (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "peak RSS (MB) | warm-up (s) | runs: slowest-fastest images/s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     base = {r["batch"]: r["images_per_s"] for r in results if r["path"] == "diffusers" and "error" not in r}
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['batch']} | {r['path']} | failed: {' '.join(r['error'])} | | | | | |")
+            lines.append(f"| {r['batch']} | {r['path']} | failed: {' '.join(r['error'])} | | | | | | |")
             continue
         gflops = r["images_per_s"] * flops * r["steps"] / 1e9
         peak = peaks["float32" if r["path"] in ("diffusers", "ddim-fp32") else "bfloat16"]
@@ -147,8 +173,14 @@ def markdown(results: list[dict], peaks: dict[str, float], flops: float, machine
         share = f"{100 * r['sampler_share']:.2f}%" if "sampler_share" in r else "-"
         lines.append(f"| {r['batch']} | {r['path']} | {r['images_per_s']:.3f} | {ratio:.2f}x | "
                      f"{gflops:.0f} ({100 * gflops / peak:.0f}%) | {share} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['warmup_s']:.1f} |")
+                     f"{r['warmup_s']:.1f} | {_spread(r)} |")
     return "\n".join(lines)
+
+
+def _spread(row: dict) -> str:
+    if row.get("runs", 1) == 1:
+        return "1"
+    return f"{row['runs']}: {row['spread'][0]:.3f}-{row['spread'][1]:.3f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps S (default: 50)")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="which paths to run")
+    p.add_argument("--repeats", type=_positive, default=1,
+                   help="runs per cell, in alternating order; the table reports the median (default: 1)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads per cell")
     p.add_argument("--write", action="store_true", help="update the checkout's BENCHMARKS.md (else print only)")
     p.add_argument("--_cell", default=None, help=argparse.SUPPRESS)
@@ -181,10 +215,15 @@ def main(argv: list[str] | None = None) -> None:
         save(weights, model, NoiseSchedule.linear())
         export_diffusers(model, folder)
         for batch in args.batches:
-            for path in args.paths:
-                r = _cell_in_subprocess(path, batch, args.steps, weights, folder, args.threads)
-                results.append(r)
-                print(json.dumps(r), flush=True)
+            runs: dict[str, list[dict]] = {path: [] for path in args.paths}
+            for rep in range(args.repeats):
+                # odd rounds run the paths in reverse, so that no path always runs first or last on a
+                # machine whose speed drifts (thermal limits, noisy neighbours)
+                for path in (args.paths if rep % 2 == 0 else args.paths[::-1]):
+                    r = _cell_in_subprocess(path, batch, args.steps, weights, folder, args.threads)
+                    runs[path].append(r)
+                    print(json.dumps(r), flush=True)
+            results += [combine(runs[path]) for path in args.paths]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     try:
         from _report import machine, write_section    # the repo's benchmark helpers, when run from a checkout

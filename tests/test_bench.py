@@ -1,8 +1,9 @@
 """The benchmark's bookkeeping (its timings are measured by `ddim bench`, never asserted in tests)."""
 
+import pytest
 import torch
 
-from ddim.bench import _Timed, forward_flops, markdown
+from ddim.bench import _Timed, combine, forward_flops, main, markdown
 
 
 def test_forward_flops_counts_a_convolution():
@@ -28,3 +29,19 @@ def test_markdown_reports_ratios_against_diffusers_per_batch():
     text = markdown(results, {"float32": 100.0, "bfloat16": 200.0}, 1e9, "test machine", 50)
     assert "| 8 | ddim-fast | 5.000 | 2.50x | 250 (125%) | 0.40% |" in text
     assert "failed: RuntimeError: boom" in text
+
+
+def test_repeated_runs_combine_to_the_median_and_report_the_spread():
+    runs = [{"path": "ddim-fp32", "batch": 8, "steps": 50, "seconds": 8 / s, "images_per_s": s, "sampler_share": f,
+             "peak_rss_mb": m, "warmup_s": 1.0} for s, f, m in [(1.0, 0.003, 10), (3.0, 0.001, 30), (2.0, 0.002, 20)]]
+    row = combine(runs)
+    assert row["images_per_s"] == 2.0 and row["sampler_share"] == 0.002 and row["peak_rss_mb"] == 30
+    assert row["runs"] == 3 and row["spread"] == (1.0, 3.0)
+    text = markdown([row], {"float32": 100.0, "bfloat16": 200.0}, 1e9, "test machine", 50)
+    assert "| 8 | ddim-fp32 | 2.000 |" in text and "| 3: 1.000-3.000 |" in text
+    assert combine([runs[0], {"path": "ddim-fp32", "batch": 8, "steps": 50, "error": ["x"]}])["error"] == ["x"]
+
+
+def test_repeats_must_be_positive():
+    with pytest.raises(SystemExit):
+        main(["--repeats", "0"])
