@@ -131,7 +131,8 @@ def main() -> None:
         lines.append(f"| {preset} | {n / 1e6:.2f}M | {s} | {h:.1f} | {o:.1f} | {am:.1f} | {ov:+.1f}% | {c:.2f} s |")
     lines += ["", "The hand loop: q_sample, forward, MSE, backward, Adam. The trainer also clips the gradient "
               "norm, updates the EMA, draws its randomness from a checkpointed generator, logs and shows "
-              "a progress bar. A shared CPU makes single runs noisy (a few %), hence alternating rounds."]
+              "a progress bar. A shared CPU makes single runs noisy (rounds of the same loop differ by up to 20% "
+              "here), hence alternating rounds and the best of each."]
     section = "\n".join(lines)
     print(section)
     if args.no_write:
