@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +13,8 @@ from safetensors.torch import load_file
 from ddim.checkpoint import CheckpointError, LoadedModel, export_diffusers, load, save
 from ddim.models import PRESETS, UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
+from shared_fixtures import FIXTURES, needs_fixtures
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures not available")
 OFFICIAL_CONFIG = FIXTURES / "official_small_config.json"
 
 

@@ -1,7 +1,6 @@
 """Frechet distance, KID and statistics against closed forms; the FID Inception network on random weights."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from ddim.metrics.fid import (compute_fid, feature_statistics, fid_statistics, f
 from ddim.metrics.inception import (INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILENAME, INCEPTION_WEIGHTS_URL,
                                     FIDInceptionV3, load_inception, resolve_inception_weights,
                                     tf1_resize_bilinear)
+from shared_fixtures import FIXTURES, needs_fixtures
 
-MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "fid_inception_state_dict_manifest.json"
+MANIFEST = FIXTURES / "fid_inception_state_dict_manifest.json"
 
 
 def random_spd(d, rng, rank=None):
@@ -266,6 +266,7 @@ def test_inception_follows_the_2015_graph():
     torch.testing.assert_close(y[0, :, 0, 0], torch.tensor([-1.0, 0.0, 127 / 128]))
 
 
+@needs_fixtures
 def test_inception_state_dict_matches_manifest():
     manifest = json.loads(MANIFEST.read_text())
     sd = FIDInceptionV3().state_dict()

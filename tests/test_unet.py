@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,11 +10,7 @@ from safetensors.torch import load_file
 
 from ddim.models import PRESETS, UNet, UNetConfig
 from ddim.models.unet import timestep_embedding
-
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures not available")
+from shared_fixtures import FIXTURES, needs_fixtures
 
 
 def tiny(seed: int = 0, **overrides) -> UNet:
