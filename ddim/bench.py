@@ -187,12 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="ddim bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="example: ddim bench --batches 1 8 64 --steps 50 --write")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps S (default: 50)")
+    p.add_argument("--batches", type=_positive, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
+    p.add_argument("--steps", type=_positive, default=50, help="sampling steps S (default: 50)")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="which paths to run")
     p.add_argument("--repeats", type=_positive, default=1,
                    help="runs per cell, in alternating order; the table reports the median (default: 1)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads per cell")
+    p.add_argument("--threads", type=_positive, default=torch.get_num_threads(), help="CPU threads per cell")
     p.add_argument("--write", action="store_true", help="update the checkout's BENCHMARKS.md (else print only)")
     p.add_argument("--_cell", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -42,6 +42,8 @@ def test_repeated_runs_combine_to_the_median_and_report_the_spread():
     assert combine([runs[0], {"path": "ddim-fp32", "batch": 8, "steps": 50, "error": ["x"]}])["error"] == ["x"]
 
 
-def test_repeats_must_be_positive():
+@pytest.mark.parametrize("flag", ["--repeats", "--batches", "--steps", "--threads"])
+def test_counts_must_be_positive(flag, capsys):
     with pytest.raises(SystemExit):
-        main(["--repeats", "0"])
+        main([flag, "0"])
+    assert f"argument {flag}: must be a positive integer, got 0" in capsys.readouterr().err
