@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from ddim.errors import DDIMError
 from ddim.io import atomic_path, write_json_atomic
 from ddim.models.unet import PRESETS, UNet, UNetConfig
 from ddim.sampling import PREDICTIONS
@@ -38,7 +39,7 @@ _BETAS_KEY = "__schedule__.betas"  # reserved tensor name: the schedule travels 
 _SHOW = 5  # how many missing/unexpected keys an error lists
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DDIMError):
     """A checkpoint file could not be read or does not fit the model; the message names the file."""
 
 
