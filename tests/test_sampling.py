@@ -94,10 +94,11 @@ def test_eta0_converges_to_the_probability_flow_ode_first_order():
 
 def test_eta1_every_step_is_the_ddpm_posterior():
     betas, ac = SCHED.betas.numpy(), SCHED.alphas_cumprod.numpy()
-    plan = DDIMSampler(Oracle(None), SCHED)._plan_sample(1000, 1.0, "uniform", "eta")
+    plan = DDIMSampler(Oracle(None), SCHED).sample_plan(1000)
     for step in plan[:-1]:
         t = step.t
-        assert step.sigma**2 == pytest.approx(betas[t] * (1 - ac[t - 1]) / (1 - ac[t]), rel=1e-9)
+        assert (step.a_t, step.a_s) == (ac[t], ac[t - 1])
+        assert ddim_sigma(step.a_t, step.a_s, 1.0)**2 == pytest.approx(betas[t] * (1 - ac[t - 1]) / (1 - ac[t]), rel=1e-9)
     # The mean of the step equals the posterior mean of q(x_{t-1} | x_t, x_0) (Ho et al., eq. 7).
     t = 400
     x0, x_t = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)

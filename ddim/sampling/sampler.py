@@ -1,0 +1,103 @@
+"""`DDIMSampler`, the public front: sampling (eq. 12), deterministic encoding (eq. 13), and their trajectories.
+
+It resolves the user's options into a plan of levels, a denoiser and a fresh solver, all validated before the
+first network call, and hands them to the one walk loop (`ddim.sampling.walk`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from torch import Tensor
+
+from ddim.errors import DDIMError
+from ddim.sampling.denoiser import Denoiser, Model
+from ddim.sampling.noise import Generator
+from ddim.sampling.plan import Step, invert_plan, resolve_taus, sample_plan
+from ddim.sampling.solvers import Solver, make_solver
+from ddim.sampling.steps import PREDICTIONS
+from ddim.sampling.walk import walk
+from ddim.schedule import NoiseSchedule
+
+__all__ = ["DDIMSampler"]
+
+
+class DDIMSampler:
+    """Sampling (eq. 12) and deterministic encoding (eq. 13) with a trained network.
+
+    model(x [B, ...], t LongTensor [B]) returns the prediction named by `prediction` ("eps", "x0" or "v"),
+    same shape as x. The sampler keeps no state between calls.
+    """
+
+    def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+        if prediction not in PREDICTIONS:
+            raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if prediction == "eps" and schedule.alphas_cumprod[-1] <= 0:
+            raise DDIMError("schedule: the last alpha is 0 (zero terminal SNR), where an eps-prediction "
+                            "model cannot give x0 (division by sqrt(alpha) = 0); use prediction='v' or 'x0'")
+        self.model = model
+        self.schedule = schedule
+        self.prediction = prediction
+
+    def taus(self, steps: int, skip: str | Sequence[int] = "uniform") -> Tensor:
+        """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps."""
+        return resolve_taus(self.schedule.T, steps, skip)
+
+    def denoiser(self, clip: bool = False) -> Denoiser:
+        """The network as solvers see it: (x, t, a_t) -> (eps, x0_pred)."""
+        return Denoiser(self.model, self.schedule, self.prediction, clip)
+
+    def sample_plan(self, steps: int, skip: str | Sequence[int] = "uniform") -> tuple[Step, ...]:
+        """The levels `sample` walks: tau_S -> ... -> tau_1 -> alpha = 1."""
+        return sample_plan(self.schedule, self.taus(steps, skip))
+
+    def invert_plan(self, steps: int, skip: str | Sequence[int] = "uniform") -> tuple[Step, ...]:
+        """The levels `invert` walks: alpha = 1 -> tau_1 -> ... -> tau_S."""
+        return invert_plan(self.schedule, self.taus(steps, skip))
+
+    # -- public API
+    def iter_sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
+                    variance: str = "eta", generator: Generator = None, clip_denoised: bool = False,
+                    progress: bool = False, solver: str | Solver = "ddim") -> Iterator[tuple[int, Tensor, Tensor]]:
+        """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
+        template = make_solver(solver, eta, variance)        # everything is validated before the first next()
+        plan = self.sample_plan(steps, skip)
+        return walk(x_T, plan, self.denoiser(clip_denoised), template.fresh(plan), generator, progress)
+
+    def sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
+               variance: str = "eta", generator: Generator = None, clip_denoised: bool = False,
+               progress: bool = False, solver: str | Solver = "ddim") -> Tensor:
+        """Generate x_0 [B, ...] from noise x_T [B, ...] over the sub-sequence tau (eq. 12, sigma of eq. 16).
+
+        steps: S, the length of tau. eta: 0 is DDIM (deterministic), 1 is DDPM. skip: "uniform", "quad",
+        "trailing", "linspace" or an explicit ascending list of timesteps. variance: "eta" (eq. 16 times
+        eta) or "large" (Table 1's sigma-hat: DDPM ancestral steps with variance 1 - a_t/a_s, x0_pred
+        clipped to [-1, 1], no noise on the final step; eta is then ignored). generator: a torch.Generator,
+        or a list of one per sample so that sample i does not depend on its batch. clip_denoised: clip
+        x0_pred to [-1, 1] each step (eps is recomputed from the clipped x0_pred). solver: "ddim" (eta and
+        variance are its options) or a `Solver` instance.
+        """
+        x = x_T
+        for _, x, _ in self.iter_sample(x_T, steps, eta, skip, variance, generator, clip_denoised, progress, solver):
+            pass
+        return x
+
+    def iter_invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
+                    progress: bool = False, solver: str | Solver = "ddim") -> Iterator[tuple[int, Tensor, Tensor]]:
+        """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent."""
+        template = make_solver(solver)
+        if not template.deterministic:
+            raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
+        plan = self.invert_plan(steps, skip)
+        return walk(x_0, plan, self.denoiser(), template.fresh(plan), progress=progress, desc="encoding")
+
+    def invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
+               progress: bool = False, solver: str | Solver = "ddim") -> Tensor:
+        """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
+
+        See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)` reconstructs x_0.
+        """
+        x = x_0
+        for _, x, _ in self.iter_invert(x_0, steps, skip, progress, solver):
+            pass
+        return x

@@ -1,0 +1,65 @@
+"""The pure step math of the DDIM family (Song, Meng & Ermon 2020): eq. 16's sigma, eq. 12's step, and the
+DDPM posterior step of Table 1's sigma-hat row.
+
+Every function here is a function of tensors and float64 Python scalars: no model call, no RNG, no device
+logic. This is the only module that contains eq. 12; solvers build on these functions, inversion included
+(it runs the same step with the levels in the opposite order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ddim.errors import DDIMError
+
+__all__ = ["ddim_sigma", "predict_eps_x0", "ddim_step", "ddpm_posterior_step", "PREDICTIONS"]
+
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+
+
+def ddim_sigma(a_t: float, a_s: float, eta: float) -> float:
+    """sigma_tau(eta) of eq. 16: eta sqrt((1 - a_s) / (1 - a_t)) sqrt(1 - a_t / a_s), for a step a_t -> a_s."""
+    if eta == 0:
+        return 0.0
+    return eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
+
+
+def predict_eps_x0(output: Tensor, x_t: Tensor, a_t: float, prediction: str = "eps") -> tuple[Tensor, Tensor]:
+    """Turn a network output at level a_t into the pair (eps, x0_pred), using x_t = sqrt(a) x0 + sqrt(1-a) eps.
+
+    prediction "eps": the network predicts eps; "x0": it predicts x_0; "v": it predicts
+    v = sqrt(a) eps - sqrt(1-a) x_0 (Salimans & Ho 2022). All tensors [B, ...].
+    """
+    sa, sb = math.sqrt(a_t), math.sqrt(1 - a_t)
+    if prediction == "eps":
+        return output, torch.add(x_t, output, alpha=-sb).div_(sa)           # "predicted x_0" of eq. 12
+    if prediction == "x0":
+        return torch.add(x_t, output, alpha=-sa).div_(sb), output
+    if prediction == "v":
+        return torch.add(x_t * sb, output, alpha=sa), torch.add(x_t * sa, output, alpha=-sb)
+    raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+
+def ddim_step(x0_pred: Tensor, eps: Tensor, a_s: float, sigma: float = 0.0,
+              noise: Tensor | None = None) -> Tensor:
+    """Eq. 12: x_s = sqrt(a_s) x0_pred + sqrt(1 - a_s - sigma^2) eps + sigma z. Tensors [B, ...]."""
+    direction = math.sqrt(max(1 - a_s - sigma**2, 0.0))     # roundoff at eta = 1 can give -1e-17
+    x_s = torch.mul(x0_pred, math.sqrt(a_s)).add_(eps, alpha=direction)
+    return x_s if noise is None else x_s.add_(noise, alpha=sigma)
+
+
+def ddpm_posterior_step(x_t: Tensor, x0_pred: Tensor, a_t: float, a_s: float,
+                        noise: Tensor | None = None) -> Tensor:
+    """Table 1's sigma-hat row, sampled as the official release does: mean of q(x_s | x_t, x0_pred), std sqrt(beta).
+
+    beta = 1 - a_t / a_s is the step's variance (DDPM's beta_t when every step is taken). x0_pred is used as
+    given (the caller clips it to [-1, 1]). Tensors [B, ...].
+    """
+    beta = 1 - a_t / a_s
+    c_x0 = math.sqrt(a_s) * beta / (1 - a_t)                     # posterior mean coefficients (Ho et al., eq. 7)
+    c_xt = math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)
+    mean = torch.mul(x0_pred, c_x0).add_(x_t, alpha=c_xt)
+    return mean if noise is None else mean.add_(noise, alpha=math.sqrt(beta))
