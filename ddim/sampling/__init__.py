@@ -4,7 +4,7 @@ Layers, each importing only those above it:
 - `steps`: the pure step math (eq. 12, eq. 16, the DDPM posterior step);
 - `denoiser`: a network output -> (eps, x0_pred) (prediction type, clipping);
 - `plan`: the noise levels (t, a_t, a_s) a walk visits, for sampling and for inversion;
-- `solvers`: the update rules (DDIM(eta), sigma-hat, ...), each a small `Solver`;
+- `solvers`: the update rules (DDIM(eta), sigma-hat, ...), each a small `Solver`; `registry`: them by name;
 - `walk`: the one loop; `sampler`: the `DDIMSampler` front; `noise`, `slerp`: helpers.
 """
 
@@ -13,7 +13,8 @@ from ddim.sampling.noise import Generator, randn
 from ddim.sampling.plan import Step, invert_plan, resolve_taus, sample_plan
 from ddim.sampling.sampler import DDIMSampler
 from ddim.sampling.slerp import slerp
-from ddim.sampling.solvers import DDIM, SOLVERS, VARIANCES, SigmaHat, Solver, make_solver
+from ddim.sampling.registry import SOLVERS, VARIANCES, make_solver
+from ddim.sampling.solvers import DDIM, SigmaHat, Solver
 from ddim.sampling.steps import PREDICTIONS, ddim_sigma, ddim_step, ddpm_posterior_step, predict_eps_x0
 from ddim.sampling.walk import walk
 

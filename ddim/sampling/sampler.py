@@ -14,7 +14,8 @@ from ddim.errors import DDIMError
 from ddim.sampling.denoiser import Denoiser, Model
 from ddim.sampling.noise import Generator
 from ddim.sampling.plan import Step, invert_plan, resolve_taus, sample_plan
-from ddim.sampling.solvers import Solver, make_solver
+from ddim.sampling.registry import make_solver
+from ddim.sampling.solvers import Solver
 from ddim.sampling.steps import PREDICTIONS
 from ddim.sampling.walk import walk
 from ddim.schedule import NoiseSchedule

@@ -7,7 +7,7 @@ x0_pred)` once per step, or more where its method needs more evaluations (it say
 denoiser counts them), and `noise()` for N(0, I) shaped like x, drawn from the caller's generator.
 
 To add a solver: subclass `Solver`, keep its options in `__init__`, its per-walk state in `begin`, its update in
-`step`; register a factory in `SOLVERS`. docs/ARCHITECTURE.md has the test recipe.
+`step`; register a factory in `ddim.sampling.registry.SOLVERS`. docs/ARCHITECTURE.md has the test recipe.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from ddim.errors import DDIMError
 from ddim.sampling.plan import Step
 from ddim.sampling.steps import ddim_sigma, ddim_step, ddpm_posterior_step
 
-__all__ = ["Solver", "DDIM", "SigmaHat", "SOLVERS", "VARIANCES", "make_solver", "Denoise", "Noise"]
+__all__ = ["Solver", "DDIM", "SigmaHat", "Denoise", "Noise"]
 
 Denoise = Callable[[Tensor, int, float], tuple[Tensor, Tensor]]
 Noise = Callable[[], Tensor]
-VARIANCES: tuple[str, ...] = ("eta", "large")
 
 
 class Solver:
@@ -96,28 +95,3 @@ class SigmaHat(Solver):
         x0_pred = x0_pred.clamp(-1, 1)
         last = i == len(self.plan) - 1
         return ddpm_posterior_step(x, x0_pred, s.a_t, s.a_s, None if last else noise()), x0_pred
-
-
-def _ddim(eta: float, variance: str) -> Solver:
-    return SigmaHat() if variance == "large" else DDIM(eta)
-
-
-# name -> factory(eta, variance). eta and variance are options of the "ddim" family.
-SOLVERS: dict[str, Callable[[float, str], Solver]] = {"ddim": _ddim}
-
-
-def make_solver(solver: str | Solver = "ddim", eta: float = 0.0, variance: str = "eta") -> Solver:
-    """A Solver from its name (with the ddim family's eta and variance), or a Solver instance as given."""
-    if variance not in VARIANCES:
-        raise DDIMError(f"variance must be one of {VARIANCES}, got {variance!r}")
-    if isinstance(solver, str):
-        if solver not in SOLVERS:
-            raise DDIMError(f"solver must be one of {tuple(SOLVERS)} or a Solver instance, got {solver!r}")
-        return SOLVERS[solver](eta, variance)
-    if not (callable(getattr(solver, "fresh", None)) and callable(getattr(solver, "step", None))):
-        raise DDIMError(f"solver must be one of {tuple(SOLVERS)} or a Solver instance (with fresh and step), "
-                        f"got {solver!r}")
-    if eta != 0 or variance != "eta":
-        raise DDIMError("eta and variance configure the named 'ddim' solver; set them on the Solver instance "
-                        f"instead (got eta={eta!r}, variance={variance!r} with {solver!r})")
-    return solver
