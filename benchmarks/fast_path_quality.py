@@ -25,7 +25,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # _report, ddim
 from _report import machine, write_section  # noqa: E402
 
-from ddim.data import to_uint8  # noqa: E402
+from ddim.images import to_uint8  # noqa: E402
 from ddim.generate import initial_noise, load_model, network, sample_generators  # noqa: E402
 from ddim.metrics.classifier import evaluate_digits, load_digits_classifier  # noqa: E402
 from ddim.sampling import DDIMSampler  # noqa: E402

@@ -85,7 +85,7 @@ def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> di
         run_warm = lambda: pipe(batch_size=batch, num_inference_steps=2, eta=0.0, output_type="np")  # noqa: E731
     else:
         from ddim.checkpoint import load
-        from ddim.data import to_uint8
+        from ddim.images import to_uint8
         from ddim.generate import network
         from ddim.sampling import DDIMSampler
         loaded = load(weights)

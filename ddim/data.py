@@ -1,4 +1,4 @@
-"""Datasets as float tensors [C, H, W] in [-1, 1], and the way back to uint8 PNGs.
+"""Datasets as float tensors [C, H, W] in [-1, 1] (for training; pixels, files and PNGs are `ddim.images`).
 
 Every loader returns a `torch.utils.data.Dataset` whose items are float32 tensors [C, H, W] in [-1, 1]
 (labels, where a format has them, are kept on the dataset as `.labels` and never returned: training is
@@ -20,17 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ddim.io import atomic_path
+from ddim.images import array_to_nchw, digits_images, from_uint8, read_array, resize_center_crop
 
 __all__ = [
     "ImageTensorDataset", "ImageFolder", "cifar10", "celeba", "npz_arrays", "idx_file", "digits",
-    "build_dataset", "to_uint8", "from_uint8", "make_grid", "save_image_grid", "display_scale", "save_images", "DATASETS",
-    "CELEBA_CROP",
+    "build_dataset", "DATASETS", "CELEBA_CROP",
 ]
 
 # The official DDIM/DDPM CelebA preprocessing: torchvision `F.crop(img, top=57, left=25, height=128,
@@ -40,100 +38,11 @@ CELEBA_CROP: tuple[int, int, int, int] = (25, 57, 25 + 128, 57 + 128)
 _CELEBA_SIZE = (178, 218)  # (width, height) of img_align_celeba
 
 
-# --- pixels <-> tensors ---------------------------------------------------------------------------------
-def from_uint8(x: np.ndarray | Tensor) -> Tensor:
-    """uint8 pixels (any shape) -> float32 in [-1, 1]: x / 127.5 - 1."""
-    if not isinstance(x, Tensor):
-        x = np.asarray(x)
-        x = torch.from_numpy(x if x.flags.writeable else x.copy())
-    return x.to(torch.float32) / 127.5 - 1.0
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Float images in [-1, 1] (any shape) -> uint8 in [0, 255], rounded to nearest and clamped."""
-    return ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np.ndarray:
-    """Tile images [N, C, H, W] (float in [-1, 1] or uint8; C = 1 or 3) into one uint8 array [H', W', C]."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be [N, C, H, W] with C = 1 or 3, got shape {tuple(images.shape)}")
-    if nrow < 1:
-        raise ValueError(f"nrow must be >= 1, got {nrow}")
-    imgs = images.cpu() if images.dtype == torch.uint8 else to_uint8(images)
-    n, c, h, w = imgs.shape
-    ncol = min(nrow, n)
-    nrows = (n + ncol - 1) // ncol
-    grid = np.full((padding + nrows * (h + padding), padding + ncol * (w + padding), c), pad_value, np.uint8)
-    for i in range(n):
-        r, q = divmod(i, ncol)
-        y, x = padding + r * (h + padding), padding + q * (w + padding)
-        grid[y:y + h, x:x + w] = imgs[i].permute(1, 2, 0).numpy()
-    return grid
-
-
-def _atomic_write_png(array: np.ndarray, path: Path) -> None:
-    """Write an [H, W, C] uint8 array as PNG via a temp file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    with atomic_path(path, durable=False) as tmp:  # many small files: no fsync each
-        img.save(tmp, format="PNG")
-
-
-def display_scale(size: int, target: int = 64) -> int:
-    """The integer zoom that makes an image of side ``size`` at least ``target`` pixels (1 if it already is)."""
-    return max(1, -(-target // max(1, size)))
-
-
-def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2,
-                    scale: int | str = 1) -> Path:
-    """Save images [N, C, H, W] (float in [-1, 1] or uint8, C = 1 or 3) as one PNG grid, atomically.
-
-    ``scale`` zooms the grid by an integer factor with nearest-neighbour pixels (the pixels stay exact, only
-    bigger); ``"auto"`` zooms small images to at least 64 pixels a side, so a grid of 16x16 digits is visible.
-    """
-    path = Path(path)
-    grid = make_grid(images, nrow=nrow, padding=padding)
-    if scale == "auto":
-        scale = display_scale(max(images.shape[-2:]))
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be an integer >= 1 or 'auto', got {scale!r}")
-    if scale > 1:
-        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    _atomic_write_png(grid, path)
-    return path
-
-
-def save_images(images: Tensor, folder: str | os.PathLike, prefix: str = "", start: int = 0) -> list[Path]:
-    """Save each image of [N, C, H, W] as `{folder}/{prefix}{start + i:06d}.png`, atomically; returns the paths."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be [N, C, H, W] with C = 1 or 3, got shape {tuple(images.shape)}")
-    imgs = images.cpu() if images.dtype == torch.uint8 else to_uint8(images)
-    paths = []
-    for i, img in enumerate(imgs):
-        p = Path(folder) / f"{prefix}{start + i:06d}.png"
-        _atomic_write_png(img.permute(1, 2, 0).numpy(), p)
-        paths.append(p)
-    return paths
-
-
 def _pil_to_tensor(img: Image.Image, channels: int) -> Tensor:
     img = img.convert("L" if channels == 1 else "RGB")
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return from_uint8(arr).permute(2, 0, 1).contiguous()
-
-
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Scale the shorter side to `size` (bicubic, antialiased), then crop the centre size x size."""
-    w, h = img.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 def _check_channels(channels: int) -> None:
@@ -161,79 +70,18 @@ class ImageTensorDataset(Dataset):
         return self.images[i]
 
 
-def _array_to_nchw(arr: np.ndarray, what: str) -> Tensor:
-    """[N, H, W], [N, H, W, C] or [N, C, H, W] (C in 1, 3) uint8 or float -> float32 [N, C, H, W] in [-1, 1]."""
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim == 4:
-        if arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
-            arr = arr.transpose(0, 3, 1, 2)
-        elif arr.shape[1] not in (1, 3):
-            raise ValueError(f"{what}: cannot find a channel axis of size 1 or 3 in shape {arr.shape}")
-    else:
-        raise ValueError(f"{what}: expected an image array [N, H, W], [N, H, W, C] or [N, C, H, W]; "
-                         f"got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{what}: the array holds no images")
-    if arr.dtype == np.uint8:
-        return from_uint8(np.ascontiguousarray(arr))
-    if np.issubdtype(arr.dtype, np.floating):
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo >= 0.0 and hi <= 1.0:
-            return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)) * 2 - 1
-        if lo >= -1.0 and hi <= 1.0:
-            return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        raise ValueError(f"{what}: float pixels must lie in [0, 1] or [-1, 1], found [{lo:.4g}, {hi:.4g}]")
-    raise ValueError(f"{what}: pixels must be uint8 or float, got dtype {arr.dtype}")
-
-
 def digits(image_size: int = 16) -> ImageTensorDataset:
-    """scikit-learn's 1797 handwritten digits (8x8, gray 0..16) -> [-1, 1], bilinearly upsampled to image_size.
-
-    Ships inside the scikit-learn wheel, so it needs no download. Labels (0..9) are kept as `.labels`.
-    """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the digits data set needs scikit-learn: pip install 'ddim[data]'") from e
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an integer >= 8 for digits, got {image_size!r}")
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32))[:, None] / 16.0 * 2.0 - 1.0   # [1797, 1, 8, 8]
-    if image_size != 8:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return ImageTensorDataset(x.clamp(-1, 1), torch.from_numpy(d.target.astype(np.int64)), name="digits")
+    """scikit-learn's 1797 handwritten digits, preprocessed by `ddim.images.digits_images`; labels as `.labels`."""
+    x, labels = digits_images(image_size)
+    return ImageTensorDataset(x, labels, name="digits")
 
 
 def npz_arrays(path: str | os.PathLike, key: str | None = None) -> ImageTensorDataset:
-    """Images from a .npz (or .npy) file: uint8 pixels, or floats in [0, 1] or [-1, 1].
-
-    key: the array's name in the .npz; by default the only array, else the first of "x_train", "images", "x",
-    "arr_0". Shapes [N, H, W], [N, H, W, C] or [N, C, H, W]. Loaded with allow_pickle=False.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"npz path {str(path)!r} does not exist")
-    if path.suffix == ".npy":
-        return ImageTensorDataset(_array_to_nchw(np.load(path, allow_pickle=False), str(path)), name=path.name)
-    with np.load(path, allow_pickle=False) as z:
-        names = list(z.keys())
-        if key is None:
-            if len(names) == 1:
-                key = names[0]
-            else:
-                key = next((k for k in ("x_train", "images", "x", "arr_0") if k in names), None)
-                if key is None:
-                    raise ValueError(f"{path}: several arrays {names}; choose one with key=")
-        if key not in names:
-            raise KeyError(f"{path}: no array named {key!r}; it holds {names}")
-        arr = z[key]
-        labels = None
-        for lk in ("y_train", "labels", "y"):
-            if lk in names and lk != key and z[lk].shape[:1] == arr.shape[:1]:
-                labels = torch.from_numpy(z[lk].astype(np.int64))
-                break
-    return ImageTensorDataset(_array_to_nchw(arr, f"{path}[{key}]"), labels, name=path.name)
+    """Images (and labels where the file has them) from a .npz or .npy file, as `ddim.images.read_array` reads
+    them: uint8 pixels, or floats in [0, 1] or [-1, 1]; shapes [N, H, W], [N, H, W, C] or [N, C, H, W]."""
+    arr, labels = read_array(path, key)
+    return ImageTensorDataset(array_to_nchw(arr, str(path)), None if labels is None else torch.from_numpy(labels),
+                              name=Path(path).name)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -393,7 +241,7 @@ class ImageFolder(Dataset):
             with Image.open(p) as img:
                 img.load()
                 if self.resize:
-                    img = _resize_center_crop(img, self.image_size)
+                    img = resize_center_crop(img, self.image_size)
                 return _pil_to_tensor(img, self.channels)
         except OSError as e:
             raise OSError(f"could not decode image {p}: {e}") from e

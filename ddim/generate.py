@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddim.checkpoint import LoadedModel, load
-from ddim.data import save_image_grid, save_images
+from ddim.images import save_image_grid, save_images
 from ddim.io import atomic_path, write_json_atomic
 from ddim.sampling import DDIMSampler
 

@@ -34,7 +34,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ddim.config import TrainConfig
-from ddim.data import ImageTensorDataset, build_dataset, save_image_grid
+from ddim.data import ImageTensorDataset, build_dataset
+from ddim.images import save_image_grid
 from ddim.io import atomic_path, write_json_atomic
 from ddim.schedule import NoiseSchedule
 

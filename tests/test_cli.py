@@ -12,7 +12,7 @@ from PIL import Image
 from ddim import NoiseSchedule
 from ddim.checkpoint import save
 from ddim.cli import build_parser, main
-from ddim.data import display_scale
+from ddim.images import display_scale
 from ddim.generate import CPU_AUTO_BATCH, auto_batch_size, batch_from_memory
 from ddim.models import PRESETS, UNet
 

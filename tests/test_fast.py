@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddim import DDIMSampler, NoiseSchedule
-from ddim.data import to_uint8
+from ddim.images import to_uint8
 from ddim.generate import network
 from ddim.models import PRESETS, UNet
 

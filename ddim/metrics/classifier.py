@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddim import images
 from ddim.metrics.fid import feature_statistics, frechet_distance
 
 __all__ = [
@@ -46,18 +47,9 @@ _FORMAT = "ddim-digits-classifier-v1"
 
 # --- data ------------------------------------------------------------------------------------------------------
 def digits_images(size: int = IMAGE_SIZE) -> tuple[Tensor, Tensor]:
-    """scikit-learn's 1797 digits as float32 [N, 1, size, size] in [-1, 1] and int64 labels [N].
-
-    The 0..16 pixel values map to [-1, 1] (x / 16 * 2 - 1), then bilinear resize (align_corners=False) 8 -> size,
-    the same preprocessing as the embedded model's data (``ddim.data``).
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16 * 2 - 1
-    if size != x.shape[-1]:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x, torch.as_tensor(digits.target, dtype=torch.int64)
+    """scikit-learn's 1797 digits as float32 [N, 1, size, size] in [-1, 1] and int64 labels [N], preprocessed
+    exactly as the embedded model's data (`ddim.images.digits_images`)."""
+    return images.digits_images(size)
 
 
 def digits_split(test_fraction: float = 0.2, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -222,7 +214,7 @@ def _as_digits(samples: Tensor | np.ndarray) -> Tensor:
         x = torch.as_tensor(np.asarray(samples.cpu() if isinstance(samples, Tensor) else samples))
         if x.ndim == 4 and x.shape[-1] == 1 and x.shape[1] != 1:
             x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
-        x = x.float() / 127.5 - 1.0
+        x = images.from_uint8(x)
     else:
         x = torch.as_tensor(np.asarray(samples) if not isinstance(samples, Tensor) else samples)
     x = x.detach().cpu().float()

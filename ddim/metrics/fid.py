@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 from torch import nn
 
+from ddim import images as images_mod
+from ddim.errors import DDIMError, MissingFileError
 from ddim.io import atomic_path
 from ddim.metrics.inception import load_inception
 
@@ -42,7 +44,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
 ]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = images_mod.IMAGE_EXTENSIONS
 
 
 # --- Frechet distance and statistics ---------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
 
     Torch tensors follow the package's convention: channel-first [N, C, H, W], floats in [-1, 1] (always read
     so, whatever their actual range, so that results never depend on the batch), converted like
-    ``ddim.data.to_uint8`` (round((x + 1) * 127.5), clamped). numpy arrays are channel-last ([N, H, W],
+    ``ddim.images.to_uint8`` (round((x + 1) * 127.5), clamped). numpy arrays are channel-last ([N, H, W],
     [N, H, W, 1] or [N, H, W, 3]; [N, C, H, W] with C in {1, 3} is recognised too), as image files and .npz
     sample files are; float arrays there have no fixed convention, so the range is inferred from the whole
     array: [-1, 1] if it has negative values, else [0, 1] if its maximum is <= 1, else [0, 255]. Integer
@@ -218,7 +220,7 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
         if x.ndim != 4:
             raise ValueError(f"image tensors must be [N, C, H, W], got {tuple(x.shape)}")
         if x.is_floating_point():
-            x = ((x.double() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            x = images_mod.to_uint8(x)
         arr = x.permute(0, 2, 3, 1).numpy()
     else:
         arr = np.asarray(images)
@@ -252,42 +254,18 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _load_npz_images(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        keys = list(data.keys())
-        if not keys:
-            raise ValueError(f"{path} holds no arrays")
-        if {"mu", "sigma"} <= set(keys):
-            raise ValueError(f"{path} holds statistics (mu, sigma), not images")
-        key = next((k for k in ("images", "arr_0") if k in keys), keys[0])
-        return data[key]
-
-
 def load_images(path: str | os.PathLike) -> np.ndarray:
-    """Images as uint8 [N, H, W, 3] from a folder (searched recursively, read with Pillow) or an .npz.
-
-    An .npz contributes its ``images`` array, else ``arr_0``, else its first array (see ``to_uint8_nhwc``
-    for the accepted layouts and ranges). Folder images are converted to RGB (gray repeated to 3 channels,
-    alpha dropped), taken in sorted path order, and must all have the same size.
-    """
-    from PIL import Image
-
+    """Images as uint8 [N, H, W, 3] from a folder (searched recursively) or an image .npz, read by
+    `ddim.images.load_images` (gray repeated to 3 channels; folder images must all have one size)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
-        return to_uint8_nhwc(_load_npz_images(path))
+        with np.load(path, allow_pickle=False) as data:
+            if {"mu", "sigma"} <= set(data.keys()):
+                raise DDIMError(f"{path} holds statistics (mu, sigma), not images")
+        return to_uint8_nhwc(images_mod.read_array(path)[0])   # its own range conventions (see to_uint8_nhwc)
     if not path.is_dir():
-        raise FileNotFoundError(f"no image folder or .npz file at {path}")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {path}")
-    images = []
-    for f in files:
-        with Image.open(f) as img:
-            images.append(np.asarray(img.convert("RGB")))
-        if images[-1].shape != images[0].shape:
-            raise ValueError(f"images differ in size: {files[0]} is {images[0].shape[:2]}, "
-                             f"{f} is {images[-1].shape[:2]}; resize them to one size first")
-    return np.stack(images)
+        raise MissingFileError(f"no image folder or .npz file at {path}")
+    return to_uint8_nhwc(images_mod.load_images(path, channels=3))
 
 
 # --- Inception features ----------------------------------------------------------------------------------------
