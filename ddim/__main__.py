@@ -1,5 +1,5 @@
 import sys
 
-from ddim.cli import main
+from ddim.commands import main
 
 sys.exit(main())

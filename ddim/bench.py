@@ -1,4 +1,4 @@
-"""`ddim bench`: sampling throughput of this package against diffusers' DDIMPipeline, same weights, one run.
+"""Sampling throughput of this package against diffusers' DDIMPipeline, same weights, one run (`ddim bench`).
 
 Each (path, batch) cell runs in a fresh subprocess so that its peak memory is its own and no compile cache
 or allocator state leaks between cells. The network is the `cifar10` preset (35.7M parameters) with seeded
@@ -17,7 +17,6 @@ spent inside the network's calls is summed and subtracted from the whole loop.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -115,19 +114,12 @@ def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> di
 
 
 def _cell_in_subprocess(path: str, batch: int, steps: int, weights: str, folder: str, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "ddim.bench", "--_cell", json.dumps([path, batch, steps, weights, folder])]
+    cmd = [sys.executable, "-m", "ddim.bench", json.dumps([path, batch, steps, weights, folder])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         return {"path": path, "batch": batch, "steps": steps, "error": r.stderr.strip().splitlines()[-1:]}
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def combine(runs: list[dict]) -> dict:
@@ -183,23 +175,9 @@ def _spread(row: dict) -> str:
     return f"{row['runs']}: {row['spread'][0]:.3f}-{row['spread'][1]:.3f}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="ddim bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="example: ddim bench --batches 1 8 64 --steps 50 --write")
-    p.add_argument("--batches", type=_positive, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
-    p.add_argument("--steps", type=_positive, default=50, help="sampling steps S (default: 50)")
-    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="which paths to run")
-    p.add_argument("--repeats", type=_positive, default=1,
-                   help="runs per cell, in alternating order; the table reports the median (default: 1)")
-    p.add_argument("--threads", type=_positive, default=torch.get_num_threads(), help="CPU threads per cell")
-    p.add_argument("--write", action="store_true", help="update the checkout's BENCHMARKS.md (else print only)")
-    p.add_argument("--_cell", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args._cell:
-        print(json.dumps(run_cell(*json.loads(args._cell))))
-        return
-
+def run_bench(batches: list[int], steps: int, paths: list[str], repeats: int, threads: int
+              ) -> tuple[list[dict], dict[str, float], float]:
+    """Every (path, batch) cell `repeats` times in fresh processes; returns (rows, matmul peaks, FLOPs/forward)."""
     from ddim import NoiseSchedule
     from ddim.checkpoint import export_diffusers, save
     from ddim.models import PRESETS, UNet
@@ -214,26 +192,49 @@ def main(argv: list[str] | None = None) -> None:
         weights, folder = os.path.join(tmp, "cifar10.safetensors"), os.path.join(tmp, "unet")
         save(weights, model, NoiseSchedule.linear())
         export_diffusers(model, folder)
-        for batch in args.batches:
-            runs: dict[str, list[dict]] = {path: [] for path in args.paths}
-            for rep in range(args.repeats):
+        for batch in batches:
+            runs: dict[str, list[dict]] = {path: [] for path in paths}
+            for rep in range(repeats):
                 # odd rounds run the paths in reverse, so that no path always runs first or last on a
                 # machine whose speed drifts (thermal limits, noisy neighbours)
-                for path in (args.paths if rep % 2 == 0 else args.paths[::-1]):
-                    r = _cell_in_subprocess(path, batch, args.steps, weights, folder, args.threads)
+                for path in (paths if rep % 2 == 0 else paths[::-1]):
+                    r = _cell_in_subprocess(path, batch, steps, weights, folder, threads)
                     runs[path].append(r)
                     print(json.dumps(r), flush=True)
-            results += [combine(runs[path]) for path in args.paths]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+            results += [combine(runs[path]) for path in paths]
+    return results, peaks, flops
+
+
+def machine() -> str:
+    """One line naming the hardware and software the numbers were taken on."""
+    import platform
+    cpu = platform.processor() or platform.machine()
     try:
-        from _report import machine, write_section    # the repo's benchmark helpers, when run from a checkout
-    except ImportError:
-        machine, write_section = (lambda: "unknown machine"), None
-    text = markdown(results, peaks, flops, machine(), args.steps)
-    print(text)
-    if args.write and write_section is not None:
-        write_section("bench_sampling", text)
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU only, {torch.get_num_threads()} threads"
+    return f"{cpu}; {os.cpu_count()} cores; {dev}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARKS_HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
+
+
+def write_section(path: str | os.PathLike, name: str, body: str) -> None:
+    """Put `body` between the markers of section `name` in the markdown file `path` (atomically), leaving the
+    other sections alone."""
+    from ddim.io import write_text_atomic
+    path = Path(path)
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else BENCHMARKS_HEADER
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    write_text_atomic(path, text)
+
+
+if __name__ == "__main__":       # one cell, in its own process: `python -m ddim.bench '[path, batch, ...]'`
+    print(json.dumps(run_cell(*json.loads(sys.argv[1]))))

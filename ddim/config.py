@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ddim.errors import DDIMError
+
 __all__ = [
     "DataConfig", "ModelConfig", "DiffusionConfig", "TrainingConfig", "OptimConfig", "TrainConfig",
-    "load_yaml", "config_from_dict", "add_train_arguments", "config_from_args",
+    "load_yaml", "config_from_dict", "add_train_arguments", "config_from_args", "SampleConfig", "check_int",
+    "check_steps", "DTYPES",
 ]
 
 
@@ -207,7 +211,7 @@ _FLAG_NAMES = {("optim", "eps"): "adam-eps", ("optim", "beta1"): "adam-beta1", (
                ("model", "out_ch"): "out-channels", ("optim", "warmup"): "warmup-steps"}
 _HELP = {
     "dataset": "data set: digits, cifar10, celeba, folder, npz, idx", "data-root": "data folder or file",
-    "steps": "optimizer steps", "batch-size": "global batch size (all processes and accumulation steps)",
+    "steps": "optimizer steps to train for (training.n_iters; not sampling steps: those are --sample-steps)", "batch-size": "global batch size (all processes and accumulation steps)",
     "model": "U-Net preset (ddim.models.PRESETS)", "ema-rate": "EMA decay", "prediction": "network target",
 }
 
@@ -226,7 +230,8 @@ def _int_list(s: str) -> list[int]:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add `ddim train`'s flags; flags left unset keep the YAML (or default) value."""
-    parser.add_argument("--config", help="YAML config (official data/model/diffusion/training/optim layout)")
+    parser.add_argument("--config", help="training YAML (the official data/model/diffusion/training/optim layout; "
+                        "not a checkpoint's architecture as in `ddim sample --config`)")
     parser.add_argument("--out", "--out-dir", dest="out_dir", default=argparse.SUPPRESS,
                         help="run directory (default runs/ddim)")
     parser.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
@@ -269,3 +274,94 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         elif key in _TOP:
             setattr(cfg, key, value)
     return cfg.validate()
+
+
+# --- sampling --------------------------------------------------------------------------------------------------
+def check_int(value: Any, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """`value` as an int in [minimum, maximum]; a DDIMError naming `name` otherwise (bools are not ints)."""
+    import numpy as np
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum \
+        and (maximum is None or value <= maximum)
+    if not ok:
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise DDIMError(f"{name} must be an integer {bound}, got {value!r}")
+    return int(value)
+
+
+def check_steps(steps: Any, T: int, name: str = "steps") -> list[int]:
+    """A non-empty list of step counts, each an integer in [1, T]."""
+    steps = list(steps)
+    if not steps:
+        raise DDIMError(f"{name}: give at least one step count")
+    return [check_int(s, f"{name}: each step count S", 1, T) for s in steps]
+
+
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to sample: every option from the command line to the sampler travels in this one object.
+
+    Validated completely when built (a DDIMError naming the field, which is also the flag's name, before any
+    file is written); checks that need the model (steps <= T, eta too large for a plan) happen when the
+    sampler is built, still before anything is written. `manifest()` is what changes the images.
+    """
+
+    steps: int = 50                         # S, the number of sampling steps (length of tau)
+    skip: str | tuple[int, ...] = "uniform"  # how tau is chosen (a name of ddim.schedule.SKIPS) or explicit taus
+    solver: str = "ddim"                    # a name of ddim.sampling.SOLVERS
+    eta: float = 0.0                        # the ddim solver's eta: 0 = DDIM, 1 = DDPM
+    variance: str = "eta"                   # the ddim solver's variance: "eta" or "large" (sigma-hat)
+    clip_denoised: bool = False             # clip x0_pred to [-1, 1] at every step
+    seed: int = 0                           # sample i is a pure function of (seed, i)
+    dtype: str = "float32"                  # network compute dtype (autocast)
+    channels_last: bool = False
+    compile: bool = False
+    batch_size: int | str = 64              # images per network call, or "auto"
+
+    def __post_init__(self) -> None:
+        from ddim.sampling.registry import SOLVERS, VARIANCES
+        from ddim.schedule import SKIPS
+        check_int(self.steps, "steps")
+        if isinstance(self.skip, str):
+            if self.skip not in SKIPS:
+                raise DDIMError(f"skip must be one of {', '.join(map(repr, SKIPS))} or a list of timesteps; "
+                                f"got {self.skip!r}")
+        else:
+            object.__setattr__(self, "skip", tuple(check_int(t, "skip: each timestep", 0) for t in self.skip))
+            if not self.skip:
+                raise DDIMError("skip: an explicit list needs at least one timestep")
+        if self.solver not in SOLVERS:
+            raise DDIMError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        eta = self.eta
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+            raise DDIMError(f"eta must be a finite number >= 0, got {eta!r}")
+        object.__setattr__(self, "eta", float(eta))
+        if self.variance not in VARIANCES:
+            raise DDIMError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
+        for flag in ("clip_denoised", "channels_last", "compile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise DDIMError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        check_int(self.seed, "seed", 0)
+        if self.dtype not in DTYPES:
+            raise DDIMError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batch_size != "auto":
+            check_int(self.batch_size, "batch_size (an integer >= 1 or 'auto')")
+
+    def walk_options(self) -> dict[str, Any]:
+        """The keyword arguments of `DDIMSampler.sample` / `iter_sample` this config sets."""
+        return dict(steps=self.steps, eta=self.eta, skip=self.skip if isinstance(self.skip, str) else list(self.skip),
+                    variance=self.variance, clip_denoised=self.clip_denoised, solver=self.solver)
+
+    def manifest(self) -> dict[str, Any]:
+        """The settings that change the images (what a resumed run must match); JSON-ready."""
+        d = asdict(self)
+        for k in ("channels_last", "compile", "batch_size"):   # speed only: the same images (tested)
+            d.pop(k)
+        d["skip"] = d["skip"] if isinstance(d["skip"], str) else list(d["skip"])
+        return d
+
+    def replace(self, **changes: Any) -> "SampleConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -11,12 +11,12 @@ S) and Figure 4 (sampling time vs S). Each writes a markdown table, a CSV and a 
 - `timing`: seconds per image of eta = 0 sampling vs S, with a least-squares line and its R^2.
 
 Runs are resumable: each finished cell is written to the CSV at once, and a rerun with the same settings in the
-same folder reuses the cells already there. `add_eval_parser(sub, model_args)` registers `ddim eval`.
+same folder reuses the cells already there. How to sample (skip, seed, dtype, batch size, solver, ...) comes in
+one `SampleConfig`; `ddim.commands.eval` is the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -34,12 +34,16 @@ import torch
 from torch import Tensor
 
 from ddim.checkpoint import LoadedModel
-from ddim.generate import initial_noise, network, sample_generators
+from ddim.config import SampleConfig, check_int, check_steps
+from ddim.errors import DDIMError, MissingDependencyError, MissingFileError, OutputExistsError
+from ddim.generate import (check_plan, decode, encode, image_shape, initial_noise, make_sampler, sample_batch, sample_generators,
+                           weights_fingerprint)
+from ddim.images import load_images
 from ddim.io import atomic_path, write_text_atomic
-from ddim.sampling import DDIMSampler
+from ddim.runs import open_run
 
 __all__ = ["FeatureMetric", "classifier_metric", "inception_metric", "make_metric", "generate_samples",
-           "table1", "table2", "timing", "linear_fit", "add_eval_parser", "METRICS", "TABLE1_STEPS",
+           "table1", "table2", "timing", "linear_fit", "reconstruction_mse", "METRICS", "TABLE1_STEPS",
            "TABLE1_ETAS", "TABLE2_STEPS", "TIMING_STEPS"]
 
 METRICS: tuple[str, ...] = ("classifier", "inception")
@@ -67,7 +71,7 @@ class FeatureMetric:
         """Frechet distance between the features of images [N, C, H, W] (N >= 2) and the reference."""
         from ddim.metrics.fid import feature_statistics, frechet_distance
         if len(images) < 2:
-            raise ValueError(f"n: a Frechet distance needs at least 2 images (a covariance), got {len(images)}")
+            raise DDIMError(f"n: a Frechet distance needs at least 2 images (a covariance), got {len(images)}")
         mu, sigma = feature_statistics(self.features(images))
         return frechet_distance(mu, sigma, self.mu, self.sigma)
 
@@ -97,21 +101,6 @@ def _cached_statistics(cache: Path | None, key: dict, compute: Callable[[], tupl
     return mu, sigma
 
 
-def _reference_images(spec: str | Tensor, image_size: int, channels: int) -> Tensor:
-    """Reference images [N, C, H, W] in [-1, 1]: a tensor, 'digits', a folder, or an image .npz."""
-    from ddim import data
-    if isinstance(spec, Tensor):
-        return spec
-    if spec == "digits":
-        return data.digits(image_size).images
-    if Path(spec).is_dir():
-        ds = data.ImageFolder(spec, image_size, channels=channels)
-        return torch.stack([ds[i] for i in range(len(ds))])
-    if Path(spec).suffix == ".npz" and Path(spec).is_file():
-        return data.npz_arrays(spec).images
-    raise FileNotFoundError(f"reference {spec!r}: not 'digits', an image folder, or an image .npz")
-
-
 def classifier_metric(reference: str | Tensor = "digits", image_size: int = 16, batch_size: int = 256,
                       device: str | torch.device = "cpu", cache: str | os.PathLike | None = None) -> FeatureMetric:
     """Frechet distance in the digits classifier's feature space (`ddim.metrics.classifier`), against the
@@ -119,9 +108,9 @@ def classifier_metric(reference: str | Tensor = "digits", image_size: int = 16, 
     try:
         from ddim.metrics.classifier import load_digits_classifier
     except ImportError as e:
-        raise ImportError("metric 'classifier' needs ddim.metrics.classifier (the digits classifier)") from e
+        raise MissingDependencyError("metric 'classifier' needs ddim.metrics.classifier (the digits classifier)") from e
     if image_size != 16:
-        raise ValueError(f"metric 'classifier' scores 1x16x16 digits; this model makes {image_size}x{image_size} "
+        raise DDIMError(f"metric 'classifier' scores 1x16x16 digits; this model makes {image_size}x{image_size} "
                          "images: use --metric inception")
     clf = load_digits_classifier()
     clf = clf.to(device).eval() if isinstance(clf, torch.nn.Module) else clf
@@ -132,19 +121,13 @@ def classifier_metric(reference: str | Tensor = "digits", image_size: int = 16, 
     if isinstance(reference, Tensor):
         key["sha"] = hashlib.sha256(reference.float().cpu().numpy().tobytes()).hexdigest()[:16]
     mu, sigma = _cached_statistics(
-        cache, key, lambda: _feature_stats(features, _reference_images(reference, image_size, 1)))
+        cache, key, lambda: _feature_stats(features, load_images(reference, 1, image_size, what='reference')))
     ref_name = "the 1797 real digits" if isinstance(reference, str) and reference == "digits" else name
     return FeatureMetric("classifier Frechet distance", features, mu, sigma, ref_name, fingerprint)
 
 
 def _weights_fingerprint(module: Any) -> str:
-    if not isinstance(module, torch.nn.Module):
-        return ""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
+    return weights_fingerprint(module) if isinstance(module, torch.nn.Module) else ""
 
 
 def _feature_stats(features: Callable[[Tensor], np.ndarray], images: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -160,18 +143,18 @@ def inception_metric(reference: str | os.PathLike | None, weights: str | os.Path
     (keys mu, sigma, e.g. from `ddim fid-stats`) or an image folder / image .npz."""
     from ddim.metrics import fid
     if reference is None:
-        raise ValueError("reference: metric 'inception' needs --reference, a statistics .npz (mu, sigma; "
+        raise DDIMError("reference: metric 'inception' needs --reference, a statistics .npz (mu, sigma; "
                          "make one with `ddim fid-stats`) or a folder / .npz of real images")
     from ddim.metrics.inception import resolve_inception_weights
     try:
         weights = resolve_inception_weights(weights)
     except FileNotFoundError as e:
-        raise ValueError(f"inception_weights: metric 'inception' needs the FID Inception weights: {e}") from e
+        raise DDIMError(f"inception_weights: metric 'inception' needs the FID Inception weights: {e}") from e
     extract = fid.InceptionFeatures(weights, device)
     features = lambda images: extract(images, batch_size)   # noqa: E731  (tensors [N, C, H, W] in [-1, 1])
     ref = Path(reference)
     if not ref.exists():
-        raise FileNotFoundError(f"reference {str(ref)!r} does not exist")
+        raise MissingFileError(f"reference {str(ref)!r} does not exist")
     if ref.suffix == ".npz" and _is_statistics(ref):
         mu, sigma = fid.load_statistics(ref)
     else:
@@ -195,51 +178,34 @@ def make_metric(metric: str | FeatureMetric, loaded: LoadedModel, reference: Any
         return metric
     if metric == "classifier":
         if loaded.config.in_channels != 1:
-            raise ValueError(f"metric 'classifier' scores 1-channel digits; this model makes "
+            raise DDIMError(f"metric 'classifier' scores 1-channel digits; this model makes "
                              f"{loaded.config.in_channels}-channel images: use metric 'inception'")
         return classifier_metric("digits" if reference is None else reference, loaded.config.image_size,
                                  device=device, cache=cache)
     if metric == "inception":
         return inception_metric(reference, inception_weights, device=device, cache=cache)
-    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    raise DDIMError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
 # --- sampling --------------------------------------------------------------------------------------------------
-def _sampler(loaded: LoadedModel, device: str | torch.device, dtype: str) -> DDIMSampler:
-    return DDIMSampler(network(loaded.model.to(device), dtype), loaded.schedule, loaded.prediction)
-
-
-def generate_samples(loaded: LoadedModel, n: int, steps: int, eta: float = 0.0, variance: str = "eta",
-                     skip: str = "uniform", seed: int = 0, batch_size: int = 250, device: str | torch.device = "cpu",
-                     dtype: str = "float32", progress: bool = False) -> Tensor:
-    """n samples [n, C, H, W] (CPU, float32, in [-1, 1]); sample i is a function of (seed, i) only, so every
-    (steps, eta) cell starts from the same x_T."""
+def generate_samples(loaded: LoadedModel, n: int, config: SampleConfig, device: str | torch.device = "cpu",
+                     progress: bool = False) -> Tensor:
+    """n samples [n, C, H, W] (CPU, float32, in [-1, 1]) with the config's sampler; sample i is a function of
+    (config.seed, i) only, so every (steps, eta) cell starts from the same x_T."""
     from tqdm.auto import tqdm
-    sampler = _sampler(loaded, device, dtype)
-    c = loaded.config
+    sampler = make_sampler(loaded, config, device)
+    bs = int(config.batch_size) if config.batch_size != "auto" else 250
     out = []
-    for b in tqdm(range(0, n, batch_size), desc=f"S={steps}", unit="batch", disable=not progress, leave=False):
-        gens = sample_generators(seed, range(b, min(b + batch_size, n)))
-        x_T = initial_noise((c.in_channels, c.image_size, c.image_size), gens, device)
-        out.append(sampler.sample(x_T, steps, eta, skip, variance, gens).float().clamp(-1, 1).cpu())
+    for b in tqdm(range(0, n, bs), desc=f"S={config.steps}", unit="batch", disable=not progress, leave=False):
+        gens = sample_generators(config.seed, range(b, min(b + bs, n)))
+        x_T = initial_noise(image_shape(loaded), gens, device)
+        out.append(sample_batch(sampler, x_T, config, gens).float().clamp(-1, 1).cpu())
     return torch.cat(out)
 
 
-# --- validation --------------------------------------------------------------------------------------------------
-def _check_steps(steps: Sequence[int], T: int, name: str = "steps") -> list[int]:
-    steps = list(steps)
-    if not steps:
-        raise ValueError(f"{name}: give at least one step count")
-    for s in steps:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= T:
-            raise ValueError(f"{name}: each step count S must be an integer in [1, T={T}], got {s!r}")
-    return [int(s) for s in steps]
-
-
-def _check_positive(value: int, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def reconstruction_mse(x0: Tensor, x_rec: Tensor) -> float:
+    """Per-dimension MSE in [0, 1] pixel units, as in the paper's Table 2."""
+    return (((x_rec.float().clamp(-1, 1) - x0.float()) / 2) ** 2).mean().item()
 
 
 # --- files: atomic writes, manifests, resumable CSVs -------------------------------------------------------------
@@ -257,21 +223,14 @@ def _write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
 
 
 def _start_run(out: Path, name: str, settings: dict, overwrite: bool) -> list[dict]:
-    """Check `out/<name>.json` against settings; return the CSV rows of an earlier run with the same settings
-    (to be reused), or [] for a fresh one. Different settings need overwrite=True."""
-    manifest, table = out / f"{name}.json", out / f"{name}.csv"
-    settings = json.loads(json.dumps(settings))        # tuples -> lists, as they come back from the file
-    old = json.loads(manifest.read_text()) if manifest.exists() else None
-    if old is not None and old != settings and not overwrite:
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        raise FileExistsError(f"{out} holds a {name} run with other settings {diff} (old, new); pass "
-                              "--overwrite (overwrite=True) to replace it, or choose another --out")
-    rows = []
-    if old == settings and not overwrite and table.exists():
-        with open(table, newline="") as f:
-            rows = list(csv.DictReader(f))
-    _write_text(manifest, json.dumps(settings, indent=1))
-    return rows
+    """The manifest out/<name>.json (see `ddim.runs.open_run`); the CSV rows of an earlier run with the same
+    settings (to be reused), or [] for a fresh one."""
+    resume = open_run(out, f"{name}.json", settings, overwrite, f"{name} run", exclusive=False)
+    table = out / f"{name}.csv"
+    if not (resume and table.exists()):
+        return []
+    with open(table, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _save_figure(fig: Any, path: Path) -> None:
@@ -280,8 +239,11 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 
 def _figure(figsize: tuple[float, float] = (5.5, 3.8)):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend, no display
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend, no display
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise MissingDependencyError("the plots need matplotlib: pip install 'ddim[eval]'") from e
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig, fig.subplots()
@@ -316,47 +278,47 @@ def _sampler_name(eta: float | None, variance: str) -> str:
     return "sigma-hat" if variance == "large" else f"eta = {eta:g}"
 
 
-def table1(loaded: LoadedModel, steps: Sequence[int] = TABLE1_STEPS, etas: Sequence[float] = TABLE1_ETAS,
-           sigma_hat: bool = True, n: int = 1000, skip: str = "uniform", metric: str | FeatureMetric = "classifier",
-           reference: Any = None, inception_weights: str | os.PathLike | None = None, seed: int = 0,
-           batch_size: int = 250, device: str | torch.device = "cpu", dtype: str = "float32",
+def table1(loaded: LoadedModel, config: SampleConfig = SampleConfig(batch_size=250), *,
+           steps: Sequence[int] = TABLE1_STEPS, etas: Sequence[float] = TABLE1_ETAS, sigma_hat: bool = True,
+           n: int = 1000, metric: str | FeatureMetric = "classifier", reference: Any = None,
+           inception_weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
            out: str | os.PathLike | None = None, overwrite: bool = False, real_baseline: bool = True,
            progress: bool = True) -> list[dict]:
     """Table 1's shape: the Frechet distance of n samples per (sampler, S) cell to the reference.
 
     Samplers: eq. 12 with sigma = eta * eq. 16 for each eta, plus sigma-hat (DDPM with variance beta) when
-    `sigma_hat`. Returns rows dict(sampler, eta, variance, steps, n, distance, metric, seconds); with
-    `real_baseline` (classifier metric only) one more row "real digits" (steps 0): n real digits drawn from the
-    reference set, the floor a perfect generator reaches at this n. With `out`, writes table1.md, table1.csv,
-    table1.png and table1.json there; a rerun with the same settings reuses the cells already in table1.csv.
+    `sigma_hat`; `config` gives everything else (skip, seed, dtype, batch size, clipping). Returns rows
+    dict(sampler, eta, variance, steps, n, distance, metric, seconds); with `real_baseline` (classifier metric
+    only) one more row "real digits" (steps 0): n real digits drawn from the reference set, the floor a perfect
+    generator reaches at this n. With `out`, writes table1.md, table1.csv, table1.png and table1.json there; a
+    rerun with the same settings reuses the cells already in table1.csv.
     """
     T = loaded.schedule.T
-    steps = _check_steps(steps, T)
-    n = _check_positive(n, "n", 2)
-    batch_size = _check_positive(batch_size, "batch_size")
+    steps = check_steps(steps, T)
+    n = check_int(n, "n", 2)
     etas = list(etas)
-    for e in etas:
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e < 0:
-            raise ValueError(f"etas: each eta must be a finite number >= 0, got {e!r}")
-    cells = [(float(e), "eta") for e in etas] + ([(None, "large")] if sigma_hat else [])
+    cells = [config.replace(eta=e, variance="eta") for e in etas] + (
+        [config.replace(eta=0.0, variance="large")] if sigma_hat else [])      # validates every eta
     if not cells:
-        raise ValueError("etas: give at least one eta, or keep sigma_hat=True")
+        raise DDIMError("etas: give at least one eta, or keep sigma_hat=True")
     if not isinstance(metric, FeatureMetric) and metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    sampler = _sampler(loaded, device, dtype)
-    probe = torch.zeros(0, loaded.config.in_channels, loaded.config.image_size, loaded.config.image_size)
-    for e, var in cells:       # plan every cell now (eta too large for eq. 12, a bad skip) before any sampling
+        raise DDIMError(f"metric must be one of {METRICS}, got {metric!r}")
+    sampler = make_sampler(loaded, config, device)
+    for cell in cells:       # plan every cell now (eta too large for eq. 12, a bad skip) before any sampling
         for S in steps:
-            sampler.iter_sample(probe, S, e or 0.0, skip, var)
+            check_plan(sampler, cell.replace(steps=S))
+    skip, seed = config.skip, config.seed
 
     out = Path(out) if out is not None else None
     m = make_metric(metric, loaded, reference, inception_weights, device, cache=out)
     label = m.label
     done: list[dict] = []
     if out is not None:
-        settings = {"ckpt": loaded.metadata.get("source", ""), "model": _weights_fingerprint(loaded.model),
-                    "n": n, "skip": skip, "seed": seed, "dtype": dtype, "metric": label,
-                    "features": m.fingerprint, "reference": m.reference_name}
+        settings = {"ckpt": loaded.metadata.get("source", ""), "model": weights_fingerprint(loaded.model),
+                    "n": n, **config.manifest(), "metric": label, "features": m.fingerprint,
+                    "reference": m.reference_name}
+        for k in ("steps", "eta", "variance"):        # these vary by cell
+            settings.pop(k)
         done = _start_run(out, "table1", settings, overwrite)
 
     rows: list[dict] = []
@@ -373,12 +335,14 @@ def table1(loaded: LoadedModel, steps: Sequence[int] = TABLE1_STEPS, etas: Seque
             emit(_typed_t1(reused[key]))
         else:
             t0 = time.perf_counter()
-            real = _reference_images("digits" if reference is None else reference, loaded.config.image_size, 1)
+            real = load_images("digits" if reference is None else reference, 1, loaded.config.image_size,
+                               what="reference")
             pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
             emit(dict(sampler="real digits", eta="", variance="", steps=0, n=len(pick),
                       distance=m.distance(real[pick]), metric=label, seconds=time.perf_counter() - t0))
         _log(progress, f"table1: real digits (n={rows[-1]['n']}): {label} {rows[-1]['distance']:.4g}")
-    for e, var in cells:
+    for cell in cells:
+        e, var = (None, "large") if cell.variance == "large" else (cell.eta, "eta")
         name = _sampler_name(e, var)
         for S in steps:
             if (name, S) in reused:
@@ -386,13 +350,13 @@ def table1(loaded: LoadedModel, steps: Sequence[int] = TABLE1_STEPS, etas: Seque
                 _log(progress, f"table1: {name:>10} S={S:<5d} {label} {rows[-1]['distance']:.4g} (reused)")
                 continue
             t0 = time.perf_counter()
-            x = generate_samples(loaded, n, S, e or 0.0, var, skip, seed, batch_size, device, dtype, progress)
+            x = generate_samples(loaded, n, cell.replace(steps=S), device, progress)
             d = m.distance(x)
             emit(dict(sampler=name, eta="" if e is None else e, variance=var, steps=S, n=n, distance=d,
                       metric=label, seconds=time.perf_counter() - t0))
             _log(progress, f"table1: {name:>10} S={S:<5d} {label} {d:.4g} ({rows[-1]['seconds']:.1f} s)")
     if out is not None:
-        _write_text(out / "table1.md", table1_markdown(rows, m.reference_name, skip, seed))
+        _write_text(out / "table1.md", table1_markdown(rows, m.reference_name, str(skip), seed))
         _plot_table1(rows, out / "table1.png", label)
     return rows
 
@@ -444,30 +408,28 @@ def _plot_table1(rows: list[dict], path: Path, label: str) -> None:
 T2_FIELDS = ("steps", "n", "mse", "seconds")
 
 
-def table2(loaded: LoadedModel, steps: Sequence[int] = TABLE2_STEPS, images: str | Tensor = "digits",
-           n: int = 256, skip: str = "uniform", batch_size: int = 256, device: str | torch.device = "cpu",
-           dtype: str = "float32", out: str | os.PathLike | None = None, overwrite: bool = False,
+def table2(loaded: LoadedModel, config: SampleConfig = SampleConfig(batch_size=256), *,
+           steps: Sequence[int] = TABLE2_STEPS, images: str | Tensor = "digits", n: int = 256,
+           device: str | torch.device = "cpu", out: str | os.PathLike | None = None, overwrite: bool = False,
            progress: bool = True) -> list[dict]:
-    """Table 2's shape: encode the first n images with S eta = 0 steps (eq. 13), decode with S steps, and
-    report the per-dimension MSE with pixels in [0, 1]. images: a tensor [N, C, H, W] in [-1, 1], 'digits',
-    a folder, an image file or an .npz. Returns rows dict(steps, n, mse, seconds); with `out`, writes
-    table2.md, table2.csv, table2.png (log-log) and table2.json."""
-    from ddim.cli import _input_images, reconstruction_mse
-    steps = _check_steps(steps, loaded.schedule.T)
-    n = _check_positive(n, "n")
-    batch_size = _check_positive(batch_size, "batch_size")
-    x0 = images[:n] if isinstance(images, Tensor) else _input_images(str(images), loaded, n)
-    c = loaded.config
-    if tuple(x0.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
-        raise ValueError(f"images: shape {tuple(x0.shape[1:])}, the model takes "
-                         f"{(c.in_channels, c.image_size, c.image_size)}")
-    sampler = _sampler(loaded, device, dtype)
+    """Table 2's shape: encode the first n images with S deterministic steps (eq. 13), decode with S steps, and
+    report the per-dimension MSE with pixels in [0, 1]. images: a tensor [N, C, H, W] in [-1, 1] or an image
+    spec (`ddim.images.load_images`); `config` gives skip, solver, dtype and batch size. Returns rows
+    dict(steps, n, mse, seconds); with `out`, writes table2.md, table2.csv, table2.png (log-log), table2.json."""
+    steps = check_steps(steps, loaded.schedule.T)
+    n = check_int(n, "n")
+    if config.batch_size == "auto":
+        config = config.replace(batch_size=256)
+    x0 = load_images(images, *image_shape(loaded)[:2], n=n, what="images")
+    sampler = make_sampler(loaded, config, device)
+    for S in steps:
+        check_plan(sampler, config.replace(steps=S))
     out = Path(out) if out is not None else None
     done = {}
     if out is not None:
-        settings = {"model": _weights_fingerprint(loaded.model),
+        settings = {"model": weights_fingerprint(loaded.model),
                     "images": images if isinstance(images, str) else f"{len(images)} given images",
-                    "n": len(x0), "skip": skip, "dtype": dtype}
+                    "n": len(x0), "skip": config.manifest()["skip"], "solver": config.solver, "dtype": config.dtype}
         done = {int(r["steps"]): r for r in _start_run(out, "table2", settings, overwrite)}
     rows: list[dict] = []
     for S in steps:
@@ -477,17 +439,15 @@ def table2(loaded: LoadedModel, steps: Sequence[int] = TABLE2_STEPS, images: str
             _log(progress, f"table2: S={S:<5d} MSE {rows[-1]['mse']:.3g} (reused)")
         else:
             t0 = time.perf_counter()
-            se = 0.0
-            for b in range(0, len(x0), batch_size):
-                xb = x0[b:b + batch_size].to(device)
-                rec = sampler.sample(sampler.invert(xb, S, skip), S, 0.0, skip)
-                se += reconstruction_mse(xb, rec) * len(xb)      # batch means -> mean over all images
-            rows.append(dict(steps=S, n=len(x0), mse=se / len(x0), seconds=time.perf_counter() - t0))
+            cfg = config.replace(steps=S)
+            x = x0.to(device)
+            rec = decode(sampler, encode(sampler, x, cfg), cfg)
+            rows.append(dict(steps=S, n=len(x0), mse=reconstruction_mse(x, rec), seconds=time.perf_counter() - t0))
             _log(progress, f"table2: S={S:<5d} MSE {rows[-1]['mse']:.3g} ({rows[-1]['seconds']:.1f} s)")
         if out is not None:
             _write_csv(out / "table2.csv", rows, T2_FIELDS)
     if out is not None:
-        _write_text(out / "table2.md", table2_markdown(rows, skip))
+        _write_text(out / "table2.md", table2_markdown(rows, str(config.skip)))
         _plot_table2(rows, out / "table2.png")
     return rows
 
@@ -521,42 +481,45 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, fl
     """Least-squares line y = slope x + intercept; returns (slope, intercept, R^2). Needs 2+ distinct x."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if len(x) < 2 or np.ptp(x) == 0:
-        raise ValueError("a line needs at least two different x values")
+        raise DDIMError("a line needs at least two different x values")
     slope, intercept = np.polyfit(x, y, 1)
     ss_res = float(((y - (slope * x + intercept)) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     return float(slope), float(intercept), 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
 
 
-def timing(loaded: LoadedModel, steps: Sequence[int] = TIMING_STEPS, batch_size: int = 64,
-           device: str | torch.device = "cpu", dtype: str = "float32", repeats: int = 3, warmup: int = 1,
+def timing(loaded: LoadedModel, config: SampleConfig = SampleConfig(), *, steps: Sequence[int] = TIMING_STEPS,
+           device: str | torch.device = "cpu", repeats: int = 3, warmup: int = 1,
            out: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True) -> list[dict]:
-    """Figure 4's shape: wall-clock seconds per image of eta = 0 sampling vs S (median of `repeats` runs of one
-    batch, after `warmup` untimed runs). Returns rows dict(steps, batch_size, repeats, seconds_per_image,
-    seconds_per_batch); with `out`, writes timing.md (with the linear fit and R^2), timing.csv, timing.png."""
-    steps = _check_steps(steps, loaded.schedule.T)
-    batch_size = _check_positive(batch_size, "batch_size")
-    repeats = _check_positive(repeats, "repeats")
-    warmup = _check_positive(warmup, "warmup", 0)
+    """Figure 4's shape: wall-clock seconds per image of sampling vs S with the config's sampler (median of
+    `repeats` runs of one batch of config.batch_size, after `warmup` untimed runs). Returns rows dict(steps,
+    batch_size, repeats, seconds_per_image, seconds_per_batch); with `out`, writes timing.md (with the linear
+    fit and R^2), timing.csv, timing.png."""
+    steps = check_steps(steps, loaded.schedule.T)
+    batch_size = check_int(64 if config.batch_size == "auto" else config.batch_size, "batch_size")
+    repeats = check_int(repeats, "repeats")
+    warmup = check_int(warmup, "warmup", 0)
+    sampler = make_sampler(loaded, config, device)
+    for S in steps:
+        check_plan(sampler, config.replace(steps=S))
     out = Path(out) if out is not None else None
     if out is not None:
         if (out / "timing.csv").exists() and not overwrite:
-            raise FileExistsError(f"{out / 'timing.csv'} exists; pass --overwrite (overwrite=True) to time again")
-        _start_run(out, "timing", {"batch_size": batch_size, "dtype": dtype, "device": str(device)}, True)
-    sampler = _sampler(loaded, device, dtype)
+            raise OutputExistsError(f"{out / 'timing.csv'} exists; pass --overwrite (overwrite=True) to time again")
+        _start_run(out, "timing", {"batch_size": batch_size, **config.manifest(), "device": str(device)}, True)
     c = loaded.config
     x_T = torch.randn((batch_size, c.in_channels, c.image_size, c.image_size),
                       generator=torch.Generator().manual_seed(0)).to(device)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        sampler.sample(x_T, min(steps), 0.0)
+        sample_batch(sampler, x_T, config.replace(steps=min(steps)))
     sync()
     rows: list[dict] = []
     for S in steps:
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            sampler.sample(x_T, S, 0.0)
+            sample_batch(sampler, x_T, config.replace(steps=S))
             sync()
             times.append(time.perf_counter() - t0)
         t = float(np.median(times))
@@ -605,98 +568,3 @@ def _plot_timing(rows: list[dict], path: Path) -> None:
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, flush=True)
-
-
-# --- command line ----------------------------------------------------------------------------------------------
-def _load(args: argparse.Namespace) -> LoadedModel:
-    from ddim.generate import load_model
-    loaded = load_model(args.ckpt, args.config, ema=not args.raw_weights, device=args.device)
-    loaded.metadata.setdefault("source", str(args.ckpt or "embedded:digits"))
-    return loaded
-
-
-def cmd_table1(args: argparse.Namespace) -> None:
-    rows = table1(_load(args), args.steps, args.etas, not args.no_sigma_hat, args.n, args.skip, args.metric,
-                  args.reference, args.inception_weights, args.seed, args.batch_size, args.device, args.dtype,
-                  args.out, args.overwrite, progress=not args.quiet)
-    print((Path(args.out) / "table1.md").read_text())
-    print(f"wrote {args.out}/table1.md, table1.csv, table1.png ({len(rows)} rows)")
-
-
-def cmd_table2(args: argparse.Namespace) -> None:
-    rows = table2(_load(args), args.steps, args.input, args.n, args.skip, args.batch_size, args.device, args.dtype,
-                  args.out, args.overwrite, progress=not args.quiet)
-    print((Path(args.out) / "table2.md").read_text())
-    print(f"wrote {args.out}/table2.md, table2.csv, table2.png ({len(rows)} rows)")
-
-
-def cmd_timing(args: argparse.Namespace) -> None:
-    rows = timing(_load(args), args.steps, args.batch_size, args.device, args.dtype, args.repeats, args.warmup,
-                  args.out, args.overwrite, progress=not args.quiet)
-    print((Path(args.out) / "timing.md").read_text())
-    print(f"wrote {args.out}/timing.md, timing.csv, timing.png ({len(rows)} rows)")
-
-
-def add_eval_parser(subparsers: Any, model_args_fn: Callable[[argparse.ArgumentParser], None]
-                    ) -> argparse.ArgumentParser:
-    """Register `eval {table1,table2,timing}` on an argparse subparsers object; `model_args_fn(parser)` adds
-    the model flags (--ckpt, --config, --raw-weights, --device, --dtype, ...). Each command sets `fn`."""
-    from ddim.schedule import SKIPS
-    F = argparse.ArgumentDefaultsHelpFormatter
-    e = subparsers.add_parser("eval", help="reproduce the paper's Table 1, Table 2 and Figure 4 (md, csv, png)",
-                              formatter_class=F, description=__doc__.split("\n\n")[0],
-                              epilog="example: ddim eval table1 --n 500 --out eval   (then `ddim eval table1 "
-                                     "--help`, `ddim eval table2 --help`, `ddim eval timing --help`)")
-    sub = e.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
-
-    def common(p: argparse.ArgumentParser, default_steps: Sequence[int], batch: int) -> None:
-        model_args_fn(p)
-        g = p.add_argument_group("evaluation")
-        g.add_argument("--steps", type=int, nargs="+", default=list(default_steps), help="step counts S, in [1, T]")
-        g.add_argument("--batch-size", type=int, default=batch, help="images per network call")
-        g.add_argument("--out", default="eval", help="output folder (md, csv, png and a json of the settings)")
-        g.add_argument("--overwrite", action="store_true", help="recompute everything in --out, replacing an "
-                       "earlier run (without it a run with the same settings resumes, keeping finished cells)")
-        g.add_argument("--quiet", action="store_true", help="no progress output")
-
-    p = sub.add_parser("table1", help="Frechet distance vs S for each eta and sigma-hat (Table 1)", formatter_class=F,
-                       epilog="example: ddim eval table1 --n 500 --steps 10 20 50 100 1000 --etas 0 0.2 0.5 1 "
-                              "--out eval   (embedded digits model, classifier Frechet distance); FID: ddim eval "
-                              "table1 --ckpt cifar10.ckpt --config cifar10 --skip quad --metric inception "
-                              "--reference cifar10-train-stats.npz --inception-weights pt_inception-2015-12-05-"
-                              "6726825d.pth --n 50000")
-    common(p, TABLE1_STEPS, 250)
-    g = p.add_argument_group("table 1")
-    g.add_argument("--etas", type=float, nargs="*", default=list(TABLE1_ETAS), help="eta values, one row each "
-                   "(give none for the sigma-hat row alone)")
-    g.add_argument("--no-sigma-hat", action="store_true", help="leave out the sigma-hat (DDPM, variance beta) row")
-    g.add_argument("--n", type=int, default=1000, help="samples per cell (>= 2; the paper uses 50000)")
-    g.add_argument("--skip", default="uniform", choices=SKIPS, help="the sub-sequence tau (the paper: quad for "
-                   "CIFAR-10, uniform for CelebA)")
-    g.add_argument("--metric", default="classifier", choices=METRICS, help="'classifier': Frechet distance in the "
-                   "digits classifier's features vs the real digits (1x16x16 models; not FID); 'inception': FID")
-    g.add_argument("--reference", default=None, help="inception: a statistics .npz (mu, sigma; `ddim fid-stats`) "
-                   "or real images (folder, .npz); classifier: real images (default: the 1797 digits)")
-    g.add_argument("--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth for --metric "
-                   "inception (else $DDIM_INCEPTION_WEIGHTS, else the torch hub cache)")
-    g.add_argument("--seed", type=int, default=0, help="sample i of every cell starts from the x_T of (seed, i)")
-    p.set_defaults(fn=cmd_table1)
-
-    p = sub.add_parser("table2", help="reconstruction error vs S (Table 2)", formatter_class=F,
-                       epilog="example: ddim eval table2 --input digits --n 256 --steps 10 20 50 100 200 500 1000 "
-                              "--out eval")
-    common(p, TABLE2_STEPS, 256)
-    g = p.add_argument_group("table 2")
-    g.add_argument("--input", default="digits", help="images to encode: 'digits', a folder, an image or an .npz")
-    g.add_argument("--n", type=int, default=256, help="use the first n images")
-    g.add_argument("--skip", default="uniform", choices=SKIPS, help="the sub-sequence tau")
-    p.set_defaults(fn=cmd_table2)
-
-    p = sub.add_parser("timing", help="seconds per image vs S, with a linear fit (Figure 4)", formatter_class=F,
-                       epilog="example: ddim eval timing --batch-size 64 --repeats 3 --out eval")
-    common(p, TIMING_STEPS, 64)
-    g = p.add_argument_group("timing")
-    g.add_argument("--repeats", type=int, default=3, help="timed runs per S (the median is reported)")
-    g.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
-    p.set_defaults(fn=cmd_timing)
-    return e

@@ -7,28 +7,32 @@ processes, or on whether the run was interrupted and resumed.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ddim.checkpoint import LoadedModel, load
-from ddim.images import save_image_grid, save_images
-from ddim.io import atomic_path, write_json_atomic
+from ddim.config import SampleConfig, check_int
+from ddim.distributed import rank_world
+from ddim.errors import DDIMError, MissingFileError
+from ddim.images import read_image, save_image_grid, save_images
+from ddim.io import atomic_path
+from ddim.runs import open_run
 from ddim.sampling import DDIMSampler
 
-__all__ = ["DEFAULT_MODEL", "load_model", "sample_generators", "initial_noise", "SampleRun", "generate",
-           "network", "DTYPES"]
+__all__ = ["DEFAULT_MODEL", "EMBEDDED_NAME", "load_model", "sample_generators", "initial_noise", "network",
+           "make_sampler", "check_plan", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode", "weights_fingerprint", "generate", "assemble", "DTYPES"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "digits.safetensors"
+EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -37,7 +41,7 @@ def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None,
     """`ddim.load` with one addition: no checkpoint means the embedded default model (16x16 digits)."""
     if ckpt is None:
         if not DEFAULT_MODEL.exists():
-            raise FileNotFoundError(f"the embedded default model {DEFAULT_MODEL} is missing from this install; "
+            raise MissingFileError(f"the embedded default model {DEFAULT_MODEL} is missing from this install; "
                                     "pass a checkpoint with --ckpt")
         ckpt = DEFAULT_MODEL
     return load(ckpt, config=config, ema=ema, map_location=device)
@@ -64,7 +68,7 @@ def network(model: torch.nn.Module, dtype: str = "float32", channels_last: bool 
     """The model as the sampler calls it: optional autocast to bf16/fp16 (the sampler's own arithmetic stays
     in the dtype of x), channels_last memory format and torch.compile. Returns outputs in x's dtype."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        raise DDIMError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     fn = torch.compile(model, dynamic=False) if compile else model
@@ -78,34 +82,44 @@ def network(model: torch.nn.Module, dtype: str = "float32", channels_last: bool 
     return call
 
 
-@dataclass
-class SampleRun:
-    """Everything that determines a run's images; stored in run.json so a resumed run must match it."""
-
-    ckpt: str
-    n: int
-    steps: int = 50
-    eta: float = 0.0
-    skip: str = "uniform"
-    variance: str = "eta"
-    seed: int = 0
-    clip_denoised: bool = False
-    ema: bool = True
+def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.device = "cpu") -> DDIMSampler:
+    """The sampler for a loaded model with the config's network switches (dtype, channels_last, compile)."""
+    fn = network(loaded.model.to(device), config.dtype, config.channels_last, config.compile)
+    return DDIMSampler(fn, loaded.schedule, loaded.prediction)
 
 
-def _check_run(out: Path, run: SampleRun, overwrite: bool) -> None:
-    manifest = out / "run.json"
-    if manifest.exists() and not overwrite:
-        old = json.loads(manifest.read_text())
-        if old != asdict(run):
-            diff = {k: (old.get(k), v) for k, v in asdict(run).items() if old.get(k) != v}
-            raise FileExistsError(f"{out} holds a run with other settings {diff} (old, new); "
-                                  "pass --overwrite to replace it or choose another --out")
-    elif out.exists() and any(out.iterdir()) and not overwrite and not manifest.exists():
-        raise FileExistsError(f"{out} exists and is not a ddim sample run; pass --overwrite or another --out")
-    if overwrite and out.exists():
-        for p in [*(out / "images").glob("*.png"), out / "samples.npz", out / "grid.png", manifest]:
-            p.unlink(missing_ok=True)
+def check_plan(sampler: DDIMSampler, config: SampleConfig) -> None:
+    """Everything about the config that needs the model (steps <= T, an eta too large for the plan, ...),
+    checked without a network call, so a bad run fails before any file is written."""
+    probe = torch.zeros(0, 1)
+    sampler.iter_sample(probe, **config.walk_options())
+
+
+def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+    """x_0 [B, ...] from x_T [B, ...] with the config's steps, skip, solver and its options."""
+    return sampler.sample(x_T, generator=generator, **config.walk_options())
+
+
+def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False) -> Tensor:
+    """Latents x_T [B, ...] of data x_0 [B, ...] with the deterministic ODE (eq. 13), the config's steps,
+    skip and solver, in batches of config.batch_size (a number)."""
+    bs = int(config.batch_size) if config.batch_size != "auto" else len(x_0)
+    return torch.cat([sampler.invert(x_0[i:i + bs], config.steps, config.walk_options()["skip"],
+                                     progress=progress, solver=config.solver) for i in range(0, len(x_0), bs)])
+
+
+def decode(sampler: DDIMSampler, z: Tensor, config: SampleConfig) -> Tensor:
+    """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode`."""
+    bs = int(config.batch_size) if config.batch_size != "auto" else len(z)
+    cfg = config.replace(eta=0.0, variance="eta", clip_denoised=False)
+    return torch.cat([sample_batch(sampler, z[i:i + bs], cfg) for i in range(0, len(z), bs)])
+
+
+def image_shape(loaded: LoadedModel) -> tuple[int, int, int]:
+    """(C, H, W) of the images the model makes."""
+    c = loaded.config
+    return (c.in_channels, c.image_size, c.image_size)
 
 
 CPU_AUTO_BATCH = 64  # on a CPU, throughput stops growing well before memory runs out
@@ -115,10 +129,10 @@ def batch_from_memory(free_bytes: int, bytes_per_sample: float, limit: int, head
     """The largest batch whose activations fit in ``headroom`` of ``free_bytes``, at most ``limit``; multiples of 8
     above 8 (tensor-core friendly). Raises ValueError if not even one sample fits."""
     if bytes_per_sample <= 0 or limit < 1:
-        raise ValueError(f"bytes_per_sample must be > 0 and limit >= 1, got {bytes_per_sample}, {limit}")
+        raise DDIMError(f"bytes_per_sample must be > 0 and limit >= 1, got {bytes_per_sample}, {limit}")
     b = int(free_bytes * headroom // bytes_per_sample)
     if b < 1:
-        raise ValueError(f"not even one sample fits: {free_bytes / 2**20:.0f} MiB free, about "
+        raise DDIMError(f"not even one sample fits: {free_bytes / 2**20:.0f} MiB free, about "
                          f"{bytes_per_sample / 2**20:.0f} MiB needed per sample; pass a --batch-size")
     b = min(b, limit)
     return b - b % 8 if b >= 16 else b
@@ -147,71 +161,77 @@ def auto_batch_size(fn: Callable[[Tensor, Tensor], Tensor], shape: Sequence[int]
     return batch_from_memory(free, max(per_sample, 1.0), limit)
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def resolve_batch_size(config: SampleConfig, loaded: LoadedModel, device: str | torch.device, n: int) -> int:
+    """The config's batch size as a number; "auto" probes the eager network (see `auto_batch_size`)."""
+    if config.batch_size != "auto":
+        return int(config.batch_size)
+    fn = network(loaded.model.to(device), config.dtype, config.channels_last)  # compiled code needs no more memory
+    return auto_batch_size(fn, image_shape(loaded), device, max(1, n))
 
 
-def generate(loaded: LoadedModel, out: str | os.PathLike, run: SampleRun, batch_size: int | str = 64,
-             device: str | torch.device = "cpu", dtype: str = "float32", channels_last: bool = False,
-             compile: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
-    """Sample run.n images into `out`: images/{i:06d}.png, samples.npz (uint8 NHWC, key arr_0), grid.png.
+def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: SampleConfig = SampleConfig(),
+             device: str | torch.device = "cpu", source: str | None = None, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Sample n images into `out`: images/{i:06d}.png, samples.npz (uint8 NHWC, key arr_0), grid.png.
 
-    Resumes an interrupted run with the same settings (images already on disk are kept). Under torchrun
-    (an initialised process group) rank r samples the indices i = r mod world_size, and rank 0 assembles.
-    ``batch_size="auto"`` picks it from free GPU memory (`auto_batch_size`); the images do not depend on it.
+    Resumes an interrupted run with the same settings (images already on disk are kept); `out/run.json`
+    records them (`config.manifest()`, n, the checkpoint's name `source` and its weights' fingerprint) and is
+    written only after everything has been validated. Under torchrun (an initialised process group) rank r
+    samples the indices i = r mod world_size, and rank 0 assembles. The images do not depend on the batch size.
     """
-    if run.n < 1:
-        raise ValueError(f"n must be >= 1, got {run.n}")
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+    n = check_int(n, "n")
     out = Path(out)
-    rank, world = _dist()
+    rank, world = rank_world()
+    sampler = make_sampler(loaded, config, device)
+    check_plan(sampler, config)
+    settings = {"ckpt": source or str(loaded.metadata.get("source", "")), "n": n,
+                "model": weights_fingerprint(loaded.model), **config.manifest()}
     if rank == 0:
-        _check_run(out, run, overwrite)
+        open_run(out, "run.json", settings, overwrite, "sample run",
+                 owned=("images/*.png", "samples.npz", "grid.png"))
         (out / "images").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "run.json", asdict(run), indent=1)
     if world > 1:
         torch.distributed.barrier()
 
-    cfg = loaded.config
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    fn = network(loaded.model.to(device), dtype, channels_last, compile)
-    sampler = DDIMSampler(fn, loaded.schedule, loaded.prediction)
-    todo = [i for i in range(rank, run.n, world) if not (out / "images" / f"{i:06d}.png").exists()]
-    if batch_size == "auto":
-        batch_size = auto_batch_size(fn, shape, device, max(1, len(todo)))
-        if progress and rank == 0:
-            print(f"batch size {batch_size} (auto)", file=sys.stderr)
-    bar = tqdm(total=len(todo), desc=f"sampling {run.n} images", unit="img", disable=not progress or rank != 0)
+    shape = image_shape(loaded)
+    todo = [i for i in range(rank, n, world) if not (out / "images" / f"{i:06d}.png").exists()]
+    batch_size = resolve_batch_size(config, loaded, device, len(todo))
+    if config.batch_size == "auto" and progress and rank == 0:
+        print(f"batch size {batch_size} (auto)", file=sys.stderr)
+    bar = tqdm(total=len(todo), desc=f"sampling {n} images", unit="img", disable=not progress or rank != 0)
     for b in range(0, len(todo), batch_size):
         idx = todo[b:b + batch_size]
-        gens = sample_generators(run.seed, idx)
-        x_T = initial_noise(shape, gens, device)
-        x_0 = sampler.sample(x_T, run.steps, run.eta, run.skip, run.variance, gens, run.clip_denoised)
-        for i, img in zip(idx, x_0):     # indices may be strided (sharding): one file at a time
-            save_images(img[None], out / "images", start=i)
+        gens = sample_generators(config.seed, idx)
+        x_0 = sample_batch(sampler, initial_noise(shape, gens, device), config, gens)
+        save_images(x_0, out / "images", start=idx)     # indices may be strided (sharding)
         bar.update(len(idx))
     bar.close()
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        assemble(out, run.n)
+        assemble(out, n)
     return out
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights, so results made with other weights are not mixed up."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def assemble(out: Path, n: int) -> None:
     """Collect images/000000.png.. into samples.npz (uint8 [N, H, W, C], key arr_0) and a grid of the first 64."""
-    from PIL import Image
-
     files = [out / "images" / f"{i:06d}.png" for i in range(n)]
     missing = [f.name for f in files if not f.exists()]
     if missing:
-        raise FileNotFoundError(f"{out}: {len(missing)} images missing (first: {missing[:3]}); rerun to resume")
-    arr = np.stack([np.asarray(Image.open(f)) for f in files])
-    if arr.ndim == 3:
-        arr = arr[..., None]
+        raise MissingFileError(f"{out}: {len(missing)} images missing (first: {missing[:3]}); rerun to resume")
+    with Image.open(files[0]) as img:
+        channels = 1 if img.mode == "L" else 3
+    arr = np.stack([read_image(f, channels) for f in files])
     with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:  # file object: numpy appends no ".npz"
         np.savez(f, arr_0=arr)
     grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2)

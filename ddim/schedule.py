@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddim.errors import DDIMError
+
 __all__ = ["NoiseSchedule", "timesteps", "SKIPS"]
 
 Skip = Literal["uniform", "quad", "trailing", "linspace"]
@@ -29,13 +31,13 @@ class NoiseSchedule:
     def __init__(self, betas: Tensor | np.ndarray | list[float], name: str = "custom") -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().clone()
         if betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+            raise DDIMError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
         if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas > 1).any():
-            raise ValueError("betas must lie in (0, 1]; got values in "
+            raise DDIMError("betas must lie in (0, 1]; got values in "
                              f"[{betas.min().item():.6g}, {betas.max().item():.6g}]")
         if (betas[1:] < betas[:-1]).any():
             first = int(torch.nonzero(betas[1:] < betas[:-1])[0]) + 1
-            raise ValueError(f"betas must be non-decreasing; betas[{first}] = {betas[first].item():.6g} "
+            raise DDIMError(f"betas must be non-decreasing; betas[{first}] = {betas[first].item():.6g} "
                              f"< betas[{first - 1}] = {betas[first - 1].item():.6g}")
         self.name = name
         self.betas: Tensor = betas
@@ -77,7 +79,7 @@ class NoiseSchedule:
             return cls.quadratic(T, beta_start, beta_end)
         if name == "cosine":
             return cls.cosine(T)
-        raise ValueError(f"beta_schedule must be one of 'linear', 'quad', 'cosine'; got {name!r}")
+        raise DDIMError(f"beta_schedule must be one of 'linear', 'quad', 'cosine'; got {name!r}")
 
     # --- the forward process ---------------------------------------------------------------------------
     def alpha(self, t: Tensor) -> Tensor:
@@ -107,7 +109,7 @@ class NoiseSchedule:
 
 def _check_T(T: int) -> None:
     if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"T must be a positive integer, got {T!r}")
+        raise DDIMError(f"T must be a positive integer, got {T!r}")
 
 
 def timesteps(T: int, steps: int, skip: str = "uniform") -> Tensor:
@@ -121,7 +123,7 @@ def timesteps(T: int, steps: int, skip: str = "uniform") -> Tensor:
     """
     _check_T(T)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
+        raise DDIMError(f"steps must be an integer in [1, T={T}], got {steps!r}")
     i = np.arange(steps, dtype=np.float64)
     if skip == "uniform":
         seq = i * (T // steps)
@@ -132,5 +134,5 @@ def timesteps(T: int, steps: int, skip: str = "uniform") -> Tensor:
     elif skip == "linspace":
         seq = np.round(np.linspace(0, T - 1, steps))
     else:
-        raise ValueError(f"skip must be one of {', '.join(map(repr, SKIPS))}; got {skip!r}")
+        raise DDIMError(f"skip must be one of {', '.join(map(repr, SKIPS))}; got {skip!r}")
     return torch.from_numpy(np.sort(seq).astype(np.int64))

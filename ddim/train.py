@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ddim.config import TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset
+from ddim.distributed import Dist, setup_distributed
 from ddim.images import save_image_grid
 from ddim.io import atomic_path, write_json_atomic
 from ddim.schedule import NoiseSchedule
@@ -99,34 +100,6 @@ def ema_decay(step: int, rate: float, warmup: bool = False) -> float:
 def lr_at(step: int, lr: float, warmup: int) -> float:
     """Linear warmup from lr / warmup to lr over the first `warmup` steps (step counts from 0), then constant."""
     return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
-
-
-# --- processes ---------------------------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    initialized_here: bool = False
-
-
-def setup_distributed(device_str: str | None) -> tuple[Dist, torch.device]:
-    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK, start the process group (nccl on CUDA, else gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_str is None:
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_str)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    info = Dist(rank, world, local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        info.initialized_here = True
-    return info, device
 
 
 def build_unet_config(cfg: TrainConfig):

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ddim.bench import _Timed, combine, forward_flops, main, markdown
+from ddim.bench import _Timed, combine, forward_flops, markdown, write_section
+from ddim.commands import main
 
 
 def test_forward_flops_counts_a_convolution():
@@ -45,5 +46,14 @@ def test_repeated_runs_combine_to_the_median_and_report_the_spread():
 @pytest.mark.parametrize("flag", ["--repeats", "--batches", "--steps", "--threads"])
 def test_counts_must_be_positive(flag, capsys):
     with pytest.raises(SystemExit):
-        main([flag, "0"])
+        main(["bench", flag, "0"])
     assert f"argument {flag}: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    path = tmp_path / "B.md"
+    write_section(path, "a", "first")
+    write_section(path, "b", "other")
+    write_section(path, "a", "second")
+    text = path.read_text()
+    assert "second" in text and "first" not in text and "other" in text and text.startswith("# Benchmarks")

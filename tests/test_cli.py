@@ -11,7 +11,7 @@ from PIL import Image
 
 from ddim import NoiseSchedule
 from ddim.checkpoint import save
-from ddim.cli import build_parser, main
+from ddim.commands import build_parser, main
 from ddim.images import display_scale
 from ddim.generate import CPU_AUTO_BATCH, auto_batch_size, batch_from_memory
 from ddim.models import PRESETS, UNet
@@ -44,7 +44,8 @@ def test_every_command_has_help_with_an_example(capsys):
     assert {"sample", "encode", "reconstruct", "interpolate", "consistency", "trajectory", "fid",
             "fid-stats"} <= set(commands)
     for name, sub in commands.items():
-        assert "example: ddim" in sub.format_help() or "example:" in sub.format_help(), name
+        text = sub.format_help()
+        assert ("example: " in text or "examples:\n  " in text) and "ddim " in text.split("example")[-1], name
 
 
 def test_sample_is_a_function_of_seed_and_index_not_of_batch(ckpt, tmp_path):
@@ -86,8 +87,12 @@ def test_sample_refuses_to_mix_settings_without_overwrite(ckpt, tmp_path, capsys
 
 
 def test_bad_input_exits_non_zero_with_a_named_parameter(ckpt, tmp_path, capsys):
-    assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "steps must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:          # caught by the flag's type, before anything runs
+        main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "0", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "argument --steps: must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "1001", "--out", str(tmp_path / "x")]) == 2
+    assert "steps must be an integer in [1, T=1000]" in capsys.readouterr().err
     assert main(["sample", "--ckpt", ckpt, "--n", "2", "--eta", "-1", "--out", str(tmp_path / "y")]) == 2
     assert "eta must be" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "z")]) == 2
@@ -187,3 +192,35 @@ def test_batch_from_memory_fits_the_budget():
         batch_from_memory(5 * mib, 10 * mib, limit=50)
     assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=1000) == CPU_AUTO_BATCH
     assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=5) == 5
+
+
+def test_a_bad_value_writes_nothing_and_the_corrected_rerun_works(ckpt, tmp_path, capsys):
+    out = tmp_path / "s5"
+    assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "3", "--eta", "5", "--quiet", "--out", str(out)]) == 2
+    assert "eta=5.0 makes 1 - a_s - sigma^2 negative" in capsys.readouterr().err
+    assert not (out / "run.json").exists()
+    assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "3", "--eta", "0.5", "--quiet", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["eta"] == 0.5 and run["dtype"] == "float32" and run["solver"] == "ddim" and run["model"]
+
+
+@pytest.mark.parametrize("command", ["encode", "reconstruct", "interpolate", "consistency"])
+def test_deterministic_commands_take_no_stochastic_flags(command, capsys):
+    for flag in (["--eta", "0.5"], ["--variance", "large"], ["--clip-denoised"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--input", "digits", *flag])
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_unwritable_or_wrong_outputs_fail_before_any_work(ckpt, tmp_path, capsys):
+    (tmp_path / "file.png").write_bytes(b"x")
+    assert main(["sample", "--ckpt", ckpt, "--n", "1", "--steps", "1", "--quiet", "--out",
+                 str(tmp_path / "file.png")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["encode", "--ckpt", ckpt, "--input", "digits", "--n", "1", "--steps", "1", "--out",
+                 str(tmp_path / "file.png" / "z.npz")]) == 2
+    assert "cannot write into" in capsys.readouterr().err
+    assert main(["interpolate", "--ckpt", ckpt, "--images", "digits", str(tmp_path / "missing.png"),
+                 "--steps", "1", "--out", str(tmp_path / "i.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--images" in err and "missing.png" in err and "Traceback" not in err

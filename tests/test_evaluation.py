@@ -11,7 +11,9 @@ import torch
 from ddim import NoiseSchedule
 from ddim import evaluation as ev
 from ddim.checkpoint import save
-from ddim.cli import _model_args, reconstruction_mse
+from ddim.commands import build_parser
+from ddim.config import SampleConfig
+from ddim.evaluation import reconstruction_mse
 from ddim.data import digits
 from ddim.generate import load_model
 from ddim.models import UNet, UNetConfig
@@ -73,12 +75,12 @@ def test_classifier_metric_perfect_generator_and_noise(real, tmp_path, monkeypat
 
 
 def test_cells_share_x_T_and_do_not_depend_on_batch_size(loaded):
-    a = ev.generate_samples(loaded, 3, 2, eta=0.0, batch_size=3)
-    b = ev.generate_samples(loaded, 5, 2, eta=0.0, batch_size=2)
+    a = ev.generate_samples(loaded, 3, SampleConfig(steps=2, batch_size=3))
+    b = ev.generate_samples(loaded, 5, SampleConfig(steps=2, batch_size=2))
     assert torch.equal(a, b[:3])
     # eta = 0 at S = 1 is one eq. 12 step from x_T to alpha = 1: x0_pred of sample i's own x_T
-    c = ev.generate_samples(loaded, 2, 1, eta=0.0)
-    d = ev.generate_samples(loaded, 2, 1, eta=1.0)
+    c = ev.generate_samples(loaded, 2, SampleConfig(steps=1))
+    d = ev.generate_samples(loaded, 2, SampleConfig(steps=1, eta=1.0))
     assert torch.allclose(c, d)                                       # sigma = 0 on the last step
 
 
@@ -96,7 +98,7 @@ def test_table1_rows_files_and_resume(loaded, real, tmp_path, monkeypatch):
     assert "| sigma-hat |" in md and "S = 3" in md and "projection Frechet distance" in md
     assert (tmp_path / "table1.png").read_bytes()[:4] == b"\x89PNG"
     # The score of a cell is the metric of that cell's samples.
-    x = ev.generate_samples(loaded, 4, 3, eta=1.0)
+    x = ev.generate_samples(loaded, 4, SampleConfig(steps=3, eta=1.0))
     assert rows[3]["distance"] == pytest.approx(m.distance(x), rel=1e-9)
 
     # A rerun with the same settings reuses every cell without sampling; other settings need overwrite.
@@ -108,7 +110,8 @@ def test_table1_rows_files_and_resume(loaded, real, tmp_path, monkeypatch):
 
 
 def test_table2_rows_files_and_value(loaded, real, tmp_path):
-    rows = ev.table2(loaded, steps=(1, 2), images=real, n=3, batch_size=2, out=tmp_path, progress=False)
+    rows = ev.table2(loaded, SampleConfig(batch_size=2), steps=(1, 2), images=real, n=3, out=tmp_path,
+                     progress=False)
     assert [r["steps"] for r in rows] == [1, 2] and all(r["n"] == 3 for r in rows)
     for ext in ("md", "csv", "png"):
         assert (tmp_path / f"table2.{ext}").stat().st_size > 0
@@ -120,12 +123,13 @@ def test_table2_rows_files_and_value(loaded, real, tmp_path):
 
 
 def test_timing_rows_files_and_fit(loaded, tmp_path):
-    rows = ev.timing(loaded, steps=(1, 2, 4), batch_size=2, repeats=1, warmup=0, out=tmp_path, progress=False)
+    rows = ev.timing(loaded, SampleConfig(batch_size=2), steps=(1, 2, 4), repeats=1, warmup=0, out=tmp_path,
+                     progress=False)
     assert [r["steps"] for r in rows] == [1, 2, 4]
     assert all(r["seconds_per_image"] > 0 for r in rows)               # no timed assertions beyond positivity
     assert "R^2" in (tmp_path / "timing.md").read_text() and (tmp_path / "timing.png").exists()
     with pytest.raises(FileExistsError, match="overwrite"):
-        ev.timing(loaded, steps=(1, 2), batch_size=2, repeats=1, out=tmp_path, progress=False)
+        ev.timing(loaded, SampleConfig(batch_size=2), steps=(1, 2), repeats=1, out=tmp_path, progress=False)
 
 
 def test_linear_fit_against_known_lines():
@@ -174,10 +178,7 @@ def test_table2_and_timing_bad_input(loaded):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="ddim")
-    sub = p.add_subparsers(dest="command", required=True)
-    ev.add_eval_parser(sub, _model_args)
-    return p
+    return build_parser()
 
 
 def test_cli_commands_run_and_have_examples(loaded, real, tmp_path, monkeypatch, capsys):

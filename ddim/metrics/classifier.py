@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddim.errors import DDIMError, MissingFileError
 from ddim import images
 from ddim.metrics.fid import feature_statistics, frechet_distance
 
@@ -98,7 +99,7 @@ class DigitsClassifier(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Penultimate activations [N, 64] of x [N, 1, 16, 16] (the classifier Frechet distance's space)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"expected digits [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}], got {tuple(x.shape)}")
+            raise DDIMError(f"expected digits [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}], got {tuple(x.shape)}")
         h = F.relu(self.conv2(F.relu(self.conv1(x))))
         h = F.max_pool2d(h, 2)                         # [N, 32, 8, 8]
         h = F.max_pool2d(F.relu(self.conv3(h)), 2)     # [N, 64, 4, 4]
@@ -189,7 +190,7 @@ def load_digits_classifier(path: str | os.PathLike | None = None, train_if_missi
     path = Path(path) if path is not None else CLASSIFIER_WEIGHTS
     if not path.is_file():
         if not train_if_missing:
-            raise FileNotFoundError(f"digits classifier weights not found at {path}")
+            raise MissingFileError(f"digits classifier weights not found at {path}")
         warnings.warn(f"digits classifier weights not found at {path}; training one now (a few minutes on a CPU)",
                       stacklevel=2)
         model, _ = train_digits_classifier(progress=progress)
@@ -197,7 +198,7 @@ def load_digits_classifier(path: str | os.PathLike | None = None, train_if_missi
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a digits classifier file (format {meta.get('format')!r})")
+        raise DDIMError(f"{path} is not a digits classifier file (format {meta.get('format')!r})")
     model = DigitsClassifier()
     model.load_state_dict(load_file(str(path)))
     acc = meta.get("test_accuracy")
@@ -221,9 +222,9 @@ def _as_digits(samples: Tensor | np.ndarray) -> Tensor:
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or tuple(x.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"expected samples [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}] in [-1, 1], got {tuple(x.shape)}")
+        raise DDIMError(f"expected samples [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}] in [-1, 1], got {tuple(x.shape)}")
     if not torch.isfinite(x).all():
-        raise ValueError("samples contain NaN or inf")
+        raise DDIMError("samples contain NaN or inf")
     return x.clamp(-1, 1)  # as saving the samples as images would
 
 

@@ -52,11 +52,11 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean [D] and unbiased covariance [D, D] (ddof=1, as pytorch-fid) of features [N, D], in float64."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2:
-        raise ValueError(f"features must be [N, D], got shape {features.shape}")
+        raise DDIMError(f"features must be [N, D], got shape {features.shape}")
     if features.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors for a covariance, got {features.shape[0]}")
+        raise DDIMError(f"need at least 2 feature vectors for a covariance, got {features.shape[0]}")
     if not np.isfinite(features).all():
-        raise ValueError("features contain NaN or inf")
+        raise DDIMError("features contain NaN or inf")
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
@@ -64,9 +64,9 @@ def _check_gaussian(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.nd
     mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
     sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{name}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+        raise DDIMError(f"{name}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise ValueError(f"{name}: mu or sigma contain NaN or inf")
+        raise DDIMError(f"{name}: mu or sigma contain NaN or inf")
     return mu, sigma
 
 
@@ -102,7 +102,7 @@ def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"sqrtm left an imaginary component of {np.abs(covmean.imag).max():.3g}")
+            raise DDIMError(f"sqrtm left an imaginary component of {np.abs(covmean.imag).max():.3g}")
         covmean = covmean.real
     return float(np.trace(covmean))
 
@@ -122,13 +122,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, sigma1 = _check_gaussian(mu1, sigma1, "first Gaussian")
     mu2, sigma2 = _check_gaussian(mu2, sigma2, "second Gaussian")
     if mu1.shape != mu2.shape:
-        raise ValueError(f"dimension mismatch: {mu1.shape[0]} vs {mu2.shape[0]}")
+        raise DDIMError(f"dimension mismatch: {mu1.shape[0]} vs {mu2.shape[0]}")
     if method == "eigh":
         tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
     elif method == "sqrtm":
         tr_covmean = _trace_sqrt_product_sqrtm(sigma1, sigma2, eps)
     else:
-        raise ValueError(f"unknown method {method!r}; use 'eigh' or 'sqrtm'")
+        raise DDIMError(f"unknown method {method!r}; use 'eigh' or 'sqrtm'")
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
@@ -138,7 +138,7 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) 
     mu, sigma = _check_gaussian(mu, sigma, "statistics")
     path = Path(path)
     if path.suffix != ".npz":
-        raise ValueError(f"statistics files end in .npz, got {str(path)!r}")
+        raise DDIMError(f"statistics files end in .npz, got {str(path)!r}")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy appends no ".npz"
         np.savez(f, mu=mu, sigma=sigma)
     return path
@@ -148,15 +148,15 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read (mu [D], sigma [D, D]) as float64 from an .npz with keys ``mu`` and ``sigma``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"statistics file not found: {path}")
+        raise MissingFileError(f"statistics file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.keys() if k in ("mu", "sigma")}
             keys = list(data.keys())
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:  # not an .npz, truncated, pickled
-        raise ValueError(f"cannot read statistics from {path}: {e}") from e
+        raise DDIMError(f"cannot read statistics from {path}: {e}") from e
     if "mu" not in arrays or "sigma" not in arrays:
-        raise ValueError(f"{path} is not a statistics file: expected keys 'mu' and 'sigma' "
+        raise DDIMError(f"{path} is not a statistics file: expected keys 'mu' and 'sigma' "
                          f"(pytorch-fid layout), found {keys}")
     mu, sigma = arrays["mu"], arrays["sigma"]
     return _check_gaussian(mu, sigma, str(path))
@@ -181,12 +181,12 @@ def kid(features1: np.ndarray, features2: np.ndarray, subsets: int = 100, subset
     x = np.asarray(features1, dtype=np.float64)
     y = np.asarray(features2, dtype=np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"features must be [N1, D] and [N2, D], got {x.shape} and {y.shape}")
+        raise DDIMError(f"features must be [N1, D] and [N2, D], got {x.shape} and {y.shape}")
     m = min(subset_size, x.shape[0], y.shape[0])
     if m < 2:
-        raise ValueError(f"KID needs at least 2 samples per set, got {x.shape[0]} and {y.shape[0]}")
+        raise DDIMError(f"KID needs at least 2 samples per set, got {x.shape[0]} and {y.shape[0]}")
     if subsets < 1:
-        raise ValueError(f"subsets must be >= 1, got {subsets}")
+        raise DDIMError(f"subsets must be >= 1, got {subsets}")
     d = x.shape[1]
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)
@@ -218,7 +218,7 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
         if x.ndim == 3:
             x = x[:, None]
         if x.ndim != 4:
-            raise ValueError(f"image tensors must be [N, C, H, W], got {tuple(x.shape)}")
+            raise DDIMError(f"image tensors must be [N, C, H, W], got {tuple(x.shape)}")
         if x.is_floating_point():
             x = images_mod.to_uint8(x)
         arr = x.permute(0, 2, 3, 1).numpy()
@@ -229,26 +229,26 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
         if arr.ndim == 4 and arr.shape[-1] not in (1, 3) and arr.shape[1] in (1, 3):
             arr = arr.transpose(0, 2, 3, 1)
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise ValueError(f"expected images [N, H, W, 1|3], got shape {arr.shape}")
+        raise DDIMError(f"expected images [N, H, W, 1|3], got shape {arr.shape}")
     if arr.shape[0] == 0:
-        raise ValueError("no images")
+        raise DDIMError("no images")
     if arr.dtype == np.uint8:
         out = arr
     elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
         if arr.min() < 0 or arr.max() > 255:
-            raise ValueError(f"integer images must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
+            raise DDIMError(f"integer images must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
         out = arr.astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.floating):
         f = arr.astype(np.float64)
         if not np.isfinite(f).all():
-            raise ValueError("images contain NaN or inf")
+            raise DDIMError("images contain NaN or inf")
         if f.min() < 0:
             f = (f + 1) * 127.5
         elif f.max() <= 1:
             f = f * 255
         out = np.clip(np.rint(f), 0, 255).astype(np.uint8)
     else:
-        raise ValueError(f"unsupported image dtype {arr.dtype}")
+        raise DDIMError(f"unsupported image dtype {arr.dtype}")
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     return np.ascontiguousarray(out)

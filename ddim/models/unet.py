@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddim.errors import DDIMError
+
 __all__ = ["UNetConfig", "UNet", "PRESETS", "timestep_embedding"]
 
 
@@ -36,21 +38,21 @@ class UNetConfig:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
         if not self.ch_mult or min(self.ch_mult) < 1:
-            raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
+            raise DDIMError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
         if self.ch < 1 or self.num_res_blocks < 1 or self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError(f"ch, num_res_blocks, in_channels, out_channels must be positive: {self}")
+            raise DDIMError(f"ch, num_res_blocks, in_channels, out_channels must be positive: {self}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+            raise DDIMError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.image_size % self.downsample_factor:
-            raise ValueError(f"image_size {self.image_size} must be divisible by 2**(len(ch_mult) - 1) = "
+            raise DDIMError(f"image_size {self.image_size} must be divisible by 2**(len(ch_mult) - 1) = "
                              f"{self.downsample_factor}")
         levels = [self.image_size // 2**i for i in range(len(self.ch_mult))]
         if any(r not in levels for r in self.attn_resolutions):
             # The release silently builds no attention for such a value; a typo should not cost a training run.
-            raise ValueError(f"attn_resolutions {self.attn_resolutions} must be level resolutions {levels} "
+            raise DDIMError(f"attn_resolutions {self.attn_resolutions} must be level resolutions {levels} "
                              f"(image_size {self.image_size} halved per level)")
         if any(m * self.ch % 32 for m in (1, *self.ch_mult)):
-            raise ValueError(f"every width ch * m (ch={self.ch}, ch_mult={self.ch_mult}) must be divisible by "
+            raise DDIMError(f"every width ch * m (ch={self.ch}, ch_mult={self.ch_mult}) must be divisible by "
                              "32, the GroupNorm group count")
 
     @property
@@ -70,18 +72,18 @@ class UNetConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown UNetConfig fields: {unknown}")
+            raise DDIMError(f"unknown UNetConfig fields: {unknown}")
         return cls(**dict(d))
 
     @classmethod
     def from_official(cls, cfg: Mapping[str, Any]) -> "UNetConfig":
         """Read the official YAML layout (`data.image_size`, `model.ch`, `model.out_ch`, ...)."""
         if "model" not in cfg or "data" not in cfg:
-            raise ValueError("an official config needs 'data' and 'model' sections "
+            raise DDIMError("an official config needs 'data' and 'model' sections "
                              f"(configs/cifar10.yml layout); got keys {sorted(cfg)}")
         data, model = cfg["data"], cfg["model"]
         if model.get("type", "simple") != "simple":
-            raise ValueError(f"model.type {model['type']!r} is not supported; only 'simple' (Ho et al.'s U-Net)")
+            raise DDIMError(f"model.type {model['type']!r} is not supported; only 'simple' (Ho et al.'s U-Net)")
         return cls(
             image_size=int(data["image_size"]),
             in_channels=int(model.get("in_channels", data.get("channels", 3))),
@@ -282,13 +284,13 @@ class UNet(nn.Module):
         """Raise a ValueError naming the problem when x [B, C, H, W] or t [B] cannot go through the network."""
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
-            raise ValueError(f"x must have shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}")
+            raise DDIMError(f"x must have shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}")
         f = c.downsample_factor
         if x.shape[2] % f or x.shape[3] % f or x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f"image size {x.shape[2]}x{x.shape[3]} is not allowed: H and W must be positive "
+            raise DDIMError(f"image size {x.shape[2]}x{x.shape[3]} is not allowed: H and W must be positive "
                              f"multiples of 2**(len(ch_mult) - 1) = {f} for ch_mult={c.ch_mult}")
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0])):
-            raise ValueError(f"t must have shape [B] = [{x.shape[0]}] or be a scalar, got {tuple(t.shape)}")
+            raise DDIMError(f"t must have shape [B] = [{x.shape[0]}] or be a scalar, got {tuple(t.shape)}")
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """eps prediction for x [B, C, H, W] at timesteps t [B] (Long, or float used as is); same shape as x."""

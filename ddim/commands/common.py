@@ -1,0 +1,141 @@
+"""What the commands share: the help formatter, argparse types, the model and sampler flag groups, and the
+way flags become library objects (a loaded model, one `SampleConfig`). Flags shared by several commands mean
+the same thing in each."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from ddim.checkpoint import LoadedModel
+from ddim.config import DTYPES, SampleConfig
+from ddim.distributed import resolve_device
+from ddim.generate import EMBEDDED_NAME, load_model
+from ddim.sampling import SOLVERS, VARIANCES
+from ddim.schedule import SKIPS
+
+__all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
+           "add_output_args", "load", "sample_config", "device"]
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, and the epilog's worked examples kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def batch_size(text: str) -> int | str:
+    """argparse type of --batch-size: an integer >= 1 or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'auto', got {text!r}")
+    return value
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
+    """--ckpt, --config, --raw-weights, --device and (with fast) the network's speed switches."""
+    g = p.add_argument_group("model")
+    g.add_argument("--ckpt", default=None, help="checkpoint: ddim .safetensors, a training ckpt-N.pt, the official "
+                   ".ckpt / ckpt.pth, or a diffusers UNet2DModel folder (default: the embedded 16x16 digits model)")
+    g.add_argument("--config", "--ckpt-config", dest="ckpt_config", default=None,
+                   help="the checkpoint's architecture, for official checkpoints only: a preset name (cifar10, "
+                        "celeba64, lsun256) or the official YAML (configs/cifar10.yml). Not a sampling config")
+    g.add_argument("--raw-weights", action="store_true", help="official or training checkpoints: the raw weights, "
+                   "not the EMA ones")
+    g.add_argument("--device", default=_default_device(), help="torch device: cpu, cuda, cuda:1, mps")
+    if fast:
+        g.add_argument("--dtype", default="float32", choices=DTYPES,
+                       help="network compute dtype (autocast); the sampler's arithmetic stays float32")
+        g.add_argument("--channels-last", action="store_true", help="run the network in channels_last memory format")
+        g.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, faster steps)")
+
+
+def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic: bool = True, seed: bool = True,
+                     default_steps: Any = 50, batch: bool = True) -> None:
+    """The sampler's flags. steps: "one" (--steps S) or "many" (--steps S1 S2 ...); stochastic adds --eta,
+    --variance and --clip-denoised (deterministic commands, encoding and ODE figures, have none of them)."""
+    g = p.add_argument_group("sampler")
+    if steps == "one":
+        g.add_argument("--steps", type=positive_int, default=default_steps,
+                       help="S, the number of sampling steps (network calls for the ddim solver)")
+    else:
+        g.add_argument("--steps", type=positive_int, nargs="+", default=list(default_steps),
+                       help="sampling step counts S, one result each")
+    g.add_argument("--skip", default="uniform", choices=SKIPS, help="how the sub-sequence tau of the T training "
+                   "steps is chosen")
+    g.add_argument("--solver", default="ddim", choices=tuple(SOLVERS), help="the update rule")
+    if stochastic:
+        g.add_argument("--eta", type=float, default=0.0, help="the ddim solver's eta: 0 = DDIM (deterministic), "
+                       "1 = DDPM")
+        g.add_argument("--variance", default="eta", choices=VARIANCES,
+                       help="the ddim solver's variance: 'eta' is sigma of eq. 16 times eta; 'large' is Table 1's "
+                            "sigma-hat sampler")
+        g.add_argument("--clip-denoised", action="store_true", help="clip x0_pred to [-1, 1] at every step")
+    if seed:
+        g.add_argument("--seed", type=nonnegative_int, default=0, help="sample i is a pure function of (seed, i)")
+    if batch:
+        g.add_argument("--batch-size", type=batch_size, default=64,
+                       help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
+
+
+def add_output_args(p: argparse.ArgumentParser, default: str, what: str) -> None:
+    """--out and --overwrite."""
+    p.add_argument("--out", default=default, help=what)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def device(args: argparse.Namespace) -> torch.device:
+    """--device, checked (a bogus name or CUDA on a machine without it is a one-line error)."""
+    return resolve_device(args.device)
+
+
+def load(args: argparse.Namespace) -> LoadedModel:
+    """The model --ckpt names (the embedded one by default), on --device, with its source recorded."""
+    loaded = load_model(args.ckpt, args.ckpt_config, ema=not args.raw_weights, device=device(args))
+    loaded.metadata.setdefault("source", str(args.ckpt or EMBEDDED_NAME))
+    return loaded
+
+
+def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
+    """One validated SampleConfig from whichever sampler and model flags this command has."""
+    fields = {}
+    for name in ("steps", "skip", "solver", "eta", "variance", "clip_denoised", "seed", "dtype", "channels_last",
+                 "compile", "batch_size"):
+        if hasattr(args, name):
+            fields[name] = getattr(args, name)
+    fields.update(overrides)
+    return SampleConfig(**fields)

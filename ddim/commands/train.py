@@ -1,0 +1,27 @@
+"""`ddim train`: a noise-prediction U-Net with the DDPM objective (EMA, checkpoints, resume, torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ddim.commands.common import Formatter
+from ddim.config import add_train_arguments, config_from_args
+from ddim.train import train
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("train", help="train a noise-prediction U-Net with the DDPM objective", formatter_class=Formatter,
+                       epilog="examples:\n  ddim train --config configs/digits.yml --out runs/digits\n"
+                              "  ddim train --config configs/digits.yml --out runs/digits --resume\n"
+                              "  torchrun --nproc_per_node 8 -m ddim train --config configs/cifar10.yml --out runs/c10\n"
+                              "then: ddim sample --ckpt runs/digits/model.safetensors")
+    add_train_arguments(s)
+    s.set_defaults(fn=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    run_dir = train(config_from_args(args), progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run directory: {run_dir}")
