@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ddim.errors import DDIMError
+from ddim.sampling.registry import SOLVERS, VARIANCES
+from ddim.schedule import SKIPS
 
 __all__ = [
     "DataConfig", "ModelConfig", "DiffusionConfig", "TrainingConfig", "OptimConfig", "TrainConfig",
@@ -321,8 +323,6 @@ class SampleConfig:
     batch_size: int | str = 64              # images per network call, or "auto"
 
     def __post_init__(self) -> None:
-        from ddim.sampling.registry import SOLVERS, VARIANCES
-        from ddim.schedule import SKIPS
         check_int(self.steps, "steps")
         if isinstance(self.skip, str):
             if self.skip not in SKIPS:

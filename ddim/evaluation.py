@@ -36,10 +36,13 @@ from torch import Tensor
 from ddim.checkpoint import LoadedModel
 from ddim.config import SampleConfig, check_int, check_steps
 from ddim.errors import DDIMError, MissingDependencyError, MissingFileError, OutputExistsError
-from ddim.generate import (check_plan, decode, encode, image_shape, initial_noise, make_sampler, sample_batch, sample_generators,
-                           weights_fingerprint)
+from ddim.generate import (check_plan, decode, encode, image_shape, initial_noise, make_sampler, sample_batch,
+                           sample_generators, weights_fingerprint)
 from ddim.images import load_images
 from ddim.io import atomic_path, write_text_atomic
+from ddim.metrics import fid
+from ddim.metrics.fid import feature_statistics, frechet_distance, load_statistics, save_statistics
+from ddim.metrics.inception import resolve_inception_weights
 from ddim.runs import open_run
 
 __all__ = ["FeatureMetric", "classifier_metric", "inception_metric", "make_metric", "generate_samples",
@@ -69,7 +72,6 @@ class FeatureMetric:
 
     def distance(self, images: Tensor) -> float:
         """Frechet distance between the features of images [N, C, H, W] (N >= 2) and the reference."""
-        from ddim.metrics.fid import feature_statistics, frechet_distance
         if len(images) < 2:
             raise DDIMError(f"n: a Frechet distance needs at least 2 images (a covariance), got {len(images)}")
         mu, sigma = feature_statistics(self.features(images))
@@ -88,7 +90,6 @@ def _batched_features(fn: Callable[[Tensor], Tensor], batch_size: int, device: s
 def _cached_statistics(cache: Path | None, key: dict, compute: Callable[[], tuple[np.ndarray, np.ndarray]]
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Reference (mu, sigma) from `cache/reference-<hash of key>.npz` when present, else computed and stored."""
-    from ddim.metrics.fid import load_statistics, save_statistics
     if cache is None:
         return compute()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -131,7 +132,6 @@ def _weights_fingerprint(module: Any) -> str:
 
 
 def _feature_stats(features: Callable[[Tensor], np.ndarray], images: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    from ddim.metrics.fid import feature_statistics
     return feature_statistics(features(images))
 
 
@@ -141,11 +141,9 @@ def inception_metric(reference: str | os.PathLike | None, weights: str | os.Path
                      ) -> FeatureMetric:
     """FID: Frechet distance of FID Inception-v3 pool3 features against `reference`, a statistics .npz
     (keys mu, sigma, e.g. from `ddim fid-stats`) or an image folder / image .npz."""
-    from ddim.metrics import fid
     if reference is None:
         raise DDIMError("reference: metric 'inception' needs --reference, a statistics .npz (mu, sigma; "
                          "make one with `ddim fid-stats`) or a folder / .npz of real images")
-    from ddim.metrics.inception import resolve_inception_weights
     try:
         weights = resolve_inception_weights(weights)
     except FileNotFoundError as e:
@@ -456,10 +454,14 @@ def table2_markdown(rows: list[dict], skip: str = "uniform") -> str:
     """Rows of `table2` as a markdown table, one column per S (the paper's layout)."""
     lines = [f"Reconstruction error (per-dimension MSE, pixels in [0, 1]) of {rows[0]['n'] if rows else 0} images "
              f"encoded and decoded with S eta = 0 steps, {skip} tau", "",
-             "| S | " + " | ".join(str(r["steps"]) for r in rows) + " |",
-             "|---|" + "---:|" * len(rows),
-             "| MSE | " + " | ".join(f"{r['mse']:.2g}" for r in rows) + " |"]
+             *_columns_by_s(rows, "MSE", [f"{r['mse']:.2g}" for r in rows])]
     return "\n".join(lines) + "\n"
+
+
+def _columns_by_s(rows: list[dict], name: str, cells: list[str]) -> list[str]:
+    """A one-row markdown table with one column per S, the paper's layout: header, rule, the row."""
+    return ["| S | " + " | ".join(str(r["steps"]) for r in rows) + " |", "|---|" + "---:|" * len(rows),
+            f"| {name} | " + " | ".join(cells) + " |"]
 
 
 def _plot_table2(rows: list[dict], path: Path) -> None:
@@ -538,9 +540,7 @@ def timing_markdown(rows: list[dict], device: str = "cpu") -> str:
     """Rows of `timing` as a markdown table, with the least-squares line through them when there are 2+ S."""
     lines = [f"Sampling time per image (eta = 0, batch {rows[0]['batch_size'] if rows else '?'}, {device}, median "
              f"of {rows[0]['repeats'] if rows else '?'} runs)", "",
-             "| S | " + " | ".join(str(r["steps"]) for r in rows) + " |",
-             "|---|" + "---:|" * len(rows),
-             "| ms per image | " + " | ".join(f"{r['seconds_per_image'] * 1e3:.3g}" for r in rows) + " |"]
+             *_columns_by_s(rows, "ms per image", [f"{r['seconds_per_image'] * 1e3:.3g}" for r in rows])]
     if len({r["steps"] for r in rows}) >= 2:
         a, b, r2 = linear_fit([r["steps"] for r in rows], [r["seconds_per_image"] for r in rows])
         lines += ["", f"Least-squares line: ms per image = {a * 1e3:.4g} x S {'-' if b < 0 else '+'} "

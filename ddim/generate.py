@@ -29,7 +29,8 @@ from ddim.runs import open_run
 from ddim.sampling import DDIMSampler
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED_NAME", "load_model", "sample_generators", "initial_noise", "network",
-           "make_sampler", "check_plan", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode", "weights_fingerprint", "generate", "assemble", "DTYPES"]
+           "make_sampler", "check_plan", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode",
+           "weights_fingerprint", "generate", "assemble", "DTYPES"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "digits.safetensors"
 EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded model

@@ -26,7 +26,8 @@ from ddim.errors import DDIMError, MissingDependencyError, MissingFileError
 from ddim.io import atomic_path
 
 __all__ = ["IMAGE_EXTENSIONS", "from_uint8", "to_uint8", "array_to_nchw", "digits_images", "image_files",
-           "read_image", "read_array", "resize_center_crop", "load_images", "make_grid", "display_scale", "save_image_grid",
+           "read_image", "read_array", "resize_center_crop", "load_images", "make_grid", "display_scale",
+           "save_image_grid",
            "save_images", "write_png"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -189,9 +190,9 @@ def load_images(spec: str | os.PathLike | Tensor, channels: int | None = None, i
             files = files[:n] if n is not None else files
             arrays = [read_image(f, channels or 3, image_size) for f in files]
             if len({a.shape for a in arrays}) > 1:
-                shapes = {a.shape[:2]: f for a, f in zip(arrays, files)}
-                raise DDIMError(f"{what} {str(path)!r}: images differ in size ({', '.join(f'{h}x{w} {f.name}' for (h, w), f in list(shapes.items())[:2])}); "
-                                "pass an image size to resize them")
+                shapes = list({a.shape[:2]: f for a, f in zip(arrays, files)}.items())[:2]
+                sizes = ", ".join(f"{h}x{w} {f.name}" for (h, w), f in shapes)
+                raise DDIMError(f"{what} {str(path)!r}: images differ in size ({sizes}); resize them to one size")
             x = from_uint8(np.stack(arrays)).permute(0, 3, 1, 2)
         elif path.suffix in (".npz", ".npy"):
             x = array_to_nchw(read_array(path)[0], f"{what} {str(path)!r}")

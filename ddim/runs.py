@@ -40,7 +40,8 @@ def open_run(out: Path, manifest_name: str, settings: dict[str, Any], overwrite:
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         raise OutputExistsError(f"{out} holds a {what} with other settings {diff} (old, new); pass --overwrite "
                                 "to replace it, or choose another --out")
-    if exclusive and old is None and out.is_dir() and not overwrite and any(p.name != manifest_name for p in out.iterdir()):
+    foreign = out.is_dir() and any(p.name != manifest_name for p in out.iterdir())
+    if exclusive and old is None and foreign and not overwrite:
         raise OutputExistsError(f"{out} exists and does not hold a ddim {what}; pass --overwrite or another --out")
     resume = old == settings and not overwrite
     if overwrite:

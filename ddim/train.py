@@ -22,10 +22,8 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -412,19 +410,3 @@ def _sample_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T
     x = DDIMSampler(model, schedule, prediction=prediction).sample(x_T.to(device), steps=min(steps, schedule.T))
     model.train(was_training)
     save_image_grid(x.float().clamp(-1, 1), path, nrow=max(1, int(math.ceil(math.sqrt(x.shape[0])))), scale="auto")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m ddim.train [flags]`: the same as `ddim train` (handy under torchrun)."""
-    import argparse
-    from ddim.config import add_train_arguments, config_from_args
-    parser = argparse.ArgumentParser(prog="python -m ddim.train", description="Train a DDPM/DDIM U-Net.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_train_arguments(parser)
-    run_dir = train(config_from_args(parser.parse_args(argv)), progress=sys.stderr.isatty())
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(run_dir)
-
-
-if __name__ == "__main__":
-    main()

@@ -199,7 +199,8 @@ def test_a_bad_value_writes_nothing_and_the_corrected_rerun_works(ckpt, tmp_path
     assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "3", "--eta", "5", "--quiet", "--out", str(out)]) == 2
     assert "eta=5.0 makes 1 - a_s - sigma^2 negative" in capsys.readouterr().err
     assert not (out / "run.json").exists()
-    assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "3", "--eta", "0.5", "--quiet", "--out", str(out)]) == 0
+    common = ["sample", "--ckpt", ckpt, "--n", "2", "--steps", "3", "--quiet", "--out", str(out)]
+    assert main(common + ["--eta", "0.5"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["eta"] == 0.5 and run["dtype"] == "float32" and run["solver"] == "ddim" and run["model"]
 

@@ -1,7 +1,6 @@
 """Evaluation commands on a tiny random 1-channel model: rows, files, resumption, the metric plumbing against
 independent truths (a perfect generator scores ~0, noise scores high), and clear errors for bad input."""
 
-import argparse
 import csv
 
 import numpy as np

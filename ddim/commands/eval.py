@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n", type=int, default=256, help="use the first n images")
     p.set_defaults(fn=run_table2)
 
-    p = evals.add_parser("timing", help="seconds per image vs S, with a linear fit (Figure 4)", formatter_class=Formatter,
+    p = evals.add_parser("timing", help="seconds per image vs S, with a linear fit (Figure 4)",
+                         formatter_class=Formatter,
                          epilog="example: ddim eval timing --batch-size 64 --repeats 3 --out eval")
     common(p, ev.TIMING_STEPS, 64, stochastic=True, seed=False)
     g = p.add_argument_group("timing")

@@ -23,8 +23,9 @@ def _common(s: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("fid", help="FID and KID between images and a reference (images or statistics)",
-                       formatter_class=Formatter, epilog="example: ddim fid samples/samples.npz cifar10-train-stats.npz "
-                                                         "--inception-weights pt_inception-2015-12-05-6726825d.pth")
+                       formatter_class=Formatter,
+                       epilog="example: ddim fid samples/samples.npz cifar10-train-stats.npz "
+                              "--inception-weights pt_inception-2015-12-05-6726825d.pth")
     s.add_argument("images", help="generated images: a folder or an .npz")
     s.add_argument("reference", help="reference images (folder, .npz) or statistics (.npz with mu, sigma)")
     _common(s)

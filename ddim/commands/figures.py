@@ -8,7 +8,8 @@ import torch
 
 from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, load,
                                   positive_int, sample_config)
-from ddim.generate import decode, encode, image_shape, initial_noise, make_sampler, resolve_batch_size, sample_generators
+from ddim.generate import (decode, encode, image_shape, initial_noise, make_sampler, resolve_batch_size,
+                           sample_generators)
 from ddim.images import load_images, save_image_grid
 from ddim.runs import prepare_output
 from ddim.sampling import slerp
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=run_consistency)
 
     s = sub.add_parser("trajectory", help="x0_pred along the chain -> a grid (the official 'sequence' mode)",
-                       formatter_class=Formatter, epilog="example: ddim trajectory --n 4 --steps 20 --out trajectory.png")
+                       formatter_class=Formatter,
+                       epilog="example: ddim trajectory --n 4 --steps 20 --out trajectory.png")
     add_model_args(s)
     add_sampler_args(s)
     s.add_argument("--n", type=positive_int, default=4, help="rows: samples")

@@ -12,10 +12,12 @@ from ddim.train import train
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("train", help="train a noise-prediction U-Net with the DDPM objective", formatter_class=Formatter,
+    s = sub.add_parser("train", help="train a noise-prediction U-Net with the DDPM objective",
+                       formatter_class=Formatter,
                        epilog="examples:\n  ddim train --config configs/digits.yml --out runs/digits\n"
                               "  ddim train --config configs/digits.yml --out runs/digits --resume\n"
-                              "  torchrun --nproc_per_node 8 -m ddim train --config configs/cifar10.yml --out runs/c10\n"
+                              "  torchrun --nproc_per_node 8 -m ddim train --config configs/cifar10.yml "
+                              "--out runs/c10\n"
                               "then: ddim sample --ckpt runs/digits/model.safetensors")
     add_train_arguments(s)
     s.set_defaults(fn=run)
