@@ -82,7 +82,7 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
 
 
 def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic: bool = True, seed: bool = True,
-                     default_steps: Any = 50, batch: bool = True) -> None:
+                     default_steps: Any = 50, batch: bool = True, solver: bool = True) -> None:
     """The sampler's flags. steps: "one" (--steps S) or "many" (--steps S1 S2 ...); stochastic adds --eta,
     --variance and --clip-denoised (deterministic commands, encoding and ODE figures, have none of them)."""
     g = p.add_argument_group("sampler")
@@ -94,7 +94,8 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
                        help="sampling step counts S, one result each")
     g.add_argument("--skip", default="uniform", choices=SKIPS, help="how the sub-sequence tau of the T training "
                    "steps is chosen")
-    g.add_argument("--solver", default="ddim", choices=tuple(SOLVERS), help="the update rule")
+    if solver:
+        g.add_argument("--solver", default="ddim", choices=tuple(SOLVERS), help="the update rule")
     if stochastic:
         g.add_argument("--eta", type=float, default=0.0, help="the ddim solver's eta: 0 = DDIM (deterministic), "
                        "1 = DDPM")

@@ -20,9 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=Formatter, description=ev.__doc__.split("\n\n")[0], epilog=EPILOG)
     evals = e.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
 
-    def common(p: argparse.ArgumentParser, default_steps, batch: int, stochastic: bool, seed: bool) -> None:
+    def common(p: argparse.ArgumentParser, default_steps, batch: int, stochastic: bool, seed: bool,
+               solver: bool = True) -> None:
         add_model_args(p)
-        add_sampler_args(p, steps="many", stochastic=stochastic, seed=seed, default_steps=default_steps, batch=False)
+        add_sampler_args(p, steps="many", stochastic=stochastic, seed=seed, default_steps=default_steps, batch=False,
+                         solver=solver)
         g = p.add_argument_group("evaluation")
         g.add_argument("--batch-size", type=positive_int, default=batch, help="images per network call")
         g.add_argument("--out", default="eval", help="output folder (md, csv, png and a json of the settings)")
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = evals.add_parser("table1", help="Frechet distance vs S for each eta and sigma-hat (Table 1)",
                          formatter_class=Formatter, epilog="example: ddim eval table1 --n 500 --steps 10 20 50 100 "
                          "1000 --etas 0 0.2 0.5 1 --out eval")
-    common(p, ev.TABLE1_STEPS, 250, stochastic=False, seed=True)
+    common(p, ev.TABLE1_STEPS, 250, stochastic=False, seed=True, solver=False)   # its rows are the ddim family
     g = p.add_argument_group("table 1")
     g.add_argument("--etas", type=float, nargs="*", default=list(ev.TABLE1_ETAS), help="eta values, one row each "
                    "(give none for the sigma-hat row alone)")

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=Formatter,
                        epilog="example: ddim trajectory --n 4 --steps 20 --out trajectory.png")
     add_model_args(s)
-    add_sampler_args(s)
+    add_sampler_args(s, batch=False)         # the n rows are one batch
     s.add_argument("--n", type=positive_int, default=4, help="rows: samples")
     s.add_argument("--columns", type=positive_int, default=10, help="steps shown per row (evenly spaced), after x_T")
     add_output_args(s, "trajectory.png", "output PNG")
