@@ -23,12 +23,16 @@ def test_timed_wrapper_accumulates_only_the_network_time():
 def test_markdown_reports_ratios_against_diffusers_per_batch():
     results = [
         {"path": "diffusers", "batch": 8, "steps": 50, "seconds": 4.0, "images_per_s": 2.0, "peak_rss_mb": 1, "warmup_s": 0},
+        {"path": "diffusers-fast", "batch": 8, "steps": 50, "seconds": 2.0, "images_per_s": 4.0, "peak_rss_mb": 1,
+         "warmup_s": 0},
         {"path": "ddim-fast", "batch": 8, "steps": 50, "seconds": 2.0, "images_per_s": 5.0, "sampler_share": 0.004,
          "peak_rss_mb": 1, "warmup_s": 0},
         {"path": "ddim-compile", "batch": 8, "steps": 50, "error": ["RuntimeError: boom"]},
     ]
     text = markdown(results, {"float32": 100.0, "bfloat16": 200.0}, 1e9, "test machine", 50)
-    assert "| 8 | ddim-fast | 5.000 | 2.50x | 250 (125%) | 0.40% |" in text
+    # the headline compares like with like (5 / 4); the mixed ratio against fp32 diffusers is 5 / 2
+    assert "| 8 | ddim-fast | 5.000 | **1.25x** | 2.50x | 250 (125%) | 0.40% |" in text
+    assert "| 8 | diffusers-fast | 4.000 | - | 2.00x |" in text
     assert "failed: RuntimeError: boom" in text
 
 
