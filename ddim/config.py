@@ -321,6 +321,8 @@ class SampleConfig:
     channels_last: bool = False
     compile: bool = False
     batch_size: int | str = 64              # images per network call, or "auto"
+    cache_interval: int = 1                 # DeepCache: a full network pass every N calls (1: off, exact)
+    cache_branch: int | None = None         # DeepCache's shallow branch (None: the U-Net's whole top level)
 
     def __post_init__(self) -> None:
         check_int(self.steps, "steps")
@@ -348,6 +350,12 @@ class SampleConfig:
             raise DDIMError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batch_size != "auto":
             check_int(self.batch_size, "batch_size (an integer >= 1 or 'auto')")
+        check_int(self.cache_interval, "cache_interval")
+        if self.cache_branch is not None:
+            check_int(self.cache_branch, "cache_branch", 0)
+        if self.cache_interval > 1 and self.compile:
+            raise DDIMError("compile: torch.compile of the feature cache is not supported yet; use either "
+                            "--compile or --cache-interval > 1")
 
     def walk_options(self) -> dict[str, Any]:
         """The keyword arguments of `DDIMSampler.sample` / `iter_sample` this config sets."""
@@ -359,6 +367,8 @@ class SampleConfig:
         d = asdict(self)
         for k in ("channels_last", "compile", "batch_size"):   # speed only: the same images (tested)
             d.pop(k)
+        if self.cache_interval == 1:                            # off: cache_branch changes nothing
+            d.pop("cache_branch")
         d["skip"] = d["skip"] if isinstance(d["skip"], str) else list(d["skip"])
         return d
 

@@ -25,6 +25,7 @@ from ddim.distributed import rank_world
 from ddim.errors import DDIMError, MissingFileError
 from ddim.images import read_image, save_image_grid, save_images
 from ddim.io import atomic_path
+from ddim.models.deepcache import DeepCache
 from ddim.runs import open_run
 from ddim.sampling import DDIMSampler
 
@@ -80,12 +81,18 @@ def network(model: torch.nn.Module, dtype: str = "float32", channels_last: bool 
         with ctx:
             out = fn(x.contiguous(memory_format=torch.channels_last) if channels_last else x, t)
         return out.to(x.dtype)
+    if hasattr(model, "reset_cache"):
+        call.reset_cache = model.reset_cache          # the sampler resets a feature cache at each walk
     return call
 
 
 def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.device = "cpu") -> DDIMSampler:
-    """The sampler for a loaded model with the config's network switches (dtype, channels_last, compile)."""
-    fn = network(loaded.model.to(device), config.dtype, config.channels_last, config.compile)
+    """The sampler for a loaded model with the config's network switches (dtype, channels_last, compile) and
+    its feature cache (cache_interval > 1: DeepCache)."""
+    model = loaded.model.to(device)
+    if config.cache_interval > 1:
+        model = DeepCache(model, config.cache_interval, config.cache_branch)
+    fn = network(model, config.dtype, config.channels_last, config.compile)
     return DDIMSampler(fn, loaded.schedule, loaded.prediction)
 
 

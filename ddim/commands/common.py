@@ -79,6 +79,10 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
                        help="network compute dtype (autocast); the sampler's arithmetic stays float32")
         g.add_argument("--channels-last", action="store_true", help="run the network in channels_last memory format")
         g.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, faster steps)")
+        g.add_argument("--cache-interval", type=positive_int, default=1, help="DeepCache: a full network pass "
+                       "every N steps, only the U-Net's shallow branch in between (1: off, exact)")
+        g.add_argument("--cache-branch", type=nonnegative_int, default=None, help="DeepCache's shallow branch: "
+                       "the skip connection it starts at, 0..num_res_blocks (default: num_res_blocks, the top level)")
 
 
 def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic: bool = True, seed: bool = True,
@@ -132,7 +136,7 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     """One validated SampleConfig from whichever sampler and model flags this command has."""
     fields = {}
     for name in ("steps", "skip", "solver", "eta", "variance", "clip_denoised", "seed", "dtype", "channels_last",
-                 "compile", "batch_size"):
+                 "compile", "batch_size", "cache_interval", "cache_branch"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
     fields.update(overrides)

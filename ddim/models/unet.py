@@ -294,6 +294,18 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """eps prediction for x [B, C, H, W] at timesteps t [B] (Long, or float used as is); same shape as x."""
+        return self.forward_features(x, t)[0]
+
+    def forward_features(self, x: Tensor, t: Tensor, branch: int | None = None, deep: Tensor | None = None
+                         ) -> tuple[Tensor, Tensor | None]:
+        """The forward pass, with DeepCache's split (Ma et al. 2024) at skip connection `branch`.
+
+        The skip stack holds conv_in's output, then every block's of the down path. The shallow branch at
+        `branch` = b (0 <= b <= num_res_blocks) is conv_in, the first b blocks of the top level, and the top
+        level's last b + 1 up blocks, which read skips b..0; everything else is deep. deep None: the full pass,
+        returning (eps, the deep features entering the shallow up blocks) (None without a branch). deep given:
+        only the shallow branch runs, on those cached features; returns (eps, deep).
+        """
         t = torch.as_tensor(t, device=x.device)
         self.check_input(x, t)
         t = t.reshape(-1).expand(x.shape[0])
@@ -308,26 +320,35 @@ class UNet(nn.Module):
         temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))
         temb_act = F.silu(temb)
 
+        if branch is not None and not 0 <= branch <= self.config.num_res_blocks:
+            raise DDIMError(f"cache_branch must be in [0, num_res_blocks = {self.config.num_res_blocks}], got {branch}")
         hs = [self.conv_in(x)]
-        for level in self.down:
-            for j, block in enumerate(level.block):
+        down = self.down if deep is None else self.down[:1]
+        for level in down:
+            for j, block in enumerate(level.block if deep is None else level.block[:branch]):
                 h = block(hs[-1], temb_act)
                 if len(level.attn):
                     h = level.attn[j](h)
                 hs.append(h)
-            if hasattr(level, "downsample"):
+            if hasattr(level, "downsample") and deep is None:
                 hs.append(level.downsample(hs[-1]))
 
-        h = hs[-1]
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb_act)), temb_act)
-
-        for level in reversed(self.up):
-            for j, block in enumerate(level.block):
-                h = block(torch.cat([h, hs.pop()], dim=1), temb_act)
-                if len(level.attn):
-                    h = level.attn[j](h)
-            if hasattr(level, "upsample"):
+        if deep is None:
+            h = hs[-1]
+            h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb_act)), temb_act)
+            ups = [(level, j) for level in reversed(self.up) for j in range(len(level.block))]
+        else:
+            h = deep.to(dtype)
+            top = self.up[0]
+            ups = [(top, j) for j in range(len(top.block) - branch - 1, len(top.block))]
+        for level, j in ups:
+            if branch is not None and deep is None and len(hs) == branch + 1:
+                deep = h                                   # entering the shallow branch: what the cache keeps
+            h = level.block[j](torch.cat([h, hs.pop()], dim=1), temb_act)
+            if len(level.attn):
+                h = level.attn[j](h)
+            if j == len(level.block) - 1 and hasattr(level, "upsample"):
                 h = level.upsample(h)
 
         eps = self.conv_out(F.silu(self.norm_out(h)))
-        return eps.to(in_dtype) if in_dtype.is_floating_point else eps
+        return (eps.to(in_dtype) if in_dtype.is_floating_point else eps), deep

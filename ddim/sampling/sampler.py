@@ -45,7 +45,11 @@ class DDIMSampler:
         return resolve_taus(self.schedule.T, steps, skip)
 
     def denoiser(self, clip: bool = False) -> Denoiser:
-        """The network as solvers see it: (x, t, a_t) -> (eps, x0_pred)."""
+        """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk: a model that keeps
+        state across the calls of a walk (a feature cache) is reset through its `reset_cache`."""
+        reset = getattr(self.model, "reset_cache", None)
+        if callable(reset):
+            reset()
         return Denoiser(self.model, self.schedule, self.prediction, clip)
 
     def sample_plan(self, steps: int, skip: str | Sequence[int] = "uniform") -> tuple[Step, ...]:

@@ -1,0 +1,52 @@
+"""DeepCache (Ma, Fang & Wang, CVPR 2024): a training-free cache of the U-Net's deep features across steps.
+
+Consecutive sampling steps' deep features are nearly equal, so every `interval`-th call runs the full network
+and keeps the features entering its shallow branch; the calls in between run only the shallow branch (conv_in,
+the top level's first blocks and its last up blocks) on the cached features. interval 1 is the plain network.
+The sampler resets the cache at the start of each walk (`reset_cache`), so every walk starts with a full pass;
+it works with every solver and with any batch (a batch of another size triggers a full pass).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ddim.errors import DDIMError
+from ddim.models.unet import UNet
+
+__all__ = ["DeepCache"]
+
+
+class DeepCache(nn.Module):
+    """`DeepCache(unet, interval, branch)(x, t) -> eps`: a stateful wrapper; branch None is num_res_blocks
+    (the whole top level is the shallow branch, DeepCache's D1/U1)."""
+
+    def __init__(self, unet: UNet, interval: int = 3, branch: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(unet, UNet):
+            raise DDIMError(f"cache_interval > 1 needs a ddim.models.UNet, got {type(unet).__name__}")
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise DDIMError(f"cache_interval must be an integer >= 1, got {interval!r}")
+        nrb = unet.config.num_res_blocks
+        branch = nrb if branch is None else branch
+        if isinstance(branch, bool) or not isinstance(branch, int) or not 0 <= branch <= nrb:
+            raise DDIMError(f"cache_branch must be an integer in [0, num_res_blocks = {nrb}], got {branch!r}")
+        self.unet, self.interval, self.branch = unet, interval, branch
+        self.reset_cache()
+
+    def reset_cache(self) -> None:
+        """Forget the cached features: the next call is a full pass."""
+        self.calls, self.full_calls, self._deep = 0, 0, None
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        fresh = self._deep is None or self._deep.shape[0] != x.shape[0] or self.calls % self.interval == 0
+        if self.interval == 1:
+            eps, deep = self.unet(x, t), None
+        elif fresh:
+            eps, deep = self.unet.forward_features(x, t, self.branch)
+        else:
+            eps, deep = self.unet.forward_features(x, t, self.branch, self._deep)
+        self.full_calls += fresh
+        self.calls += 1
+        self._deep = deep
+        return eps
