@@ -28,8 +28,8 @@ def test_a_cached_call_with_unchanged_inputs_equals_the_full_pass(unet, branch):
     x, t = torch.randn(3, 3, 16, 16), torch.tensor([700, 700, 700])
     with torch.no_grad():
         full = unet(x, t)
-        eps, deep = unet.forward_features(x, t, branch)
-        shallow, _ = unet.forward_features(x, t, branch, deep)
+        eps, deep = unet.forward_features(x, t, branch=branch)
+        shallow, _ = unet.forward_features(x, t, branch=branch, deep=deep)
     torch.testing.assert_close(eps, full, atol=0, rtol=0)
     torch.testing.assert_close(shallow, full, atol=1e-6, rtol=1e-5)
 

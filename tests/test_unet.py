@@ -169,3 +169,24 @@ def test_one_optimizer_step_lowers_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[1] < losses[0]
+
+
+def test_class_conditional_network_adds_a_label_embedding_with_a_null_label():
+    from ddim.models import PRESETS, UNet, UNetConfig
+    torch.manual_seed(0)
+    cfg = UNetConfig(**{**PRESETS["tiny"].to_dict(), "num_classes": 4})
+    net = UNet(cfg).eval()
+    assert net.label_emb.weight.shape == (5, 4 * cfg.ch)              # 4 labels and the null one
+    with torch.no_grad():
+        net.label_emb.weight.normal_()
+        x, t = torch.randn(3, 3, 16, 16), torch.tensor([10, 500, 900])
+        y = torch.tensor([0, 3, -1])
+        out = net(x, t, y)
+        assert out.shape == x.shape
+        torch.testing.assert_close(net(x, t), net(x, t, torch.full((3,), -1)))   # no y: the null label
+        assert not torch.allclose(net(x, t, torch.tensor([0, 0, 0])), net(x, t, torch.tensor([1, 1, 1])))
+        torch.testing.assert_close(out[2:], net(x[2:], t[2:], y[2:]))           # per sample
+    with pytest.raises(ValueError, match=r"class labels must be integers in \[0, 4\)"):
+        net(x, t, torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match="unconditional"):
+        UNet(PRESETS["tiny"])(x, t, y)

@@ -38,14 +38,14 @@ class DeepCache(nn.Module):
         """Forget the cached features: the next call is a full pass."""
         self.calls, self.full_calls, self._deep = 0, 0, None
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         fresh = self._deep is None or self._deep.shape[0] != x.shape[0] or self.calls % self.interval == 0
         if self.interval == 1:
-            eps, deep = self.unet(x, t), None
+            eps, deep = self.unet(x, t, y), None
         elif fresh:
-            eps, deep = self.unet.forward_features(x, t, self.branch)
+            eps, deep = self.unet.forward_features(x, t, y, branch=self.branch)
         else:
-            eps, deep = self.unet.forward_features(x, t, self.branch, self._deep)
+            eps, deep = self.unet.forward_features(x, t, y, branch=self.branch, deep=self._deep)
         self.full_calls += fresh
         self.calls += 1
         self._deep = deep

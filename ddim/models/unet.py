@@ -32,6 +32,8 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     resamp_with_conv: bool = True
+    num_classes: int = 0          # class-conditional with this many labels (0: unconditional)
+    null_class: bool = True       # with classes: one more learned embedding, label -1, for the unconditional output
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON/YAML; tuples keep the config hashable and comparable.
@@ -51,6 +53,8 @@ class UNetConfig:
             # The release silently builds no attention for such a value; a typo should not cost a training run.
             raise DDIMError(f"attn_resolutions {self.attn_resolutions} must be level resolutions {levels} "
                              f"(image_size {self.image_size} halved per level)")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise DDIMError(f"num_classes must be an integer >= 0 (0: unconditional), got {self.num_classes!r}")
         if any(m * self.ch % 32 for m in (1, *self.ch_mult)):
             raise DDIMError(f"every width ch * m (ch={self.ch}, ch_mult={self.ch_mult}) must be divisible by "
                              "32, the GroupNorm group count")
@@ -238,6 +242,8 @@ class UNet(nn.Module):
         c = config
         temb_ch = 4 * c.ch
         self.temb = _TimeEmbed(c.ch, temb_ch)
+        if c.num_classes:     # added to the time embedding (guided-diffusion's label_emb, diffusers' class_embedding)
+            self.label_emb = nn.Embedding(c.num_classes + int(c.null_class), temb_ch)
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
 
         widths = [c.ch * m for m in c.ch_mult]
@@ -292,12 +298,32 @@ class UNet(nn.Module):
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0])):
             raise DDIMError(f"t must have shape [B] = [{x.shape[0]}] or be a scalar, got {tuple(t.shape)}")
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """eps prediction for x [B, C, H, W] at timesteps t [B] (Long, or float used as is); same shape as x."""
-        return self.forward_features(x, t)[0]
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """eps prediction for x [B, C, H, W] at timesteps t [B] (Long, or float used as is); same shape as x.
 
-    def forward_features(self, x: Tensor, t: Tensor, branch: int | None = None, deep: Tensor | None = None
-                         ) -> tuple[Tensor, Tensor | None]:
+        y: class labels LongTensor [B] for a class-conditional network; -1 (or y None) asks for the
+        unconditional prediction, the learned null label. An unconditional network takes no y.
+        """
+        return self.forward_features(x, t, y)[0]
+
+    def label_embedding(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        """The class embedding [B, temb] for labels y [B] (-1: the null label); None for unconditional nets."""
+        c = self.config
+        if not c.num_classes:
+            if y is not None:
+                raise DDIMError("y: this network is unconditional (num_classes = 0); it takes no class labels")
+            return None
+        y = torch.full((batch,), -1, dtype=torch.long, device=device) if y is None else \
+            torch.as_tensor(y, device=device).reshape(-1).expand(batch)
+        if y.dtype.is_floating_point or (y < -1).any() or (y >= c.num_classes).any():
+            raise DDIMError(f"y: class labels must be integers in [0, {c.num_classes}) or -1 for none, got "
+                            f"{y.unique().tolist()[:8]}")
+        if (y == -1).any() and not c.null_class:
+            raise DDIMError("y: this network has no null label, so -1 (unconditional) is not available")
+        return self.label_emb(torch.where(y == -1, c.num_classes, y))
+
+    def forward_features(self, x: Tensor, t: Tensor, y: Tensor | None = None, branch: int | None = None,
+                         deep: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The forward pass, with DeepCache's split (Ma et al. 2024) at skip connection `branch`.
 
         The skip stack holds conv_in's output, then every block's of the down path. The shallow branch at
@@ -318,6 +344,9 @@ class UNet(nn.Module):
 
         temb = timestep_embedding(t, self.config.ch).to(dtype)
         temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))
+        label = self.label_embedding(y, x.shape[0], x.device)
+        if label is not None:
+            temb = temb + label.to(dtype)
         temb_act = F.silu(temb)
 
         if branch is not None and not 0 <= branch <= self.config.num_res_blocks:
