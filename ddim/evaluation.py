@@ -46,7 +46,8 @@ from ddim.metrics.inception import resolve_inception_weights
 from ddim.runs import open_run
 
 __all__ = ["FeatureMetric", "classifier_metric", "inception_metric", "make_metric", "generate_samples",
-           "table1", "table2", "timing", "linear_fit", "reconstruction_mse", "METRICS", "TABLE1_STEPS",
+           "table1", "table2", "timing", "linear_fit", "reconstruction_mse", "read_metrics", "plot_training",
+           "METRICS", "TABLE1_STEPS",
            "TABLE1_ETAS", "TABLE2_STEPS", "TIMING_STEPS"]
 
 METRICS: tuple[str, ...] = ("classifier", "inception")
@@ -568,3 +569,54 @@ def _plot_timing(rows: list[dict], path: Path) -> None:
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, flush=True)
+
+
+# --- training curves -----------------------------------------------------------------------------------------------
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The records of a run's metrics.jsonl (a torn last line, from a crash mid-write, is left out)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise MissingFileError(f"run directory {str(run_dir)!r} has no metrics.jsonl (is it a `ddim train` run?)")
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as e:
+            if i == len(lines) - 1:
+                break
+            raise DDIMError(f"{path}: line {i + 1} is not JSON ({e})") from e
+    if not records:
+        raise DDIMError(f"{path} holds no records yet")
+    return records
+
+
+def plot_training(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """The loss curve of a training run (raw per logged step and its running mean) and the learning rate, from
+    metrics.jsonl, as a PNG (default: RUN_DIR/loss.png)."""
+    records = read_metrics(run_dir)
+    out = Path(out) if out is not None else Path(run_dir) / "loss.png"
+    steps = np.array([r["step"] for r in records if "loss" in r], np.float64)
+    loss = np.array([r["loss"] for r in records if "loss" in r], np.float64)
+    fig, ax = _figure((6.5, 3.8))
+    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss (logged steps)")
+    k = max(1, len(loss) // 20)
+    if len(loss) > k:
+        mean = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], mean, lw=1.6, label=f"running mean of {k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("L_simple")
+    ax.set_title(f"training loss: {Path(run_dir).name}")
+    ax.grid(True, which="both", alpha=0.3)
+    if any("lr" in r for r in records):
+        lr_ax = ax.twinx()
+        lr_ax.plot([r["step"] for r in records if "lr" in r], [r["lr"] for r in records if "lr" in r],
+                   color="grey", lw=0.8, ls="--", label="learning rate")
+        lr_ax.set_ylabel("learning rate")
+        lr_ax.legend(loc="upper center", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    _save_figure(fig, out)
+    return out

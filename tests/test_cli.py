@@ -225,3 +225,24 @@ def test_unwritable_or_wrong_outputs_fail_before_any_work(ckpt, tmp_path, capsys
                  "--steps", "1", "--out", str(tmp_path / "i.png")]) == 2
     err = capsys.readouterr().err
     assert "--images" in err and "missing.png" in err and "Traceback" not in err
+
+
+def test_plot_draws_the_loss_curve_of_a_run_and_tolerates_a_torn_last_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [json.dumps({"step": s, "loss": 1.0 / s, "lr": 2e-4}) for s in range(1, 60)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 60, "lo')
+    assert main(["plot", str(run)]) == 0
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_sample_with_a_feature_cache(ckpt, tmp_path):
+    args = ["sample", "--ckpt", ckpt, "--n", "2", "--steps", "4", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--cache-interval", "1"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert main(args + ["--out", str(tmp_path / "c"), "--cache-interval", "2"]) == 0
+    a, b = (np.load(tmp_path / d / "samples.npz")["arr_0"] for d in "ab")
+    assert np.array_equal(a, b)                                     # interval 1 is exactly the plain network
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["cache_interval"] == 2

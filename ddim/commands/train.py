@@ -8,6 +8,7 @@ import sys
 
 from ddim.commands.common import Formatter
 from ddim.config import add_train_arguments, config_from_args
+from ddim.evaluation import plot_training
 from ddim.train import train
 
 
@@ -22,8 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_arguments(s)
     s.set_defaults(fn=run)
 
+    s = sub.add_parser("plot", help="draw a training run's loss curve from its metrics.jsonl",
+                       formatter_class=Formatter,
+                       epilog="example: ddim plot runs/digits   (writes runs/digits/loss.png)")
+    s.add_argument("run_dir", help="a `ddim train` run directory")
+    s.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/loss.png)")
+    s.set_defaults(fn=run_plot)
+
 
 def run(args: argparse.Namespace) -> None:
     run_dir = train(config_from_args(args), progress=sys.stderr.isatty())
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run directory: {run_dir}")
+
+
+def run_plot(args: argparse.Namespace) -> None:
+    print(f"wrote {plot_training(args.run_dir, args.out)}")
