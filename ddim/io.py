@@ -2,20 +2,27 @@
 
 A writer fills a temporary file in the target's own folder (so the final ``os.replace`` is a rename within one
 file system), the data is fsynced, the file gets the mode ``open()`` would have given it, and only then is it
-renamed over the target. A crash, a full disk or an exception leaves the previous file untouched and no
-temporary behind.
+renamed over the target. A full disk or an exception leaves the previous file untouched and no temporary
+behind; a process killed mid-write (SIGKILL, power cut) can leave its temporary, and the next write of the same
+target removes it (see ``atomic_path``).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_path", "write_text_atomic", "write_json_atomic"]
+
+# Temporaries older than this were left by an earlier process (this one had not started), so no live writer of
+# this process owns them. Taken at import, which is close enough to the process start for that purpose.
+_STARTED = time.time()
 
 
 def _umask() -> int:
@@ -36,6 +43,12 @@ def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
 def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on a clean exit it replaces ``path``, on an error it is deleted.
 
+    The temporary is ``.{name}.XXXXXXXX.tmp`` in the target's folder. Before making it, the temporaries of the
+    same target name whose mtime is older than this process's start are deleted (found when this process first
+    writes into that folder): a writer killed before its rename left them, and no writer in this process can
+    own them. Temporaries of other names are never touched,
+    so processes writing different files into one folder (torchrun ranks, parallel jobs) cannot disturb each
+    other; two processes writing the same target at once is not supported (the last rename wins anyway).
     The parent folder is created if needed. ``durable`` fsyncs the data before the rename and the folder after
     it, so that the new file survives a power cut too (checkpoints); turn it off for many small files.
 
@@ -44,6 +57,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
@@ -59,6 +73,34 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     if durable:
         with contextlib.suppress(OSError):  # not every OS/file system can fsync a folder
             _fsync_path(path.parent, directory=True)
+
+
+# folder -> target name -> its stale temporaries, from one scan at this process's first write into the folder.
+# One scan suffices: a temporary made after this process started is not stale by the rule above, so none can
+# appear later; and a folder of 50k images is listed once, not once per image.
+_STALE: dict[str, dict[str, list[str]]] = {}
+# mkstemp's random part is letters, digits and "_", never ".", so the target's name is everything before it.
+_TEMP_NAME = re.compile(r"\.(.+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _scan_stale(folder: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            m = _TEMP_NAME.fullmatch(entry.name)
+            with contextlib.suppress(OSError):  # vanished meanwhile
+                if m and entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < _STARTED:
+                    found.setdefault(m[1], []).append(entry.path)
+    return found
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    folder = os.path.abspath(path.parent)
+    if folder not in _STALE:
+        _STALE[folder] = _scan_stale(folder)
+    for tmp in _STALE[folder].pop(path.name, ()):
+        with contextlib.suppress(OSError):  # already gone, or not ours to delete
+            os.unlink(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = False) -> Path:
