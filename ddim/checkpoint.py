@@ -9,12 +9,15 @@
 - "diffusers": a `UNet2DModel` folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`), read
   without diffusers; only the DDPM-style options this architecture expresses are accepted.
 
+Own files carry a sha256 of their tensors (header key "sha256"); `load` recomputes it and refuses a file whose
+bytes changed since it was written (files written before the hash existed load without the check).
 Torch files are read with `weights_only=True`: no pickled code ever runs. Any unreadable or mismatched file raises
 `CheckpointError` naming the file (and, for mismatches, the first missing and unexpected keys).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,6 +39,7 @@ __all__ = ["CheckpointError", "LoadedModel", "load", "save", "export_diffusers",
 FORMAT = "ddim"
 FORMAT_VERSION = 1
 _BETAS_KEY = "__schedule__.betas"  # reserved tensor name: the schedule travels bit-exact in float64
+_HASH_KEY = "sha256"  # header key of the content hash (files written before it existed have none)
 _SHOW = 5  # how many missing/unexpected keys an error lists
 
 
@@ -75,8 +79,19 @@ def save(path: str | os.PathLike, model: UNet, schedule: NoiseSchedule, *, predi
         "schedule": json.dumps({"name": schedule.name, "T": schedule.T}),
         "prediction": prediction,
         "metadata": json.dumps(metadata or {}),  # raises TypeError early for non-JSON metadata
+        _HASH_KEY: _content_hash(tensors),
     }
     _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def _content_hash(tensors: Mapping[str, Tensor]) -> str:
+    """The hash `save` stores and `load` checks: sha256 (hex) over each tensor by sorted name: name, dtype, shape, bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the stored bytes, whatever the dtype (bf16 too)
+    return h.hexdigest()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -176,6 +191,9 @@ def _load_safetensors(path: Path, config: Any) -> LoadedModel:
     version = int(header.get("format_version", "0"))
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer ddim (format version {version} > {FORMAT_VERSION})")
+    if _HASH_KEY in header and _content_hash(tensors) != header[_HASH_KEY]:
+        raise CheckpointError(f"{path}: the tensors do not match the content hash saved with them (sha256 "
+                              f"{header[_HASH_KEY][:12]}...): the file is corrupt; restore it from a copy")
     try:
         stored = UNetConfig.from_dict(json.loads(header["config"]))
         sched_info = json.loads(header["schedule"])
