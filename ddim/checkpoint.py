@@ -6,6 +6,8 @@
 - "official-ckpt": a released DDPM/DDIM state dict (`model-790000.ckpt`); it carries no config, so pass `config=`
   (a preset name, `UNetConfig`, dict, or the official YAML/JSON file) or let it be inferred from the presets.
 - "official-train": the official trainer's `ckpt.pth` list [model, optimizer, epoch, step, ema]; EMA by default.
+- "ddim-train-ckpt": this package's training checkpoint `ckpt-N.pt` (`ddim.train`); EMA by default, with the
+  U-Net config, schedule and prediction it was trained with.
 - "diffusers": a `UNet2DModel` folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`), read
   without diffusers; only the DDPM-style options this architecture expresses are accepted.
 
@@ -39,6 +41,8 @@ __all__ = ["CheckpointError", "LoadedModel", "load", "save", "export_diffusers",
 FORMAT = "ddim"
 FORMAT_VERSION = 1
 _BETAS_KEY = "__schedule__.betas"  # reserved tensor name: the schedule travels bit-exact in float64
+_TRAIN_FORMAT = "ddim-train-ckpt"
+_TRAIN_KEYS = ("step", "model", "ema", "unet", "schedule", "prediction")  # what ddim.train writes in ckpt-N.pt
 _HASH_KEY = "sha256"  # header key of the content hash (files written before it existed have none)
 _SHOW = 5  # how many missing/unexpected keys an error lists
 
@@ -109,8 +113,8 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
         fields or the official layout), or a path to the official YAML (`configs/cifar10.yml`) or JSON. Without it,
         the preset whose key names and shapes match the file is used. The official YAML's `diffusion` section also
         gives the schedule; otherwise the official default, linear 1e-4..0.02 with T = 1000.
-    ema: for the official training container, take the EMA weights (True) or the raw ones (False); other formats
-        hold one set of weights and ignore it.
+    ema: for training checkpoints (official `ckpt.pth`, our `ckpt-N.pt`), take the EMA weights (True) or the raw
+        ones (False); other formats hold one set of weights and ignore it.
     schedule: overrides the schedule found in (or assumed for) the file.
     Weights keep their stored dtype and go to `map_location`.
     """
@@ -125,7 +129,7 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
         loaded = _load_safetensors(path, config)  # config is used only if the file has no ddim header
     else:
         loaded = _load_torch_file(path, config, ema)
-    if config is not None and loaded.format in ("ddim", "diffusers"):
+    if config is not None and loaded.format in ("ddim", "diffusers", _TRAIN_FORMAT):
         wanted = _resolve_config(config)[0]
         if wanted != loaded.config:
             raise CheckpointError(f"{path}: carries its own config {loaded.config}, which differs from the config "
@@ -219,6 +223,8 @@ def _load_torch_file(path: Path, config: Any, ema: bool) -> LoadedModel:
         info = {"epoch": obj[2] if len(obj) > 2 else None, "step": obj[3] if len(obj) > 3 else None,
                 "weights": "ema" if ema else "raw"}
         return _from_state_dict(path, state, config, "official-train", info)
+    if isinstance(obj, Mapping) and all(k in obj for k in _TRAIN_KEYS):
+        return _from_train_ckpt(path, obj, ema)
     if isinstance(obj, Mapping):
         # Some trainers wrap the weights; the released files are the bare dict.
         for wrapper in ("state_dict", "model", "ema"):
@@ -227,6 +233,26 @@ def _load_torch_file(path: Path, config: Any, ema: bool) -> LoadedModel:
                 break
         return _from_state_dict(path, obj, config, "official-ckpt", {})
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or an official training list")
+
+
+def _from_train_ckpt(path: Path, obj: Mapping, ema: bool) -> LoadedModel:
+    """`ddim.train`'s ckpt-N.pt: the weights with the U-Net config, schedule and prediction saved beside them."""
+    try:
+        cfg = UNetConfig.from_dict(obj["unet"])
+        schedule = NoiseSchedule.from_dict(obj["schedule"])
+        prediction, step = obj["prediction"], int(obj["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged training checkpoint ({type(e).__name__}: {e})") from None
+    if prediction not in PREDICTIONS:
+        raise CheckpointError(f"{path}: unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+    if ema and obj["ema"] is None:
+        raise CheckpointError(f"{path}: holds no EMA weights (trained with model.ema: false); pass ema=False to "
+                              "load the raw weights")
+    state = obj["ema"] if ema else obj["model"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: the {'ema' if ema else 'model'} entry is not a state dict")
+    info = {"step": step, "weights": "ema" if ema else "raw", "train_config": obj.get("config")}
+    return LoadedModel(_build(path, cfg, state), schedule, prediction, cfg, info, _TRAIN_FORMAT)
 
 
 def _from_state_dict(path: Path, state: Mapping, config: Any, fmt: str, info: dict) -> LoadedModel:
