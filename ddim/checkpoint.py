@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ddim.errors import DDIMError
-from ddim.io import atomic_path, write_json_atomic
+from ddim.io import atomic_path, write_failed, write_json_atomic
 from ddim.models.unet import PRESETS, UNet, UNetConfig
 from ddim.sampling import PREDICTIONS
 from ddim.schedule import NoiseSchedule
@@ -99,8 +99,13 @@ def _content_hash(tensors: Mapping[str, Tensor]) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    with atomic_path(path) as tmp:  # readers never see half a file
-        write(str(tmp))
+    """Run write(tmp) and rename tmp over path; any failure (safetensors' SafetensorError on a full disk, too)
+    is an UnwritableError saying the previous file is intact."""
+    try:
+        with atomic_path(path) as tmp:  # readers never see half a file
+            write(str(tmp))
+    except Exception as e:
+        raise write_failed(path, e) from e
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
@@ -585,11 +590,18 @@ def export_diffusers(loaded_or_model: LoadedModel | UNet, folder: str | os.PathL
             v = v.reshape(v.shape[0], v.shape[1])
         tensors[key_map[k]] = v.contiguous()
     folder = Path(folder)
-    write_json_atomic(folder / "config.json", dconf)
+    # The weights first: the large write is the one a full disk stops, and then no file of the folder changed.
     _atomic_write(folder / _WEIGHT_FILES[0], lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _write_json(folder / "config.json", dconf)
     if schedule is not None:
-        sconf = _scheduler_config(schedule, prediction)
-        write_json_atomic(folder / "scheduler_config.json", sconf)
+        _write_json(folder / "scheduler_config.json", _scheduler_config(schedule, prediction))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    try:
+        write_json_atomic(path, obj)
+    except Exception as e:  # the objects are plain JSON, so any failure is the disk's
+        raise write_failed(path, e) from e
 
 
 def _scheduler_config(schedule: NoiseSchedule, prediction: str) -> dict[str, Any]:

@@ -12,13 +12,16 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic"]
+from ddim.errors import UnwritableError
+
+__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "write_failed"]
 
 # Temporaries older than this were left by an earlier process (this one had not started), so no live writer of
 # this process owns them. Taken at import, which is close enough to the process start for that purpose.
@@ -113,3 +116,24 @@ def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = False)
 def write_json_atomic(path: str | os.PathLike, obj: Any, durable: bool = False, indent: int = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (TypeError before anything is written if it is not JSON)."""
     return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n", durable)
+
+
+def write_failed(path: str | os.PathLike, error: BaseException, kept: str | None = None) -> UnwritableError:
+    """The one-line UnwritableError for a failed atomic write of ``path``: the file, the cause, what survived.
+
+    Writers raise it for *any* failure of the write, because a full disk is not always an OSError: torch.save's
+    zip writer raises RuntimeError and safetensors its SafetensorError. ``errno`` is kept when there was one.
+    """
+    path = Path(path)
+    if kept is None:
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    text = str(error).strip()
+    cause = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    try:
+        free = shutil.disk_usage(path.parent).free
+        full = f"; the disk is full ({free // 1024} KiB free)" if free < 64 * 2**20 else ""
+    except OSError:
+        full = ""
+    err = UnwritableError(f"could not write {path} ({cause}){full}; nothing was replaced, {kept}")
+    err.errno = getattr(error, "errno", None)
+    return err

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ddim.config import TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset, save_image_grid
-from ddim.io import atomic_path, write_json_atomic
+from ddim.io import atomic_path, write_failed, write_json_atomic
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "build_unet_config",
@@ -208,15 +208,18 @@ def _micro_batches(dataset, cfg: TrainConfig, start: int, slices: list[slice],
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then os.replace: the old file survives any failure."""
+    """torch.save to a temp file in the same folder, fsync, then os.replace: the old file survives any failure.
+
+    Any failure of the write (a full disk is a RuntimeError from torch's zip writer) is an UnwritableError
+    naming the file and the checkpoint that is still intact."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
-    except OSError as e:
+    except Exception as e:
         prev = latest_checkpoint(path.parent)
-        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); nothing was "
-                      f"replaced" + (f", the previous checkpoint {prev.name} is intact" if prev else "")) from e
+        raise write_failed(path, e, f"the previous checkpoint {prev.name} is intact" if prev
+                           else "no checkpoint was written") from e
     return path
 
 

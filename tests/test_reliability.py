@@ -5,9 +5,13 @@ The training-loop side (torn logs, divergence, interrupts, typed configs) is in 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ddim import checkpoint, io
+from ddim import train as tr
+from ddim.errors import UnwritableError
 from ddim.schedule import NoiseSchedule
 
 
@@ -83,3 +89,80 @@ def test_files_without_a_hash_still_load(tmp_path):
     again = checkpoint.load(path)
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), digits.model.state_dict().values()))
     assert again.schedule == digits.schedule and _BETAS_KEY not in again.model.state_dict()
+
+
+# --- a full disk while writing a checkpoint ------------------------------------------------------------------
+@contextlib.contextmanager
+def full_tmpfs(tmp_path, keep: dict[str, bytes]):
+    """A real 200 KiB tmpfs holding the files `keep`, then filled to the last byte; unmounted afterwards."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a small tmpfs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip() or r.returncode}")
+    try:
+        for name, data in keep.items():
+            (mnt / name).parent.mkdir(parents=True, exist_ok=True)
+            (mnt / name).write_bytes(data)
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def _assert_failed_cleanly(e, mnt, keep, target):
+    msg = str(e.value)
+    assert "\n" not in msg and str(mnt / target) in msg and "intact" in msg and "disk is full" in msg
+    for name, data in keep.items():
+        assert (mnt / name).read_bytes() == data                    # the previous file survived
+    leftovers = [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_training_checkpoint_on_a_full_disk(tmp_path):
+    keep = {"ckpt-0000001.pt": b"the previous checkpoint"}
+    with full_tmpfs(tmp_path, keep) as mnt:
+        with pytest.raises(UnwritableError, match="ckpt-0000001.pt is intact") as e:
+            tr.save_checkpoint({"model": {"w": torch.randn(100_000)}}, mnt / "ckpt-0000002.pt")
+        _assert_failed_cleanly(e, mnt, keep, "ckpt-0000002.pt")
+
+
+def test_own_format_and_diffusers_export_on_a_full_disk(tmp_path):
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    keep = {"model.safetensors": b"the previous model", weights: b"previous weights"}
+    model = _tiny_model()
+    with full_tmpfs(tmp_path, keep) as mnt:
+        with pytest.raises(UnwritableError) as e:
+            checkpoint.save(mnt / "model.safetensors", model, NoiseSchedule.linear(100))
+        _assert_failed_cleanly(e, mnt, keep, "model.safetensors")
+        with pytest.raises(UnwritableError) as e:
+            checkpoint.export_diffusers(model, mnt / "unet", NoiseSchedule.linear(100))
+        _assert_failed_cleanly(e, mnt, keep, weights)
+        assert sorted(p.name for p in (mnt / "unet").iterdir()) == ["diffusion_pytorch_model.safetensors"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at inline_container.cc:664] unexpected pos"),
+                                   OSError(errno.ENOSPC, "No space left on device")])
+def test_any_checkpoint_write_failure_is_unwritable_naming_the_intact_file(tmp_path, monkeypatch, error):
+    tr.save_checkpoint({"step": 1}, tmp_path / "ckpt-0000001.pt")
+    before = (tmp_path / "ckpt-0000001.pt").read_bytes()
+
+    def failing_save(obj, f, *a, **k):  # what torch.save does on a full disk, without needing one
+        f.write(b"partial")
+        raise error
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(UnwritableError, match=r"ckpt-0000002\.pt .*ckpt-0000001\.pt is intact") as e:
+        tr.save_checkpoint({"step": 2}, tmp_path / "ckpt-0000002.pt")
+    assert e.value.errno == getattr(error, "errno", None) and isinstance(e.value.__cause__, type(error))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000001.pt"]
+    assert (tmp_path / "ckpt-0000001.pt").read_bytes() == before
