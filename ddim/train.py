@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from ddim.config import TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset, save_image_grid
-from ddim.io import atomic_path, write_failed, write_json_atomic
+from ddim.errors import DDIMError
+from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_atomic
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "build_unet_config",
@@ -275,11 +276,32 @@ def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from, so the log reads as one run."""
+    """Keep the log lines up to the checkpoint we resume from, so the log reads as one run; rewritten atomically.
+
+    A last line that does not parse was torn by a crash or a full disk mid-write: it is dropped with a warning.
+    An unparseable line before it is damage no crash of this trainer makes: DDIMError naming the line."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in lines))
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if step > 0 else []
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    keep = []
+    for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or isinstance(rec.get("step"), bool) or not isinstance(rec.get("step"), int):
+            if i == last:
+                warnings.warn(f"{path}: dropped its last line {i + 1}, which was cut off mid-write (a crash or a "
+                              "full disk); the run continues from the checkpoint", stacklevel=3)
+                break
+            raise DDIMError(f"{path}, line {i + 1}: not a metrics record (a JSON object with an integer step); "
+                            "repair or delete that line to resume")
+        if rec["step"] <= step:
+            keep.append(ln)
+    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
@@ -330,9 +352,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             _set_rng(state["rng_torch"], info, device)
             start = int(state["step"])
         if info.rank == 0:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)     # first: a damaged log changes no file
             write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "unet": unet_cfg.to_dict(),
                                                         "world_size": info.world_size, "device": str(device)})
-            _truncate_metrics(run_dir / "metrics.jsonl", start)
 
         ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                if info.world_size > 1 else model)

@@ -61,3 +61,27 @@ def test_training_checkpoint_loads_with_its_schedule_prediction_and_ema(tmp_path
     raw = checkpoint.load(path, ema=False).model.state_dict()
     assert all(torch.equal(raw[k], state["model"][k]) for k in raw)                     # raw on request
     assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in raw)        # and they differ
+
+
+# --- item 2: a torn metrics line does not block --resume -----------------------------------------------------
+def test_resume_drops_a_torn_last_log_line(tmp_path):
+    run = tr.train(_cfg(tmp_path), progress=False)                          # steps 1..3, checkpoint at 3
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.12')                                  # the disk filled mid-line
+    cfg = _cfg(tmp_path, n_iters=5)
+    cfg.resume = True
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: dropped its last line 4"):
+        tr.train(cfg, progress=False)
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3, 4, 5]
+
+
+def test_a_damaged_log_line_in_the_middle_names_file_and_line(tmp_path):
+    run = tr.train(_cfg(tmp_path), progress=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:10]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = _cfg(tmp_path, n_iters=5)
+    cfg.resume = True
+    with pytest.raises(DDIMError, match=r"metrics\.jsonl, line 2: not a metrics record"):
+        tr.train(cfg, progress=False)
+    assert (run / "metrics.jsonl").read_text().splitlines() == lines          # left as it was
