@@ -25,11 +25,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ddim.errors import DDIMError, MissingFileError
 from ddim.io import atomic_path
 
 __all__ = [
     "ImageTensorDataset", "ImageFolder", "cifar10", "celeba", "npz_arrays", "idx_file", "digits",
-    "build_dataset", "to_uint8", "from_uint8", "make_grid", "save_image_grid", "display_scale", "save_images", "DATASETS",
+    "build_dataset", "dataset_name", "to_uint8", "from_uint8", "make_grid", "save_image_grid", "display_scale", "save_images", "DATASETS",
     "CELEBA_CROP",
 ]
 
@@ -447,15 +448,23 @@ _ALIASES = {"imagefolder": "folder", "image_folder": "folder", "mnist": "idx", "
             "fashionmnist": "idx", "npy": "npz"}
 
 
+def dataset_name(name: str) -> str:
+    """The canonical name (one of DATASETS) of a data set name as configs spell it ("CIFAR10", "mnist", ...)."""
+    canonical = str(name).lower().replace("-", "_")
+    canonical = _ALIASES.get(canonical, canonical)
+    if canonical not in DATASETS:
+        raise DDIMError(f"data.dataset must be one of {', '.join(DATASETS)} (or an alias: {', '.join(_ALIASES)}); "
+                        f"got {name!r}")
+    return canonical
+
+
 def build_dataset(cfg: Any) -> Dataset:
     """Build the dataset a `DataConfig` names (dataset, root, image_size, channels, resize, key; official names
     such as "CIFAR10" and "CELEBA" accepted), checking that its images match image_size and channels."""
-    name = str(cfg.dataset).lower().replace("-", "_")
-    name = _ALIASES.get(name, name)
+    name = dataset_name(cfg.dataset)
     root = getattr(cfg, "root", None)
-    needs_root = name != "digits"
-    if needs_root and not root:
-        raise ValueError(f"data.root is required for dataset {cfg.dataset!r}")
+    if name != "digits" and not root:
+        raise DDIMError(f"data.root is required for dataset {cfg.dataset!r} (the file or folder it reads)")
     if name == "digits":
         ds = digits(cfg.image_size)
     elif name == "cifar10":
@@ -466,15 +475,13 @@ def build_dataset(cfg: Any) -> Dataset:
         ds = ImageFolder(root, cfg.image_size, cfg.channels, resize=getattr(cfg, "resize", True))
     elif name == "npz":
         ds = npz_arrays(root, getattr(cfg, "key", None))
-    elif name == "idx":
-        ds = idx_file(root)
     else:
-        raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}; got {cfg.dataset!r}")
+        ds = idx_file(root)
     if len(ds) == 0:
-        raise ValueError(f"dataset {cfg.dataset!r} at {root!r} holds no images")
+        raise DDIMError(f"dataset {cfg.dataset!r} at {root!r} holds no images")
     c, h, w = ds[0].shape
     if c != cfg.channels:
-        raise ValueError(f"dataset {cfg.dataset!r} has {c} channel(s) but data.channels is {cfg.channels}")
+        raise DDIMError(f"dataset {cfg.dataset!r} has {c} channel(s) but data.channels is {cfg.channels}")
     if (h, w) != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"dataset {cfg.dataset!r} images are {h}x{w} but data.image_size is {cfg.image_size}")
+        raise DDIMError(f"dataset {cfg.dataset!r} images are {h}x{w} but data.image_size is {cfg.image_size}")
     return ds

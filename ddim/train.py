@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ddim.config import TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset, save_image_grid
-from ddim.errors import DDIMError
+from ddim.errors import DDIMError, OutputExistsError
 from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_atomic
 from ddim.schedule import NoiseSchedule
 
@@ -60,14 +60,14 @@ def loss_fn(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, t: Tensor, n
         # swapped and x_0 negated, so the schedule stays the only place that computes the coefficients.
         target = schedule.q_sample(noise, t, -x_0)
     else:
-        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+        raise DDIMError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
     err = (model(x_t, t).float() - target.float()).square()
     if reduction == "mean":
         per_sample = err.mean(dim=tuple(range(1, err.ndim)))
     elif reduction == "sum":
         per_sample = err.sum(dim=tuple(range(1, err.ndim)))
     else:
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        raise DDIMError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     return per_sample.mean()
 
 
@@ -134,7 +134,7 @@ def build_unet_config(cfg: TrainConfig):
     from ddim.models import PRESETS, UNetConfig
     m = cfg.model
     if m.preset is not None and m.preset not in PRESETS:
-        raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {m.preset!r}")
+        raise DDIMError(f"model.preset must be one of {', '.join(PRESETS)}, got {m.preset!r}")
     d = PRESETS[m.preset].to_dict() if m.preset is not None else UNetConfig().to_dict()
     overrides = {"in_channels": m.in_channels, "out_channels": m.out_ch, "ch": m.ch, "ch_mult": m.ch_mult,
                  "num_res_blocks": m.num_res_blocks, "attn_resolutions": m.attn_resolutions,
@@ -146,8 +146,12 @@ def build_unet_config(cfg: TrainConfig):
     if m.out_ch is None:
         d["out_channels"] = cfg.data.channels
     if d["in_channels"] != cfg.data.channels:
-        raise ValueError(f"model.in_channels ({d['in_channels']}) must equal data.channels ({cfg.data.channels})")
-    return UNetConfig.from_dict(d)
+        raise DDIMError(f"model.in_channels ({d['in_channels']}) must equal data.channels ({cfg.data.channels})")
+    try:
+        return UNetConfig.from_dict(d)
+    except ValueError as e:  # UNetConfig names its field; say where it came from
+        raise DDIMError(f"model (preset {m.preset!r} with the model.* overrides, data.image_size "
+                        f"{cfg.data.image_size}): {e}") from None
 
 
 # --- data order ----------------------------------------------------------------------------------------------
@@ -266,9 +270,9 @@ def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
     run_dir = Path(cfg.out_dir)
     if info.rank == 0:
         if run_dir.exists() and not run_dir.is_dir():
-            raise FileExistsError(f"out_dir {str(run_dir)!r} exists and is not a directory")
+            raise OutputExistsError(f"out_dir {str(run_dir)!r} exists and is not a directory")
         if run_dir.is_dir() and any(run_dir.iterdir()) and not (cfg.resume or cfg.overwrite):
-            raise FileExistsError(f"out_dir {str(run_dir)!r} is not empty; pass --resume to continue the run in "
+            raise OutputExistsError(f"out_dir {str(run_dir)!r} is not empty; pass --resume to continue the run in "
                                   "it or --overwrite to train into it anyway")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
@@ -313,15 +317,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     tc, oc, dc = cfg.training, cfg.optim, cfg.diffusion
     try:
         if tc.batch_size % (info.world_size * tc.grad_accum):
-            raise ValueError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
-                             f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
+            raise DDIMError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
+                            f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
+        schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
+        unet_cfg = build_unet_config(cfg)                # before any file: a bad model config costs nothing
         run_dir = _prepare_run_dir(cfg, info)
         dataset = build_dataset(cfg.data)
         if len(dataset) < tc.batch_size:
-            raise ValueError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
-                             f"({tc.batch_size})")
-        schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
-        unet_cfg = build_unet_config(cfg)
+            raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
+                            f"({tc.batch_size})")
 
         torch.manual_seed(tc.seed)                       # same initial weights on every rank
         model = UNet(unet_cfg).to(device)
@@ -341,7 +345,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if ckpt is not None:
             state = torch.load(ckpt, map_location=device, weights_only=True)
             if state["unet"] != unet_cfg.to_dict():
-                raise ValueError(f"{ckpt} was trained with model {state['unet']}, but the config now says "
+                raise DDIMError(f"{ckpt} was trained with model {state['unet']}, but the config now says "
                                  f"{unet_cfg.to_dict()}")
             model.load_state_dict(state["model"])
             if ema is not None:
