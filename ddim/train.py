@@ -12,6 +12,10 @@ its own slice, so N processes with batch B/N compute the same update as one proc
 Run directory: config.json, metrics.jsonl (step, loss, lr, grad_norm, it_per_s, img_per_s), samples/*.png (EMA
 model, fixed x_T), ckpt-{step:07d}.pt (training state, `torch.load(weights_only=True)`), and at the end
 model.safetensors (the EMA weights in the package's own format, what `ddim.checkpoint.load` reads).
+
+Stopping: Ctrl-C or SIGTERM ends the run after the current step with a checkpoint of it (under torchrun, at
+the next log or checkpoint step, where the processes agree), and `--resume` continues it exactly. A
+non-finite loss or gradient norm raises DDIMError naming the step before a checkpoint of that state is written.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -308,9 +314,88 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
+# --- stopping: divergence and signals ------------------------------------------------------------------------
+def _raise_if_diverged(bad_step: Tensor, info: Dist, run_dir: Path) -> None:
+    """DDIMError if any step so far had a non-finite loss or gradient norm (one host sync; collective)."""
+    if info.world_size > 1:
+        dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
+    n = int(bad_step.item())
+    if n:
+        _diverged(n, "the loss or gradient norm is not finite", run_dir)
+
+
+def _check_weights_finite(step: int, run_dir: Path, *models: nn.Module | None) -> None:
+    """A finite loss at step k says nothing of the weights its update produced; check them before saving."""
+    tensors = [p for m in models if m is not None for p in m.parameters()]
+    if not torch.stack([torch.isfinite(p).all() for p in tensors]).all().item():
+        _diverged(step, "the weights are not finite", run_dir)
+
+
+def _diverged(step: int, what: str, run_dir: Path) -> None:
+    prev = latest_checkpoint(run_dir)
+    last = f"the last finite one, {prev}, is kept" if prev else "none was written before"
+    raise DDIMError(f"training diverged at step {step}: {what}; no checkpoint was written from that state and "
+                    f"{last}; resume from it with a smaller --lr or gradient clipping (--grad-clip)")
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class _StopOnSignal:
+    """While active, the first SIGINT/SIGTERM only sets `requested` (the loop stops after the step); a second
+    one restores the previous handlers and stops at once (KeyboardInterrupt, or SystemExit for SIGTERM)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True) -> None:
+        # signal.signal works only in the main thread; elsewhere signals keep their usual meaning.
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "a signal to another process"
+
+    def __enter__(self) -> "_StopOnSignal":
+        if self.enabled:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        self._restore()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+
 # --- the loop ------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Train a U-Net with L_simple as cfg describes; returns the run directory (see the module docstring)."""
+def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) -> Path:
+    """Train a U-Net with L_simple as cfg describes; returns the run directory (see the module docstring).
+
+    handle_signals: the first SIGINT / SIGTERM finishes the current step, writes its checkpoint, prints one line
+    saying how to resume and returns (without model.safetensors); a second one stops at once. Only in the main
+    thread; the previous handlers are restored on return. A non-finite loss or gradient norm stops the run with
+    a DDIMError naming the step, before any checkpoint is written from that state."""
     from ddim.models import UNet
     cfg.validate()
     info, device = setup_distributed(cfg.device)
@@ -366,83 +451,124 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         B, (C, H, W) = tc.batch_size, (unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size)
         x_T = torch.randn(tc.n_samples, C, H, W, generator=torch.Generator().manual_seed(tc.seed + 12345))
         params = [p for p in model.parameters() if p.requires_grad]
+
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        gn_sum = torch.zeros((), device=device)
+        # The first step whose loss (or, without fp16's grad scaler, gradient norm) was not finite; 0 while none.
+        # Kept on the device and read only where the host syncs anyway (logs, checkpoints, grids, the end).
+        bad_step = torch.zeros((), dtype=torch.long, device=device)
+        check_grad = not scaler.is_enabled()     # fp16: inf/nan gradients are the scaler's skipped steps
+        t_last, n_last = time.perf_counter(), 0
+        stopped = None
+
+        def write_checkpoint(done: int) -> None:
+            _check_weights_finite(done, run_dir, model, ema)
+            rng = _gather_rng(info, device)
+            if info.rank == 0:
+                state = {"step": done, "model": model.state_dict(),
+                         "ema": ema.state_dict() if ema is not None else None,
+                         "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                         "rng_gen": gen.get_state(), "rng_torch": rng, "unet": unet_cfg.to_dict(),
+                         "schedule": schedule.to_dict(), "prediction": dc.prediction,
+                         "config": cfg.to_dict(), "world_size": info.world_size}
+                save_checkpoint(state, run_dir / f"{CKPT_PREFIX}{done:07d}.pt")
+                _prune_checkpoints(run_dir, tc.keep_last)   # only after a finite checkpoint was written
+
         log = open(run_dir / "metrics.jsonl", "a") if info.rank == 0 else None
         bar = None
         if info.rank == 0 and progress:
             from tqdm import tqdm
             bar = tqdm(total=tc.n_iters, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
+        batches = _micro_batches(dataset, cfg, start, slices, device)
+        try:
+            with _StopOnSignal(handle_signals) as stop:
+                for step, micros in zip(range(start, tc.n_iters), batches):
+                    lr = lr_at(step, oc.lr, oc.warmup)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    # One global batch of randomness, the same on every rank; each rank keeps its rows.
+                    t_all = sample_t(B, schedule.T, gen, dc.antithetic, device)
+                    noise_all = torch.randn(B, C, H, W, generator=gen, device=device)
+                    flip_all = torch.rand(B, generator=gen, device=device) < 0.5 if cfg.data.random_flip else None
+                    step_loss = torch.zeros((), device=device)
+                    for a, (x_0, s) in enumerate(zip(micros, slices)):
+                        x_0 = x_0.to(device, non_blocking=True)
+                        if flip_all is not None:
+                            x_0 = torch.where(flip_all[s].view(-1, 1, 1, 1), x_0.flip(-1), x_0)
+                        sync = a == len(slices) - 1
+                        with (contextlib.nullcontext() if sync or ddp is model else ddp.no_sync()):
+                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                                loss = loss_fn(ddp, schedule, x_0, t_all[s], noise_all[s], dc.prediction,
+                                               dc.loss_reduction)
+                            scaler.scale(loss / len(slices)).backward()
+                        step_loss += loss.detach() / len(slices)
+                    scaler.unscale_(opt)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip if oc.grad_clip > 0 else math.inf)
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema_update(ema, model, ema_decay(step, cfg.model.ema_rate, cfg.model.ema_warmup))
+                    done = step + 1
+                    finite = torch.isfinite(step_loss)
+                    if check_grad:
+                        finite &= torch.isfinite(grad_norm)
+                    bad_step = torch.where(finite | (bad_step > 0), bad_step, done)   # no host sync
+                    loss_sum += step_loss
+                    gn_sum += grad_norm.detach().float()
+                    n_last += 1
 
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        gn_sum = torch.zeros((), device=device)
-        t_last, n_last = time.perf_counter(), 0
-        for step, micros in zip(range(start, tc.n_iters), _micro_batches(dataset, cfg, start, slices, device)):
-            lr = lr_at(step, oc.lr, oc.warmup)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            # One global batch of randomness, the same on every rank; each rank keeps its rows.
-            t_all = sample_t(B, schedule.T, gen, dc.antithetic, device)
-            noise_all = torch.randn(B, C, H, W, generator=gen, device=device)
-            flip_all = torch.rand(B, generator=gen, device=device) < 0.5 if cfg.data.random_flip else None
-            for a, (x_0, s) in enumerate(zip(micros, slices)):
-                x_0 = x_0.to(device, non_blocking=True)
-                if flip_all is not None:
-                    x_0 = torch.where(flip_all[s].view(-1, 1, 1, 1), x_0.flip(-1), x_0)
-                sync = a == len(slices) - 1
-                with (contextlib.nullcontext() if sync or ddp is model else ddp.no_sync()):
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loss = loss_fn(ddp, schedule, x_0, t_all[s], noise_all[s], dc.prediction, dc.loss_reduction)
-                    scaler.scale(loss / len(slices)).backward()
-                loss_sum += loss.detach() / len(slices)
-            scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip if oc.grad_clip > 0 else math.inf)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema_update(ema, model, ema_decay(step, cfg.model.ema_rate, cfg.model.ema_warmup))
-            gn_sum += grad_norm.detach().float()
-            done = step + 1
-            n_last += 1
-
-            if done % tc.log_freq == 0 or done == tc.n_iters:
-                stats = torch.stack([loss_sum, gn_sum]) / n_last
-                if info.world_size > 1:
-                    dist.all_reduce(stats)
-                    stats /= info.world_size
-                now = time.perf_counter()
-                rate = n_last / max(now - t_last, 1e-9)
-                rec = {"step": done, "loss": stats[0].item(), "lr": lr, "grad_norm": stats[1].item(),
-                       "it_per_s": rate, "img_per_s": rate * B}
-                if log is not None:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.2f}")
-                loss_sum.zero_(), gn_sum.zero_()
-                t_last, n_last = time.perf_counter(), 0
+                    is_log = done % tc.log_freq == 0 or done == tc.n_iters
+                    is_ckpt = done % tc.snapshot_freq == 0 or done == tc.n_iters
+                    is_grid = bool(tc.sample_freq and done % tc.sample_freq == 0) or done == tc.n_iters
+                    # Ranks agree on stopping where they sync anyway, so all stop at the same step.
+                    stopping = done < tc.n_iters and (
+                        stop.requested if info.world_size == 1
+                        else (is_log or is_ckpt) and _any_rank(stop.requested, device))
+                    if is_log or is_ckpt or is_grid or stopping:
+                        _raise_if_diverged(bad_step, info, run_dir)
+                    if is_log:
+                        stats = torch.stack([loss_sum, gn_sum]) / n_last
+                        if info.world_size > 1:
+                            dist.all_reduce(stats)
+                            stats /= info.world_size
+                        now = time.perf_counter()
+                        rate = n_last / max(now - t_last, 1e-9)
+                        rec = {"step": done, "loss": stats[0].item(), "lr": lr, "grad_norm": stats[1].item(),
+                               "it_per_s": rate, "img_per_s": rate * B}
+                        if log is not None:
+                            log.write(json.dumps(rec) + "\n")
+                            log.flush()
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.2f}")
+                        loss_sum.zero_(), gn_sum.zero_()
+                        t_last, n_last = time.perf_counter(), 0
+                    if bar is not None:
+                        bar.update(1)
+                    if is_ckpt or stopping:
+                        write_checkpoint(done)
+                    if stopping:
+                        stopped = (done, stop.name)
+                        break
+                    if info.rank == 0 and is_grid:
+                        _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T,
+                                     tc.sample_steps, run_dir / "samples" / f"step-{done:07d}.png")
+                        t_last = time.perf_counter()          # keep sampling time out of it/s
+        finally:
+            batches.close()
             if bar is not None:
-                bar.update(1)
-            if done % tc.snapshot_freq == 0 or done == tc.n_iters:
-                rng = _gather_rng(info, device)
-                if info.rank == 0:
-                    state = {"step": done, "model": model.state_dict(),
-                             "ema": ema.state_dict() if ema is not None else None,
-                             "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                             "rng_gen": gen.get_state(), "rng_torch": rng, "unet": unet_cfg.to_dict(),
-                             "schedule": schedule.to_dict(), "prediction": dc.prediction,
-                             "config": cfg.to_dict(), "world_size": info.world_size}
-                    save_checkpoint(state, run_dir / f"{CKPT_PREFIX}{done:07d}.pt")
-                    _prune_checkpoints(run_dir, tc.keep_last)
-            if info.rank == 0 and ((tc.sample_freq and done % tc.sample_freq == 0) or done == tc.n_iters):
-                _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T, tc.sample_steps,
-                             run_dir / "samples" / f"step-{done:07d}.png")
-                t_last = time.perf_counter()          # keep sampling time out of it/s
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-        if info.rank == 0:
+                bar.close()
+            if log is not None:
+                log.close()
+        if stopped is not None:
+            # No model.safetensors: it marks a finished run, and the checkpoint itself loads for sampling
+            # (ddim.checkpoint.load reads ckpt-N.pt with its EMA weights).
+            if info.rank == 0:
+                print(f"train: stopped by {stopped[1]} at step {stopped[0]} of {tc.n_iters}; wrote "
+                      f"{run_dir / f'{CKPT_PREFIX}{stopped[0]:07d}.pt'}; continue with --resume (same config, "
+                      f"--out {run_dir})", file=sys.stderr, flush=True)
+        elif info.rank == 0:
             from ddim import checkpoint
             final = ema if ema is not None else model
             checkpoint.save(run_dir / "model.safetensors", final, schedule, prediction=dc.prediction,

@@ -183,3 +183,203 @@ def test_validate_type_checks_configs_built_in_python():
     from ddim.config import TrainConfig, TrainingConfig
     with pytest.raises(DDIMError, match=r"^training\.n_iters must be an integer, got true \(bool\)$"):
         TrainConfig(training=TrainingConfig(n_iters=True)).validate()
+
+
+# --- item 4: divergence stops the run before a non-finite checkpoint -----------------------------------------
+def _steps(run):
+    return [int(p.stem.split("-")[1]) for p in tr.list_checkpoints(run)]
+
+
+def test_divergence_after_resume_with_a_huge_lr_keeps_the_finite_checkpoints(tmp_path):
+    run = tr.train(_cfg(tmp_path, n_iters=2, snapshot_freq=1, keep_last=1), progress=False)
+    cfg = _cfg(tmp_path, n_iters=12, snapshot_freq=1, keep_last=1)
+    cfg.resume, cfg.optim.lr, cfg.optim.grad_clip, cfg.optim.warmup = True, 1e6, 0.0, 0
+    with pytest.raises(DDIMError, match=r"^training diverged at step (\d+): .*not finite") as e:
+        tr.train(cfg, progress=False)
+    bad = int(str(e.value).split("step ")[1].split(":")[0])
+    assert _steps(run) and max(_steps(run)) < bad and str(tr.latest_checkpoint(run)) in str(e.value)
+    for path in tr.list_checkpoints(run):
+        state = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(v).all() for w in ("model", "ema") for v in state[w].values())
+    assert all(r["step"] < bad for r in _metrics(run))                       # nothing logged from that state
+
+
+def test_a_nan_between_log_steps_is_caught_before_the_checkpoint(tmp_path, monkeypatch):
+    calls = []
+    real = tr.loss_fn
+
+    def nan_at_step_2(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(tr, "loss_fn", nan_at_step_2)
+    cfg = _cfg(tmp_path, n_iters=3, log_freq=100, snapshot_freq=3)      # only step 3 syncs: log, checkpoint
+    with pytest.raises(DDIMError, match=r"^training diverged at step 2: .*none was written before"):
+        tr.train(cfg, progress=False)
+    assert _steps(Path(cfg.out_dir)) == [] and not (Path(cfg.out_dir) / "model.safetensors").exists()
+
+
+# --- item 6: SIGINT / SIGTERM finish the step, checkpoint, and resume exactly ---------------------------------
+@pytest.fixture
+def guarded_signals():
+    """SIGINT/SIGTERM handlers that fail the test when a signal reaches them (rather than killing pytest)."""
+    import signal
+
+    def previous(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} reached the handler installed before train()")
+
+    old = {s: signal.signal(s, previous) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
+def _signal_at_step(monkeypatch, step, *signums):
+    import signal
+    calls = []
+    real = tr.ema_update
+
+    def update_then_signal(*a, **k):                                     # runs once per step, inside the loop
+        real(*a, **k)
+        calls.append(1)
+        if len(calls) == step:
+            for s in signums:
+                signal.raise_signal(s)
+
+    monkeypatch.setattr(tr, "ema_update", update_then_signal)
+
+
+def _same_run(a, b, last):
+    assert [r["loss"] for r in _metrics(a)] == [r["loss"] for r in _metrics(b)]
+    sa, sb = (torch.load(Path(r) / f"ckpt-{last:07d}.pt", weights_only=True) for r in (a, b))
+    assert all(torch.equal(sa[w][k], sb[w][k]) for w in ("model", "ema") for k in sa["model"])
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_first_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, monkeypatch, capsys, guarded_signals,
+                                                               signame):
+    import signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    full = tr.train(_cfg(tmp_path, "full", n_iters=6, snapshot_freq=100), progress=False)
+    _signal_at_step(monkeypatch, 3, getattr(signal, signame))
+    part = tr.train(_cfg(tmp_path, "part", n_iters=6, snapshot_freq=100), progress=False)
+    assert _steps(part) == [3] and not (part / "model.safetensors").exists()
+    assert [r["step"] for r in _metrics(part)] == [1, 2, 3]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"train: stopped by {signame} at step 3 of 6; wrote {part / 'ckpt-0000003.pt'}; continue with "
+                   f"--resume (same config, --out {part})"]
+    assert {s: signal.getsignal(s) for s in before} == before                 # handlers restored
+    monkeypatch.undo()
+    cfg = _cfg(tmp_path, "part", n_iters=6, snapshot_freq=100)
+    cfg.resume = True
+    tr.train(cfg, progress=False)
+    _same_run(full, part, 6)
+
+
+def test_second_signal_stops_at_once(tmp_path, monkeypatch, guarded_signals):
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    _signal_at_step(monkeypatch, 2, signal.SIGINT, signal.SIGINT)
+    cfg = _cfg(tmp_path, n_iters=6, snapshot_freq=100)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, progress=False)
+    assert _steps(Path(cfg.out_dir)) == [] and signal.getsignal(signal.SIGINT) is before
+    assert not [p for p in Path(cfg.out_dir).rglob("*.tmp")]
+
+
+def test_no_handlers_outside_the_main_thread(tmp_path):
+    import signal
+    import threading
+    seen = []
+    real = tr.ema_update
+
+    def record(*a, **k):
+        real(*a, **k)
+        seen.append(signal.getsignal(signal.SIGINT))
+
+    box = {}
+    tr.ema_update, old = record, tr.ema_update
+    try:
+        t = threading.Thread(target=lambda: box.update(run=tr.train(_cfg(tmp_path, n_iters=2), progress=False)))
+        t.start()
+        t.join()
+    finally:
+        tr.ema_update = old
+    assert box["run"].exists() and seen and all(h is signal.getsignal(signal.SIGINT) for h in seen)
+
+
+SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from ddim import train as tr
+from ddim.config import config_from_dict
+tr.train(config_from_dict(json.loads(sys.argv[1])), progress=False)
+"""
+
+
+def test_ctrl_c_in_a_real_process_checkpoints_and_resumes_bit_identically(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    d = _cfg_dict(tmp_path, "killed", n_iters=100_000, snapshot_freq=100_000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(d)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = Path(d["out_dir"]) / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    k = int(err.split("stopped by SIGINT at step ")[1].split()[0])
+    run = Path(d["out_dir"])
+    assert _steps(run) == [k] and [r["step"] for r in _metrics(run)] == list(range(1, k + 1))
+    full = tr.train(_cfg(tmp_path, "full", n_iters=k + 2, snapshot_freq=100_000), progress=False)
+    cfg = _cfg(tmp_path, "killed", n_iters=k + 2, snapshot_freq=100_000)
+    cfg.resume = True
+    tr.train(cfg, progress=False)
+    _same_run(full, run, k + 2)
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_all_ranks_at_one_step(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    d = {**_cfg_dict(tmp_path, "ddp", n_iters=100_000, snapshot_freq=100_000), "device": "cpu"}
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), json.dumps(d)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    log = Path(d["out_dir"]) / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)                  # the launcher forwards it to both ranks
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    k = int(err.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert err.count("stopped by") == 1                   # rank 0 reports; no rank hung or died mid-step
+    assert _steps(Path(d["out_dir"])) == [k] and _metrics(d["out_dir"])[-1]["step"] == k
