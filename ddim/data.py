@@ -30,7 +30,7 @@ from ddim.io import atomic_path
 
 __all__ = [
     "ImageTensorDataset", "ImageFolder", "cifar10", "celeba", "npz_arrays", "idx_file", "digits",
-    "build_dataset", "dataset_name", "to_uint8", "from_uint8", "make_grid", "save_image_grid", "display_scale", "save_images", "DATASETS",
+    "build_dataset", "to_uint8", "from_uint8", "make_grid", "save_image_grid", "display_scale", "save_images", "DATASETS",
     "CELEBA_CROP",
 ]
 
@@ -139,7 +139,7 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def _check_channels(channels: int) -> None:
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        raise DDIMError(f"channels must be 1 or 3, got {channels!r}")
 
 
 # --- in-memory datasets -----------------------------------------------------------------------------------
@@ -170,12 +170,12 @@ def _array_to_nchw(arr: np.ndarray, what: str) -> Tensor:
         if arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
             arr = arr.transpose(0, 3, 1, 2)
         elif arr.shape[1] not in (1, 3):
-            raise ValueError(f"{what}: cannot find a channel axis of size 1 or 3 in shape {arr.shape}")
+            raise DDIMError(f"{what}: cannot find a channel axis of size 1 or 3 in shape {arr.shape}")
     else:
-        raise ValueError(f"{what}: expected an image array [N, H, W], [N, H, W, C] or [N, C, H, W]; "
+        raise DDIMError(f"{what}: expected an image array [N, H, W], [N, H, W, C] or [N, C, H, W]; "
                          f"got shape {arr.shape}")
     if arr.shape[0] == 0:
-        raise ValueError(f"{what}: the array holds no images")
+        raise DDIMError(f"{what}: the array holds no images")
     if arr.dtype == np.uint8:
         return from_uint8(np.ascontiguousarray(arr))
     if np.issubdtype(arr.dtype, np.floating):
@@ -184,8 +184,8 @@ def _array_to_nchw(arr: np.ndarray, what: str) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)) * 2 - 1
         if lo >= -1.0 and hi <= 1.0:
             return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        raise ValueError(f"{what}: float pixels must lie in [0, 1] or [-1, 1], found [{lo:.4g}, {hi:.4g}]")
-    raise ValueError(f"{what}: pixels must be uint8 or float, got dtype {arr.dtype}")
+        raise DDIMError(f"{what}: float pixels must lie in [0, 1] or [-1, 1], found [{lo:.4g}, {hi:.4g}]")
+    raise DDIMError(f"{what}: pixels must be uint8 or float, got dtype {arr.dtype}")
 
 
 def digits(image_size: int = 16) -> ImageTensorDataset:
@@ -210,13 +210,27 @@ def npz_arrays(path: str | os.PathLike, key: str | None = None) -> ImageTensorDa
     """Images from a .npz (or .npy) file: uint8 pixels, or floats in [0, 1] or [-1, 1].
 
     key: the array's name in the .npz; by default the only array, else the first of "x_train", "images", "x",
-    "arr_0". Shapes [N, H, W], [N, H, W, C] or [N, C, H, W]. Loaded with allow_pickle=False.
+    "arr_0". Shapes [N, H, W], [N, H, W, C] or [N, C, H, W]. Loaded with allow_pickle=False; a truncated or
+    corrupt file, or a missing key, is a DDIMError naming the file.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"npz path {str(path)!r} does not exist")
-    if path.suffix == ".npy":
-        return ImageTensorDataset(_array_to_nchw(np.load(path, allow_pickle=False), str(path)), name=path.name)
+        raise MissingFileError(f"npz path {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".npy":
+            arr, key, labels = np.load(path, allow_pickle=False), None, None
+        else:
+            arr, key, labels = _read_npz(path, key)
+    except DDIMError:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, EOFError, zlib.error, ValueError (pickled objects), ...
+        raise DDIMError(f"{path}: not a readable .npz/.npy file (truncated or corrupt?) ({_why(e)})") from None
+    what = str(path) if key is None else f"{path}[{key}]"
+    return ImageTensorDataset(_array_to_nchw(arr, what), labels, name=path.name)
+
+
+def _read_npz(path: Path, key: str | None) -> tuple[np.ndarray, str, Tensor | None]:
+    """The image array of a .npz, its key, and labels of the same length if one of the usual names holds them."""
     with np.load(path, allow_pickle=False) as z:
         names = list(z.keys())
         if key is None:
@@ -225,16 +239,22 @@ def npz_arrays(path: str | os.PathLike, key: str | None = None) -> ImageTensorDa
             else:
                 key = next((k for k in ("x_train", "images", "x", "arr_0") if k in names), None)
                 if key is None:
-                    raise ValueError(f"{path}: several arrays {names}; choose one with key=")
+                    raise DDIMError(f"{path}: several arrays {names}; choose one with data.key (key=)")
         if key not in names:
-            raise KeyError(f"{path}: no array named {key!r}; it holds {names}")
+            raise DDIMError(f"{path}: no array named {key!r} (data.key); it holds {names}")
         arr = z[key]
         labels = None
         for lk in ("y_train", "labels", "y"):
             if lk in names and lk != key and z[lk].shape[:1] == arr.shape[:1]:
                 labels = torch.from_numpy(z[lk].astype(np.int64))
                 break
-    return ImageTensorDataset(_array_to_nchw(arr, f"{path}[{key}]"), labels, name=path.name)
+    return arr, key, labels
+
+
+def _why(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -242,30 +262,35 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    if not path.is_file():
+        raise MissingFileError(f"IDX path {str(path)!r} does not exist")
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile, a truncated .gz
+        raise DDIMError(f"{path}: not a readable IDX file ({_why(e)})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() if raw else 'empty'})")
+        raise DDIMError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() if raw else 'empty'})")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DDIMError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     count = int(np.prod(dims)) if dims else 0
     body = raw[4 + 4 * ndim:]
     if len(body) != count * dtype.itemsize:
-        raise ValueError(f"{path}: header says {dims} ({count * dtype.itemsize} bytes) but the file has "
-                         f"{len(body)} data bytes (truncated or not IDX)")
+        raise DDIMError(f"{path}: header says {dims} ({count * dtype.itemsize} bytes) but the file has "
+                        f"{len(body)} data bytes (truncated or not IDX)")
     return np.frombuffer(body, dtype=dtype).reshape(dims)
 
 
 def idx_file(path: str | os.PathLike, labels_path: str | os.PathLike | None = None) -> ImageTensorDataset:
     """MNIST / Fashion-MNIST images in IDX format (`*-images-idx3-ubyte`, optionally .gz) -> [N, 1, 28, 28]."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IDX path {str(path)!r} does not exist")
     arr = _read_idx(path)
     if arr.ndim != 3:
-        raise ValueError(f"{path}: expected an image file with 3 dimensions [N, H, W], got {arr.shape} "
-                         "(is this the labels file?)")
+        raise DDIMError(f"{path}: expected an image file with 3 dimensions [N, H, W], got {arr.shape} "
+                        "(is this the labels file?)")
     labels = torch.from_numpy(_read_idx(Path(labels_path)).astype(np.int64)) if labels_path else None
     return ImageTensorDataset(from_uint8(np.ascontiguousarray(arr))[:, None], labels, name=path.name)
 
@@ -288,17 +313,26 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        d = _CifarUnpickler(f, encoding="bytes").load()
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # a refused global, truncation (UnpicklingError, EOFError), garbage
+        raise DDIMError(f"{path}: not a readable CIFAR-10 batch file ({_why(e)})") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict, got {type(d).__name__})")
+        raise DDIMError(f"{path}: not a CIFAR-10 batch (expected a dict, got {type(d).__name__})")
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
-        raise ValueError(f"{path}: not a CIFAR-10 batch (keys {sorted(map(str, d))}; need 'data' and 'labels')")
+        raise DDIMError(f"{path}: not a CIFAR-10 batch (keys {sorted(map(str, d))}; need 'data' and 'labels')")
     data = np.asarray(d["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: CIFAR-10 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(d["labels"], dtype=np.int64)
+        raise DDIMError(f"{path}: CIFAR-10 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
+    try:
+        labels = np.asarray(d["labels"], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DDIMError(f"{path}: CIFAR-10 'labels' are not integers ({_why(e)})") from None
+    if labels.shape != (data.shape[0],):
+        raise DDIMError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def cifar10(root: str | os.PathLike, train: bool = True) -> ImageTensorDataset:
@@ -306,15 +340,15 @@ def cifar10(root: str | os.PathLike, train: bool = True) -> ImageTensorDataset:
 
     root may be the `cifar-10-batches-py` folder or its parent. Trust: the official files are pickles, and
     unpickling can run code. They are read with an unpickler that only admits numpy's array constructors and
-    then checked to be dicts with uint8 `data` [N, 3072] and `labels`; anything else is refused.
+    then checked to be dicts with uint8 `data` [N, 3072] and `labels`; anything else is a DDIMError naming the file.
     """
     root = Path(root)
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"CIFAR-10 root {str(root)!r}: missing {', '.join(missing)} (expected the python "
-                                "version, cifar-10-python.tar.gz, extracted; see ddim.data.download_cifar10)")
+        raise MissingFileError(f"CIFAR-10 root {str(root)!r}: missing {', '.join(missing)} (expected the python "
+                               "version, cifar-10-python.tar.gz, extracted; see ddim.data.download_cifar10)")
     parts = [_load_cifar_batch(folder / n) for n in names]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
@@ -336,6 +370,7 @@ def download_cifar10(root: str | os.PathLike) -> Path:  # pragma: no cover - nee
 
 
 # --- file-backed datasets -----------------------------------------------------------------------------------
+_FULL_DECODE_BYTES = 256 * 2**20  # image folders up to this size are fully decoded once at start-up (~seconds)
 def _list_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts))
 
@@ -345,19 +380,23 @@ class ImageFolder(Dataset):
 
     resize=True: scale the shorter side to image_size, then centre crop image_size x image_size.
     resize=False: every image must already be image_size x image_size (mixed sizes are an error).
-    Unreadable files are skipped with a warning; if none are left, it is an error.
+    Every file is checked when the dataset is built, so a bad file fails now and not hours into a run:
+    Pillow's verify() (PNG: every chunk and checksum) and, for folders up to 256 MiB, a full decode (which
+    finds truncation in any format). Unreadable files are skipped with a warning; if none are left, it is an
+    error. A file that still fails later (changed on disk) is a DDIMError naming it.
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, channels: int = 3, resize: bool = True) -> None:
         _check_channels(channels)
         if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+            raise DDIMError(f"image_size must be a positive integer, got {image_size!r}")
         self.root, self.image_size, self.channels, self.resize = Path(root), image_size, channels, resize
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder root {str(self.root)!r} does not exist or is not a directory")
+            raise MissingFileError(f"image folder root {str(self.root)!r} does not exist or is not a directory")
         files = _list_files(self.root)
         if not files:
-            raise ValueError(f"image folder root {str(self.root)!r} is empty (no files found recursively)")
+            raise DDIMError(f"image folder root {str(self.root)!r} is empty (no files found recursively)")
+        decode = sum(p.stat().st_size for p in files) <= _FULL_DECODE_BYTES
         self.files: list[Path] = []
         sizes: dict[tuple[int, int], Path] = {}
         skipped = []
@@ -365,7 +404,11 @@ class ImageFolder(Dataset):
             try:
                 with Image.open(p) as img:
                     size = img.size
-            except Exception as e:  # Pillow raises several types for unreadable files
+                    img.verify()
+                if decode:
+                    with Image.open(p) as img:  # verify() leaves the image unusable: open it again
+                        img.load()
+            except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
                 skipped.append(f"{p} ({type(e).__name__})")
                 continue
             self.files.append(p)
@@ -374,16 +417,16 @@ class ImageFolder(Dataset):
             warnings.warn(f"ImageFolder: skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}"
                           + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
         if not self.files:
-            raise ValueError(f"image folder root {str(self.root)!r}: none of its {len(files)} files is a readable image")
+            raise DDIMError(f"image folder root {str(self.root)!r}: none of its {len(files)} files is a readable image")
         if not resize:
             if len(sizes) > 1:
                 (s1, p1), (s2, p2) = list(sizes.items())[:2]
-                raise ValueError(f"image folder root {str(self.root)!r} holds images of mixed sizes ({s1[0]}x{s1[1]} "
-                                 f"{p1.name}, {s2[0]}x{s2[1]} {p2.name}); pass resize=True to resize and crop them")
+                raise DDIMError(f"image folder root {str(self.root)!r} holds images of mixed sizes ({s1[0]}x{s1[1]} "
+                                f"{p1.name}, {s2[0]}x{s2[1]} {p2.name}); pass resize=True to resize and crop them")
             (w, h), = sizes
             if (w, h) != (image_size, image_size):
-                raise ValueError(f"images in {str(self.root)!r} are {w}x{h} but image_size is {image_size}; "
-                                 "pass resize=True to resize and crop them")
+                raise DDIMError(f"images in {str(self.root)!r} are {w}x{h} but image_size is {image_size}; "
+                                "pass resize=True to resize and crop them")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -396,8 +439,8 @@ class ImageFolder(Dataset):
                 if self.resize:
                     img = _resize_center_crop(img, self.image_size)
                 return _pil_to_tensor(img, self.channels)
-        except OSError as e:
-            raise OSError(f"could not decode image {p}: {e}") from e
+        except Exception as e:  # it passed the start-up check, so it changed since: say which file
+            raise DDIMError(f"{p}: could not decode this image ({_why(e)}); replace or remove it") from None
 
 
 class _CelebA(Dataset):
@@ -408,12 +451,15 @@ class _CelebA(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> Tensor:
-        with Image.open(self.files[i]) as img:
-            img = img.convert("RGB")
-            if img.size != _CELEBA_SIZE:
-                raise ValueError(f"{self.files[i]}: CelebA aligned images are 178x218, got {img.size[0]}x{img.size[1]}")
-            img = img.crop(CELEBA_CROP).resize((self.image_size, self.image_size), Image.BILINEAR)
-            return _pil_to_tensor(img, 3)
+        try:
+            with Image.open(self.files[i]) as img:
+                img = img.convert("RGB")
+        except Exception as e:  # truncated or not an image
+            raise DDIMError(f"{self.files[i]}: could not decode this image ({_why(e)}); replace or remove it") from None
+        if img.size != _CELEBA_SIZE:
+            raise DDIMError(f"{self.files[i]}: CelebA aligned images are 178x218, got {img.size[0]}x{img.size[1]}")
+        img = img.crop(CELEBA_CROP).resize((self.image_size, self.image_size), Image.BILINEAR)
+        return _pil_to_tensor(img, 3)
 
 
 def celeba(root: str | os.PathLike, image_size: int = 64, split: str = "train") -> Dataset:
@@ -425,17 +471,23 @@ def celeba(root: str | os.PathLike, image_size: int = 64, split: str = "train") 
     root = Path(root)
     folder = root / "img_align_celeba" if (root / "img_align_celeba").is_dir() else root
     if not folder.is_dir():
-        raise FileNotFoundError(f"CelebA root {str(root)!r} does not exist")
+        raise MissingFileError(f"CelebA root {str(root)!r} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
-        raise ValueError(f"CelebA root {str(root)!r}: no images in {folder}")
+        raise DDIMError(f"CelebA root {str(root)!r}: no images in {folder}")
     part = root / "list_eval_partition.txt"
     if split != "all":
         codes = {"train": "0", "valid": "1", "test": "2"}
         if split not in codes:
-            raise ValueError(f"split must be 'train', 'valid', 'test' or 'all', got {split!r}")
+            raise DDIMError(f"split must be 'train', 'valid', 'test' or 'all', got {split!r}")
         if part.is_file():
-            keep = {ln.split()[0] for ln in part.read_text().splitlines() if ln.strip() and ln.split()[1] == codes[split]}
+            keep = set()
+            for n, ln in enumerate(part.read_text(errors="replace").splitlines(), 1):
+                fields_ = ln.split()
+                if fields_ and (len(fields_) != 2 or fields_[1] not in ("0", "1", "2")):
+                    raise DDIMError(f"{part}, line {n}: expected '<file name> <0|1|2>', got {ln.strip()[:60]!r}")
+                if fields_ and fields_[1] == codes[split]:
+                    keep.add(fields_[0])
             files = [p for p in files if p.name in keep]
         else:
             warnings.warn(f"{part} not found: using every CelebA image regardless of split={split!r}", stacklevel=2)

@@ -13,14 +13,16 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddim import checkpoint, io
+from ddim import checkpoint, data, io
 from ddim import train as tr
-from ddim.errors import UnwritableError
+from ddim.errors import DDIMError, UnwritableError
 from ddim.schedule import NoiseSchedule
 
 
@@ -166,3 +168,81 @@ def test_any_checkpoint_write_failure_is_unwritable_naming_the_intact_file(tmp_p
     assert e.value.errno == getattr(error, "errno", None) and isinstance(e.value.__cause__, type(error))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000001.pt"]
     assert (tmp_path / "ckpt-0000001.pt").read_bytes() == before
+
+
+# --- corrupt data files name the file (ddim.data) -----------------------------------------------------------
+def _png_bytes(seed=0, size=16):
+    import io as _io
+    from PIL import Image
+    buf = _io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("full_decode", [True, False])
+@pytest.mark.parametrize("damage", ["truncated", "bit-rot"])
+def test_image_folder_finds_damaged_files_at_start_up(tmp_path, monkeypatch, full_decode, damage):
+    if not full_decode:                                           # a folder too large to decode: verify() only
+        monkeypatch.setattr(data, "_FULL_DECODE_BYTES", 0)
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(_png_bytes(i))
+    good = _png_bytes(9)
+    bad = bytearray(good[: len(good) // 2] if damage == "truncated" else good)
+    if damage == "bit-rot":
+        bad[len(bad) // 2] ^= 0xFF                                # inside the pixel data (IDAT)
+    (tmp_path / "bad.png").write_bytes(bytes(bad))                # a valid header: Image.open alone accepts it
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\): .*bad\.png"):
+        ds = data.ImageFolder(tmp_path, image_size=16)
+    assert [p.name for p in ds.files] == ["0.png", "1.png", "2.png"]
+    assert all(ds[i].shape == (3, 16, 16) for i in range(3))
+
+
+def test_image_that_breaks_after_start_up_is_named(tmp_path):
+    for i in range(2):
+        (tmp_path / f"{i}.png").write_bytes(_png_bytes(i))
+    ds = data.ImageFolder(tmp_path, image_size=16)
+    (tmp_path / "1.png").write_bytes(_png_bytes(1)[:100])
+    with pytest.raises(DDIMError, match=r"^.*1\.png: could not decode this image \(.*\); replace or remove it$"):
+        ds[1]
+
+
+def test_celeba_image_that_does_not_decode_is_named(tmp_path):
+    (tmp_path / "000001.png").write_bytes(_png_bytes(0, size=64)[:300])
+    ds = data.celeba(tmp_path, split="all")
+    with pytest.raises(DDIMError, match=r"000001\.png: could not decode"):
+        ds[0]
+
+
+def test_truncated_npz_and_missing_key_name_the_file(tmp_path):
+    np.savez(tmp_path / "a.npz", images=np.zeros((4, 8, 8), np.uint8))
+    raw = (tmp_path / "a.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DDIMError, match=r"cut\.npz: not a readable \.npz/\.npy file"):
+        data.npz_arrays(tmp_path / "cut.npz")
+    with pytest.raises(DDIMError, match=r"a\.npz: no array named 'x' \(data\.key\); it holds \['images'\]"):
+        data.npz_arrays(tmp_path / "a.npz", key="x")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DDIMError, match=r"obj\.npy: not a readable"):          # pickled objects are refused
+        data.npz_arrays(tmp_path / "obj.npy")
+
+
+def test_truncated_cifar_and_idx_files_name_the_file(tmp_path):
+    import gzip
+    import pickle
+    d = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(d)[:500])
+    with pytest.raises(DDIMError, match=r"test_batch: not a readable CIFAR-10 batch file \((EOFError|UnpicklingError)"):
+        data.cifar10(tmp_path, train=False)
+    raw = gzip.compress(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(1568))
+    (tmp_path / "x-idx3-ubyte.gz").write_bytes(raw[:-30])
+    with pytest.raises(DDIMError, match=r"x-idx3-ubyte\.gz: not a readable IDX file"):
+        data.idx_file(tmp_path / "x-idx3-ubyte.gz")
+    (tmp_path / "head").write_bytes(bytes([0, 0, 8, 3, 0, 0]))
+    with pytest.raises(DDIMError, match=r"head: truncated IDX header"):
+        data.idx_file(tmp_path / "head")
+
+
+def test_unknown_dataset_is_named_before_the_root():
+    cfg = SimpleNamespace(dataset="bogus", root=None, image_size=16, channels=1)
+    with pytest.raises(DDIMError, match=r"data\.dataset must be one of digits, cifar10, celeba, folder, npz, idx"):
+        data.build_dataset(cfg)
