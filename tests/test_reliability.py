@@ -246,3 +246,23 @@ def test_unknown_dataset_is_named_before_the_root():
     cfg = SimpleNamespace(dataset="bogus", root=None, image_size=16, channels=1)
     with pytest.raises(DDIMError, match=r"data\.dataset must be one of digits, cifar10, celeba, folder, npz, idx"):
         data.build_dataset(cfg)
+
+
+# --- a bogus FID Inception weights file (ddim.metrics.inception) --------------------------------------------
+@pytest.mark.parametrize("content", ["garbage", "pickle", "other_state_dict", "tensor"])
+def test_bogus_inception_weights_name_the_file_and_what_it_should_be(tmp_path, content):
+    import pickle
+    from ddim.metrics.inception import INCEPTION_WEIGHTS_FILENAME, load_inception
+    path = tmp_path / "weights.pth"
+    if content == "garbage":
+        path.write_bytes(b"<html>404 Not Found</html>")                # a failed download saved as the file
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps(SimpleNamespace(a=1), protocol=2))  # weights_only refuses it
+    elif content == "other_state_dict":
+        torch.save(_tiny_model().state_dict(), path)
+    else:
+        torch.save(torch.zeros(3), path)
+    with pytest.raises(DDIMError) as e:
+        load_inception(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and INCEPTION_WEIGHTS_FILENAME in msg and "\n" not in msg
