@@ -244,6 +244,23 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+_STATE_KEYS = ("step", "model", "ema", "optimizer", "scaler", "rng_gen", "rng_torch", "unet")
+
+
+def _load_training_state(ckpt: Path, device: torch.device) -> dict[str, Any]:
+    """The state dict of a ckpt-N.pt to resume from (weights_only: no pickled code runs); DDIMError naming it."""
+    fix = "move it out of the run directory to resume from the checkpoint before it"
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise DDIMError(f"{ckpt}: not a readable training checkpoint ({type(e).__name__}: {why}); {fix}") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DDIMError(f"{ckpt}: not a ddim training checkpoint (no {', '.join(missing)}); {fix}")
+    return state
+
+
 def _prune_checkpoints(run_dir: Path, keep: int) -> None:
     for p in list_checkpoints(run_dir)[:-keep]:
         p.unlink(missing_ok=True)
@@ -428,7 +445,7 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
         if cfg.resume and ckpt is None and info.rank == 0:
             warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from step 0", stacklevel=2)
         if ckpt is not None:
-            state = torch.load(ckpt, map_location=device, weights_only=True)
+            state = _load_training_state(ckpt, device)
             if state["unet"] != unet_cfg.to_dict():
                 raise DDIMError(f"{ckpt} was trained with model {state['unet']}, but the config now says "
                                  f"{unet_cfg.to_dict()}")

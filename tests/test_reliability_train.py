@@ -383,3 +383,12 @@ def test_sigterm_under_torchrun_stops_all_ranks_at_one_step(tmp_path):
     k = int(err.split("stopped by SIGTERM at step ")[1].split()[0])
     assert err.count("stopped by") == 1                   # rank 0 reports; no rank hung or died mid-step
     assert _steps(Path(d["out_dir"])) == [k] and _metrics(d["out_dir"])[-1]["step"] == k
+
+
+def test_resume_from_an_unreadable_checkpoint_names_it(tmp_path):
+    run = tr.train(_cfg(tmp_path), progress=False)
+    (run / "ckpt-0000003.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    cfg = _cfg(tmp_path, n_iters=5)
+    cfg.resume = True
+    with pytest.raises(DDIMError, match=r"ckpt-0000003\.pt: not a readable training checkpoint .*move it out"):
+        tr.train(cfg, progress=False)
