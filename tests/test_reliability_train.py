@@ -319,6 +319,7 @@ tr.train(config_from_dict(json.loads(sys.argv[1])), progress=False)
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_real_process_checkpoints_and_resumes_bit_identically(tmp_path):
     import os
     import signal
