@@ -6,15 +6,20 @@
 - "official-ckpt": a released DDPM/DDIM state dict (`model-790000.ckpt`); it carries no config, so pass `config=`
   (a preset name, `UNetConfig`, dict, or the official YAML/JSON file) or let it be inferred from the presets.
 - "official-train": the official trainer's `ckpt.pth` list [model, optimizer, epoch, step, ema]; EMA by default.
+- "ddim-train-ckpt": this package's training checkpoint `ckpt-N.pt` (`ddim.train`); EMA by default, with the
+  U-Net config, schedule and prediction it was trained with.
 - "diffusers": a `UNet2DModel` folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`), read
   without diffusers; only the DDPM-style options this architecture expresses are accepted.
 
+Own files carry a sha256 of their tensors (header key "sha256"); `load` recomputes it and refuses a file whose
+bytes changed since it was written (files written before the hash existed load without the check).
 Torch files are read with `weights_only=True`: no pickled code ever runs. Any unreadable or mismatched file raises
 `CheckpointError` naming the file (and, for mismatches, the first missing and unexpected keys).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ddim.errors import DDIMError
-from ddim.io import atomic_path, write_json_atomic
+from ddim.io import atomic_path, write_failed, write_json_atomic
 from ddim.models.unet import PRESETS, UNet, UNetConfig
 from ddim.sampling import PREDICTIONS
 from ddim.schedule import NoiseSchedule
@@ -36,6 +41,9 @@ __all__ = ["CheckpointError", "LoadedModel", "load", "save", "export_diffusers",
 FORMAT = "ddim"
 FORMAT_VERSION = 1
 _BETAS_KEY = "__schedule__.betas"  # reserved tensor name: the schedule travels bit-exact in float64
+_TRAIN_FORMAT = "ddim-train-ckpt"
+_TRAIN_KEYS = ("step", "model", "ema", "unet", "schedule", "prediction")  # what ddim.train writes in ckpt-N.pt
+_HASH_KEY = "sha256"  # header key of the content hash (files written before it existed have none)
 _SHOW = 5  # how many missing/unexpected keys an error lists
 
 
@@ -75,13 +83,29 @@ def save(path: str | os.PathLike, model: UNet, schedule: NoiseSchedule, *, predi
         "schedule": json.dumps({"name": schedule.name, "T": schedule.T}),
         "prediction": prediction,
         "metadata": json.dumps(metadata or {}),  # raises TypeError early for non-JSON metadata
+        _HASH_KEY: _content_hash(tensors),
     }
     _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
+def _content_hash(tensors: Mapping[str, Tensor]) -> str:
+    """The hash `save` stores and `load` checks: sha256 (hex) over each tensor by sorted name: name, dtype, shape, bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the stored bytes, whatever the dtype (bf16 too)
+    return h.hexdigest()
+
+
 def _atomic_write(path: Path, write) -> None:
-    with atomic_path(path) as tmp:  # readers never see half a file
-        write(str(tmp))
+    """Run write(tmp) and rename tmp over path; any failure (safetensors' SafetensorError on a full disk, too)
+    is an UnwritableError saying the previous file is intact."""
+    try:
+        with atomic_path(path) as tmp:  # readers never see half a file
+            write(str(tmp))
+    except Exception as e:
+        raise write_failed(path, e) from e
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
@@ -94,8 +118,8 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
         fields or the official layout), or a path to the official YAML (`configs/cifar10.yml`) or JSON. Without it,
         the preset whose key names and shapes match the file is used. The official YAML's `diffusion` section also
         gives the schedule; otherwise the official default, linear 1e-4..0.02 with T = 1000.
-    ema: for the official training container, take the EMA weights (True) or the raw ones (False); other formats
-        hold one set of weights and ignore it.
+    ema: for training checkpoints (official `ckpt.pth`, our `ckpt-N.pt`), take the EMA weights (True) or the raw
+        ones (False); other formats hold one set of weights and ignore it.
     schedule: overrides the schedule found in (or assumed for) the file.
     Weights keep their stored dtype and go to `map_location`.
     """
@@ -110,7 +134,7 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
         loaded = _load_safetensors(path, config)  # config is used only if the file has no ddim header
     else:
         loaded = _load_torch_file(path, config, ema)
-    if config is not None and loaded.format in ("ddim", "diffusers"):
+    if config is not None and loaded.format in ("ddim", "diffusers", _TRAIN_FORMAT):
         wanted = _resolve_config(config)[0]
         if wanted != loaded.config:
             raise CheckpointError(f"{path}: carries its own config {loaded.config}, which differs from the config "
@@ -176,6 +200,9 @@ def _load_safetensors(path: Path, config: Any) -> LoadedModel:
     version = int(header.get("format_version", "0"))
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer ddim (format version {version} > {FORMAT_VERSION})")
+    if _HASH_KEY in header and _content_hash(tensors) != header[_HASH_KEY]:
+        raise CheckpointError(f"{path}: the tensors do not match the content hash saved with them (sha256 "
+                              f"{header[_HASH_KEY][:12]}...): the file is corrupt; restore it from a copy")
     try:
         stored = UNetConfig.from_dict(json.loads(header["config"]))
         sched_info = json.loads(header["schedule"])
@@ -201,6 +228,8 @@ def _load_torch_file(path: Path, config: Any, ema: bool) -> LoadedModel:
         info = {"epoch": obj[2] if len(obj) > 2 else None, "step": obj[3] if len(obj) > 3 else None,
                 "weights": "ema" if ema else "raw"}
         return _from_state_dict(path, state, config, "official-train", info)
+    if isinstance(obj, Mapping) and all(k in obj for k in _TRAIN_KEYS):
+        return _from_train_ckpt(path, obj, ema)
     if isinstance(obj, Mapping):
         # Some trainers wrap the weights; the released files are the bare dict.
         for wrapper in ("state_dict", "model", "ema"):
@@ -209,6 +238,26 @@ def _load_torch_file(path: Path, config: Any, ema: bool) -> LoadedModel:
                 break
         return _from_state_dict(path, obj, config, "official-ckpt", {})
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or an official training list")
+
+
+def _from_train_ckpt(path: Path, obj: Mapping, ema: bool) -> LoadedModel:
+    """`ddim.train`'s ckpt-N.pt: the weights with the U-Net config, schedule and prediction saved beside them."""
+    try:
+        cfg = UNetConfig.from_dict(obj["unet"])
+        schedule = NoiseSchedule.from_dict(obj["schedule"])
+        prediction, step = obj["prediction"], int(obj["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged training checkpoint ({type(e).__name__}: {e})") from None
+    if prediction not in PREDICTIONS:
+        raise CheckpointError(f"{path}: unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+    if ema and obj["ema"] is None:
+        raise CheckpointError(f"{path}: holds no EMA weights (trained with model.ema: false); pass ema=False to "
+                              "load the raw weights")
+    state = obj["ema"] if ema else obj["model"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: the {'ema' if ema else 'model'} entry is not a state dict")
+    info = {"step": step, "weights": "ema" if ema else "raw", "train_config": obj.get("config")}
+    return LoadedModel(_build(path, cfg, state), schedule, prediction, cfg, info, _TRAIN_FORMAT)
 
 
 def _from_state_dict(path: Path, state: Mapping, config: Any, fmt: str, info: dict) -> LoadedModel:
@@ -541,11 +590,18 @@ def export_diffusers(loaded_or_model: LoadedModel | UNet, folder: str | os.PathL
             v = v.reshape(v.shape[0], v.shape[1])
         tensors[key_map[k]] = v.contiguous()
     folder = Path(folder)
-    write_json_atomic(folder / "config.json", dconf)
+    # The weights first: the large write is the one a full disk stops, and then no file of the folder changed.
     _atomic_write(folder / _WEIGHT_FILES[0], lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _write_json(folder / "config.json", dconf)
     if schedule is not None:
-        sconf = _scheduler_config(schedule, prediction)
-        write_json_atomic(folder / "scheduler_config.json", sconf)
+        _write_json(folder / "scheduler_config.json", _scheduler_config(schedule, prediction))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    try:
+        write_json_atomic(path, obj)
+    except Exception as e:  # the objects are plain JSON, so any failure is the disk's
+        raise write_failed(path, e) from e
 
 
 def _scheduler_config(schedule: NoiseSchedule, prediction: str) -> dict[str, Any]:

@@ -3,19 +3,27 @@ training / optim), so its `configs/cifar10.yml` reads as-is, plus a few fields o
 
 Precedence: dataclass defaults < YAML file (`--config`) < command-line flags. The model architecture itself is
 `ddim.models.UNetConfig`; `ModelConfig` here names a preset and optional per-field overrides of it.
+
+Every value is checked against its field's annotation when a config is read (`config_from_dict`, `load_yaml`)
+and again by `TrainConfig.validate()`, which also checks ranges: a bad value is a `DDIMError` naming the key
+(`training.n_iters`) before any data set is built or file written, not a TypeError deep inside a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import numbers
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ddim.errors import DDIMError
+from ddim.errors import DDIMError, MissingFileError
 from ddim.sampling.registry import SOLVERS, VARIANCES
 from ddim.schedule import SKIPS
 
@@ -109,8 +117,12 @@ class TrainConfig:
         return asdict(self)
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the parameter for settings that cannot work."""
-        t, o, d = self.training, self.optim, self.diffusion
+        """Raise DDIMError naming the key for a value of the wrong type or a setting that cannot work."""
+        _check_types(self)
+        t, o, d, m, data = self.training, self.optim, self.diffusion, self.model, self.data
+        for key, value in _float_fields(self):
+            if value is not None and not math.isfinite(value):
+                raise DDIMError(f"{key} must be a finite number, got {value}")
         checks = [
             (t.batch_size >= 1, f"training.batch_size must be >= 1, got {t.batch_size}"),
             (t.n_iters >= 1, f"training.n_iters must be >= 1, got {t.n_iters}"),
@@ -119,20 +131,148 @@ class TrainConfig:
             (t.keep_last >= 1, f"training.keep_last must be >= 1, got {t.keep_last}"),
             (t.log_freq >= 1, f"training.log_freq must be >= 1, got {t.log_freq}"),
             (t.sample_freq >= 0, f"training.sample_freq must be >= 0, got {t.sample_freq}"),
+            (t.n_samples >= 1, f"training.n_samples must be >= 1, got {t.n_samples}"),
+            (d.num_diffusion_timesteps >= 1,
+             f"diffusion.num_diffusion_timesteps must be >= 1, got {d.num_diffusion_timesteps}"),
+            (1 <= t.sample_steps <= d.num_diffusion_timesteps, f"training.sample_steps must lie in [1, "
+             f"diffusion.num_diffusion_timesteps = {d.num_diffusion_timesteps}], got {t.sample_steps}"),
+            (0 <= t.seed < 2**32, f"training.seed must lie in [0, 2**32), got {t.seed}"),
             (t.precision in ("fp32", "bf16", "fp16"), f"training.precision must be fp32, bf16 or fp16, got {t.precision!r}"),
             (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
+            (0.0 <= o.beta1 < 1.0, f"optim.beta1 must lie in [0, 1), got {o.beta1}"),
+            (0.0 <= o.beta2 < 1.0, f"optim.beta2 must lie in [0, 1), got {o.beta2}"),
+            (o.eps >= 0, f"optim.eps must be >= 0, got {o.eps}"),
+            (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
             (o.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {o.grad_clip}"),
             (o.warmup >= 0, f"optim.warmup must be >= 0, got {o.warmup}"),
             (o.optimizer.lower() in ("adam", "adamw"), f"optim.optimizer must be Adam or AdamW, got {o.optimizer!r}"),
-            (0.0 <= self.model.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1), got {self.model.ema_rate}"),
+            (0.0 <= m.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1), got {m.ema_rate}"),
+            (m.dropout is None or 0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}"),
             (d.prediction in ("eps", "x0", "v"), f"diffusion.prediction must be eps, x0 or v, got {d.prediction!r}"),
             (d.loss_reduction in ("mean", "sum"), f"diffusion.loss_reduction must be mean or sum, got {d.loss_reduction!r}"),
-            (self.data.channels in (1, 3), f"data.channels must be 1 or 3, got {self.data.channels}"),
+            (data.channels in (1, 3), f"data.channels must be 1 or 3, got {data.channels}"),
+            (data.image_size >= 1, f"data.image_size must be >= 1, got {data.image_size}"),
+            (data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}"),
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise DDIMError(msg)
+        _check_dataset(data)
+        _check_schedule(d)
+        _check_device(self.device)
         return self
+
+
+def _check_dataset(data: DataConfig) -> None:
+    from ddim.data import dataset_name  # lazy: the data module pulls in PIL and numpy
+    name = dataset_name(data.dataset)
+    if name != "digits" and not data.root:
+        raise DDIMError(f"data.root is required for dataset {data.dataset!r} (the file or folder it reads)")
+
+
+def _check_schedule(d: DiffusionConfig) -> None:
+    from ddim.schedule import NoiseSchedule  # builds the schedule once: its own checks, named by section
+    try:
+        NoiseSchedule.from_name(d.beta_schedule, d.num_diffusion_timesteps, d.beta_start, d.beta_end)
+    except ValueError as e:
+        raise DDIMError(f"diffusion: {e} (diffusion.beta_schedule, beta_start, beta_end)") from None
+
+
+def _check_device(device: str | None) -> None:
+    from ddim.distributed import resolve_device    # lazy: torch is heavy for a config module
+    if device is not None:
+        resolve_device(device)
+
+
+# --- types -------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # the annotations are strings (__future__.annotations); evaluate them
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + " or null"
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+
+
+def _show(value: Any) -> str:
+    """A value as the YAML file spelled it, with its Python type: true (bool), '64' (str), null."""
+    if value is None:
+        return "null"
+    shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    return f"{shown} ({type(value).__name__})"
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """`value` checked against the field annotation `hint`; DDIMError naming `key` if it does not fit.
+
+    bool takes only true/false; int only integers (not bools); float integers, floats and numeric strings (PyYAML
+    reads 1e-3, without a dot, as a string); `X | None` also null; list[int] a list of integers."""
+    out = _convert(value, hint)
+    if out is _WRONG:
+        raise DDIMError(f"{key} must be {_describe(hint)}, got {_show(value)}")
+    return out
+
+
+_WRONG = object()
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is not type(None) and (out := _convert(value, a)) is not _WRONG:
+                return out
+        return _WRONG
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return _WRONG
+        items = [_convert(v, args[0]) for v in value]
+        return _WRONG if any(v is _WRONG for v in items) else items
+    if isinstance(value, bool) or hint is bool:
+        return value if hint is bool and isinstance(value, bool) else _WRONG
+    if hint is int:
+        return int(value) if isinstance(value, numbers.Integral) else _WRONG
+    if hint is float:
+        if isinstance(value, numbers.Real):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return _WRONG
+        return _WRONG
+    if hint is str:
+        return value if isinstance(value, str) else _WRONG
+    raise TypeError(f"no type check for annotation {hint!r}")  # pragma: no cover - a new field type
+
+
+def _check_types(cfg: "TrainConfig") -> None:
+    """Type-check (and normalise, e.g. "1e-3" -> 0.001) every field of a TrainConfig in place."""
+    top = _field_types(TrainConfig)
+    for name in _TOP:
+        setattr(cfg, name, _typed(getattr(cfg, name), top[name], name))
+    for sec_name in _SECTIONS:
+        section = getattr(cfg, sec_name)
+        hints = _field_types(type(section))
+        for f in fields(section):
+            setattr(section, f.name, _typed(getattr(section, f.name), hints[f.name], f"{sec_name}.{f.name}"))
+
+
+def _float_fields(cfg: "TrainConfig") -> list[tuple[str, float | None]]:
+    out = []
+    for sec_name in _SECTIONS:
+        section = getattr(cfg, sec_name)
+        hints = _field_types(type(section))
+        out += [(f"{sec_name}.{f.name}", getattr(section, f.name)) for f in fields(section)
+                if hints[f.name] in (float, float | None)]
+    return out
 
 
 # --- YAML / dict -------------------------------------------------------------------------------------------
@@ -152,29 +292,33 @@ _IGNORED_SECTIONS = {"sampling"}
 
 
 def config_from_dict(d: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """Build a TrainConfig from a nested dict (our YAML or the official layout); unknown keys are an error."""
+    """Build a TrainConfig from a nested dict (our YAML or the official layout); unknown keys and values of the
+    wrong type are a DDIMError naming the key."""
     cfg = _deepcopy(base) if base is not None else TrainConfig()
     unknown = [k for k in d if k not in _SECTIONS and k not in _TOP and k not in _IGNORED_SECTIONS]
     if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; expected {sorted(_SECTIONS) + list(_TOP)}")
+        raise DDIMError(f"unknown config section(s) {unknown}; expected {sorted(_SECTIONS) + list(_TOP)}")
+    top = _field_types(TrainConfig)
     for name, value in d.items():
         if name in _TOP:
-            setattr(cfg, name, value)
+            setattr(cfg, name, _typed(value, top[name], name))
             continue
         if name in _IGNORED_SECTIONS:
             continue
+        if value is None:  # a section whose keys are all commented out
+            continue
         if not isinstance(value, Mapping):
-            raise ValueError(f"config section {name!r} must be a mapping, got {type(value).__name__}")
+            raise DDIMError(f"config section {name!r} must be a mapping, got {_show(value)}")
         section = getattr(cfg, name)
         known = {f.name for f in fields(section)}
-        bad = sorted(k for k in value if k not in known and k not in _OFFICIAL_IGNORED[name])
+        bad = sorted(str(k) for k in value if k not in known and k not in _OFFICIAL_IGNORED[name])
         if bad:
-            raise ValueError(f"unknown key(s) in config section {name!r}: {bad}; known: {sorted(known)}")
+            raise DDIMError(f"unknown key(s) in config section {name!r}: {bad}; known: {sorted(known)}")
+        hints = _field_types(type(section))
         for k, v in value.items():
             if k in known:
-                setattr(section, k, v)
-    if isinstance(cfg.data.dataset, str):
-        cfg.data.dataset = cfg.data.dataset.lower()
+                setattr(section, k, _typed(v, hints[k], f"{name}.{k}"))
+    cfg.data.dataset = cfg.data.dataset.lower()
     return cfg
 
 
@@ -184,19 +328,24 @@ def _deepcopy(cfg: TrainConfig) -> TrainConfig:
 
 
 def load_yaml(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
-    """Read a YAML file in the official layout (data / model / diffusion / training / optim)."""
+    """Read a YAML file in the official layout (data / model / diffusion / training / optim), type-checked."""
     import yaml
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
+        raise MissingFileError(f"config file {str(path)!r} does not exist")
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise DDIMError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
     if not isinstance(d, Mapping):
-        raise ValueError(f"{path}: a config file must hold a mapping of sections, got {type(d).__name__}")
+        raise DDIMError(f"{path}: a config file must hold a mapping of sections, got {type(d).__name__}")
     try:
         return config_from_dict(d, base)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    except DDIMError as e:
+        raise DDIMError(f"{path}: {e}") from None
 
 
 def load_json(path: str | Path) -> TrainConfig:

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ddim.errors import DDIMError, MissingFileError
 from ddim.images import array_to_nchw, digits_images, from_uint8, read_array, resize_center_crop
 
 __all__ = [
@@ -47,7 +48,7 @@ def _pil_to_tensor(img: Image.Image, channels: int) -> Tensor:
 
 def _check_channels(channels: int) -> None:
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        raise DDIMError(f"channels must be 1 or 3, got {channels!r}")
 
 
 # --- in-memory datasets -----------------------------------------------------------------------------------
@@ -84,35 +85,46 @@ def npz_arrays(path: str | os.PathLike, key: str | None = None) -> ImageTensorDa
                               name=Path(path).name)
 
 
+def _why(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    if not path.is_file():
+        raise MissingFileError(f"IDX path {str(path)!r} does not exist")
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile, a truncated .gz
+        raise DDIMError(f"{path}: not a readable IDX file ({_why(e)})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() if raw else 'empty'})")
+        raise DDIMError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() if raw else 'empty'})")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DDIMError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     count = int(np.prod(dims)) if dims else 0
     body = raw[4 + 4 * ndim:]
     if len(body) != count * dtype.itemsize:
-        raise ValueError(f"{path}: header says {dims} ({count * dtype.itemsize} bytes) but the file has "
-                         f"{len(body)} data bytes (truncated or not IDX)")
+        raise DDIMError(f"{path}: header says {dims} ({count * dtype.itemsize} bytes) but the file has "
+                        f"{len(body)} data bytes (truncated or not IDX)")
     return np.frombuffer(body, dtype=dtype).reshape(dims)
 
 
 def idx_file(path: str | os.PathLike, labels_path: str | os.PathLike | None = None) -> ImageTensorDataset:
     """MNIST / Fashion-MNIST images in IDX format (`*-images-idx3-ubyte`, optionally .gz) -> [N, 1, 28, 28]."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IDX path {str(path)!r} does not exist")
     arr = _read_idx(path)
     if arr.ndim != 3:
-        raise ValueError(f"{path}: expected an image file with 3 dimensions [N, H, W], got {arr.shape} "
-                         "(is this the labels file?)")
+        raise DDIMError(f"{path}: expected an image file with 3 dimensions [N, H, W], got {arr.shape} "
+                        "(is this the labels file?)")
     labels = torch.from_numpy(_read_idx(Path(labels_path)).astype(np.int64)) if labels_path else None
     return ImageTensorDataset(from_uint8(np.ascontiguousarray(arr))[:, None], labels, name=path.name)
 
@@ -135,17 +147,26 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        d = _CifarUnpickler(f, encoding="bytes").load()
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # a refused global, truncation (UnpicklingError, EOFError), garbage
+        raise DDIMError(f"{path}: not a readable CIFAR-10 batch file ({_why(e)})") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict, got {type(d).__name__})")
+        raise DDIMError(f"{path}: not a CIFAR-10 batch (expected a dict, got {type(d).__name__})")
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
-        raise ValueError(f"{path}: not a CIFAR-10 batch (keys {sorted(map(str, d))}; need 'data' and 'labels')")
+        raise DDIMError(f"{path}: not a CIFAR-10 batch (keys {sorted(map(str, d))}; need 'data' and 'labels')")
     data = np.asarray(d["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: CIFAR-10 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(d["labels"], dtype=np.int64)
+        raise DDIMError(f"{path}: CIFAR-10 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
+    try:
+        labels = np.asarray(d["labels"], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DDIMError(f"{path}: CIFAR-10 'labels' are not integers ({_why(e)})") from None
+    if labels.shape != (data.shape[0],):
+        raise DDIMError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def cifar10(root: str | os.PathLike, train: bool = True) -> ImageTensorDataset:
@@ -153,15 +174,15 @@ def cifar10(root: str | os.PathLike, train: bool = True) -> ImageTensorDataset:
 
     root may be the `cifar-10-batches-py` folder or its parent. Trust: the official files are pickles, and
     unpickling can run code. They are read with an unpickler that only admits numpy's array constructors and
-    then checked to be dicts with uint8 `data` [N, 3072] and `labels`; anything else is refused.
+    then checked to be dicts with uint8 `data` [N, 3072] and `labels`; anything else is a DDIMError naming the file.
     """
     root = Path(root)
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"CIFAR-10 root {str(root)!r}: missing {', '.join(missing)} (expected the python "
-                                "version, cifar-10-python.tar.gz, extracted; see ddim.data.download_cifar10)")
+        raise MissingFileError(f"CIFAR-10 root {str(root)!r}: missing {', '.join(missing)} (expected the python "
+                               "version, cifar-10-python.tar.gz, extracted; see ddim.data.download_cifar10)")
     parts = [_load_cifar_batch(folder / n) for n in names]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
@@ -183,6 +204,7 @@ def download_cifar10(root: str | os.PathLike) -> Path:  # pragma: no cover - nee
 
 
 # --- file-backed datasets -----------------------------------------------------------------------------------
+_FULL_DECODE_BYTES = 64 * 2**20  # folders up to this size are fully decoded at start-up (measured 27-100 MiB/s)
 def _list_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts))
 
@@ -192,19 +214,23 @@ class ImageFolder(Dataset):
 
     resize=True: scale the shorter side to image_size, then centre crop image_size x image_size.
     resize=False: every image must already be image_size x image_size (mixed sizes are an error).
-    Unreadable files are skipped with a warning; if none are left, it is an error.
+    Every file is checked when the dataset is built, so a bad file fails now and not hours into a run:
+    Pillow's verify() (PNG: every chunk and checksum) and, for folders up to 64 MiB, a full decode (which
+    finds truncation in any format). Unreadable files are skipped with a warning; if none are left, it is an
+    error. A file that still fails later (changed on disk) is a DDIMError naming it.
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, channels: int = 3, resize: bool = True) -> None:
         _check_channels(channels)
         if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+            raise DDIMError(f"image_size must be a positive integer, got {image_size!r}")
         self.root, self.image_size, self.channels, self.resize = Path(root), image_size, channels, resize
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder root {str(self.root)!r} does not exist or is not a directory")
+            raise MissingFileError(f"image folder root {str(self.root)!r} does not exist or is not a directory")
         files = _list_files(self.root)
         if not files:
-            raise ValueError(f"image folder root {str(self.root)!r} is empty (no files found recursively)")
+            raise DDIMError(f"image folder root {str(self.root)!r} is empty (no files found recursively)")
+        decode = sum(p.stat().st_size for p in files) <= _FULL_DECODE_BYTES
         self.files: list[Path] = []
         sizes: dict[tuple[int, int], Path] = {}
         skipped = []
@@ -212,7 +238,11 @@ class ImageFolder(Dataset):
             try:
                 with Image.open(p) as img:
                     size = img.size
-            except Exception as e:  # Pillow raises several types for unreadable files
+                    img.verify()
+                if decode:
+                    with Image.open(p) as img:  # verify() leaves the image unusable: open it again
+                        img.load()
+            except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
                 skipped.append(f"{p} ({type(e).__name__})")
                 continue
             self.files.append(p)
@@ -221,16 +251,16 @@ class ImageFolder(Dataset):
             warnings.warn(f"ImageFolder: skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}"
                           + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
         if not self.files:
-            raise ValueError(f"image folder root {str(self.root)!r}: none of its {len(files)} files is a readable image")
+            raise DDIMError(f"image folder root {str(self.root)!r}: none of its {len(files)} files is a readable image")
         if not resize:
             if len(sizes) > 1:
                 (s1, p1), (s2, p2) = list(sizes.items())[:2]
-                raise ValueError(f"image folder root {str(self.root)!r} holds images of mixed sizes ({s1[0]}x{s1[1]} "
-                                 f"{p1.name}, {s2[0]}x{s2[1]} {p2.name}); pass resize=True to resize and crop them")
+                raise DDIMError(f"image folder root {str(self.root)!r} holds images of mixed sizes ({s1[0]}x{s1[1]} "
+                                f"{p1.name}, {s2[0]}x{s2[1]} {p2.name}); pass resize=True to resize and crop them")
             (w, h), = sizes
             if (w, h) != (image_size, image_size):
-                raise ValueError(f"images in {str(self.root)!r} are {w}x{h} but image_size is {image_size}; "
-                                 "pass resize=True to resize and crop them")
+                raise DDIMError(f"images in {str(self.root)!r} are {w}x{h} but image_size is {image_size}; "
+                                "pass resize=True to resize and crop them")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -243,8 +273,8 @@ class ImageFolder(Dataset):
                 if self.resize:
                     img = resize_center_crop(img, self.image_size)
                 return _pil_to_tensor(img, self.channels)
-        except OSError as e:
-            raise OSError(f"could not decode image {p}: {e}") from e
+        except Exception as e:  # it passed the start-up check, so it changed since: say which file
+            raise DDIMError(f"{p}: could not decode this image ({_why(e)}); replace or remove it") from None
 
 
 class _CelebA(Dataset):
@@ -255,12 +285,15 @@ class _CelebA(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> Tensor:
-        with Image.open(self.files[i]) as img:
-            img = img.convert("RGB")
-            if img.size != _CELEBA_SIZE:
-                raise ValueError(f"{self.files[i]}: CelebA aligned images are 178x218, got {img.size[0]}x{img.size[1]}")
-            img = img.crop(CELEBA_CROP).resize((self.image_size, self.image_size), Image.BILINEAR)
-            return _pil_to_tensor(img, 3)
+        try:
+            with Image.open(self.files[i]) as img:
+                img = img.convert("RGB")
+        except Exception as e:  # truncated or not an image
+            raise DDIMError(f"{self.files[i]}: could not decode this image ({_why(e)}); replace or remove it") from None
+        if img.size != _CELEBA_SIZE:
+            raise DDIMError(f"{self.files[i]}: CelebA aligned images are 178x218, got {img.size[0]}x{img.size[1]}")
+        img = img.crop(CELEBA_CROP).resize((self.image_size, self.image_size), Image.BILINEAR)
+        return _pil_to_tensor(img, 3)
 
 
 def celeba(root: str | os.PathLike, image_size: int = 64, split: str = "train") -> Dataset:
@@ -272,17 +305,23 @@ def celeba(root: str | os.PathLike, image_size: int = 64, split: str = "train") 
     root = Path(root)
     folder = root / "img_align_celeba" if (root / "img_align_celeba").is_dir() else root
     if not folder.is_dir():
-        raise FileNotFoundError(f"CelebA root {str(root)!r} does not exist")
+        raise MissingFileError(f"CelebA root {str(root)!r} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
-        raise ValueError(f"CelebA root {str(root)!r}: no images in {folder}")
+        raise DDIMError(f"CelebA root {str(root)!r}: no images in {folder}")
     part = root / "list_eval_partition.txt"
     if split != "all":
         codes = {"train": "0", "valid": "1", "test": "2"}
         if split not in codes:
-            raise ValueError(f"split must be 'train', 'valid', 'test' or 'all', got {split!r}")
+            raise DDIMError(f"split must be 'train', 'valid', 'test' or 'all', got {split!r}")
         if part.is_file():
-            keep = {ln.split()[0] for ln in part.read_text().splitlines() if ln.strip() and ln.split()[1] == codes[split]}
+            keep = set()
+            for n, ln in enumerate(part.read_text(errors="replace").splitlines(), 1):
+                fields_ = ln.split()
+                if fields_ and (len(fields_) != 2 or fields_[1] not in ("0", "1", "2")):
+                    raise DDIMError(f"{part}, line {n}: expected '<file name> <0|1|2>', got {ln.strip()[:60]!r}")
+                if fields_ and fields_[1] == codes[split]:
+                    keep.add(fields_[0])
             files = [p for p in files if p.name in keep]
         else:
             warnings.warn(f"{part} not found: using every CelebA image regardless of split={split!r}", stacklevel=2)
@@ -295,15 +334,23 @@ _ALIASES = {"imagefolder": "folder", "image_folder": "folder", "mnist": "idx", "
             "fashionmnist": "idx", "npy": "npz"}
 
 
+def dataset_name(name: str) -> str:
+    """The canonical name (one of DATASETS) of a data set name as configs spell it ("CIFAR10", "mnist", ...)."""
+    canonical = str(name).lower().replace("-", "_")
+    canonical = _ALIASES.get(canonical, canonical)
+    if canonical not in DATASETS:
+        raise DDIMError(f"data.dataset must be one of {', '.join(DATASETS)} (or an alias: {', '.join(_ALIASES)}); "
+                        f"got {name!r}")
+    return canonical
+
+
 def build_dataset(cfg: Any) -> Dataset:
     """Build the dataset a `DataConfig` names (dataset, root, image_size, channels, resize, key; official names
     such as "CIFAR10" and "CELEBA" accepted), checking that its images match image_size and channels."""
-    name = str(cfg.dataset).lower().replace("-", "_")
-    name = _ALIASES.get(name, name)
+    name = dataset_name(cfg.dataset)
     root = getattr(cfg, "root", None)
-    needs_root = name != "digits"
-    if needs_root and not root:
-        raise ValueError(f"data.root is required for dataset {cfg.dataset!r}")
+    if name != "digits" and not root:
+        raise DDIMError(f"data.root is required for dataset {cfg.dataset!r} (the file or folder it reads)")
     if name == "digits":
         ds = digits(cfg.image_size)
     elif name == "cifar10":
@@ -314,15 +361,13 @@ def build_dataset(cfg: Any) -> Dataset:
         ds = ImageFolder(root, cfg.image_size, cfg.channels, resize=getattr(cfg, "resize", True))
     elif name == "npz":
         ds = npz_arrays(root, getattr(cfg, "key", None))
-    elif name == "idx":
-        ds = idx_file(root)
     else:
-        raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}; got {cfg.dataset!r}")
+        ds = idx_file(root)
     if len(ds) == 0:
-        raise ValueError(f"dataset {cfg.dataset!r} at {root!r} holds no images")
+        raise DDIMError(f"dataset {cfg.dataset!r} at {root!r} holds no images")
     c, h, w = ds[0].shape
     if c != cfg.channels:
-        raise ValueError(f"dataset {cfg.dataset!r} has {c} channel(s) but data.channels is {cfg.channels}")
+        raise DDIMError(f"dataset {cfg.dataset!r} has {c} channel(s) but data.channels is {cfg.channels}")
     if (h, w) != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"dataset {cfg.dataset!r} images are {h}x{w} but data.image_size is {cfg.image_size}")
+        raise DDIMError(f"dataset {cfg.dataset!r} images are {h}x{w} but data.image_size is {cfg.image_size}")
     return ds

@@ -34,11 +34,13 @@ def resolve_device(device_str: str | None, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device_str)
-    except (RuntimeError, TypeError) as e:
-        raise DDIMError(f"device: {device_str!r} is not a torch device (cpu, cuda, cuda:1, mps)") from e
+    except (RuntimeError, TypeError, ValueError):
+        raise DDIMError(f"device {device_str!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DDIMError(f"device: {device_str!r} asked for CUDA, but this torch build or machine has no CUDA "
-                        "device; use --device cpu")
+        raise DDIMError(f"device {device_str!r}: CUDA is not available here (torch.cuda.is_available() is "
+                        "false); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DDIMError(f"device {device_str!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device

@@ -12,6 +12,10 @@ its own slice, so N processes with batch B/N compute the same update as one proc
 Run directory: config.json, metrics.jsonl (step, loss, lr, grad_norm, it_per_s, img_per_s), samples/*.png (EMA
 model, fixed x_T), ckpt-{step:07d}.pt (training state, `torch.load(weights_only=True)`), and at the end
 model.safetensors (the EMA weights in the package's own format, what `ddim.checkpoint.load` reads).
+
+Stopping: Ctrl-C or SIGTERM ends the run after the current step with a checkpoint of it (under torchrun, at
+the next log or checkpoint step, where the processes agree), and `--resume` continues it exactly. A
+non-finite loss or gradient norm raises DDIMError naming the step before a checkpoint of that state is written.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import functools
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -34,8 +41,9 @@ from torch import Tensor, nn
 from ddim.config import TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset
 from ddim.distributed import Dist, setup_distributed
+from ddim.errors import DDIMError, OutputExistsError
 from ddim.images import save_image_grid
-from ddim.io import atomic_path, write_json_atomic
+from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_atomic
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "build_unet_config",
@@ -59,14 +67,14 @@ def loss_fn(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, t: Tensor, n
         # swapped and x_0 negated, so the schedule stays the only place that computes the coefficients.
         target = schedule.q_sample(noise, t, -x_0)
     else:
-        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+        raise DDIMError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
     err = (model(x_t, t).float() - target.float()).square()
     if reduction == "mean":
         per_sample = err.mean(dim=tuple(range(1, err.ndim)))
     elif reduction == "sum":
         per_sample = err.sum(dim=tuple(range(1, err.ndim)))
     else:
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        raise DDIMError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     return per_sample.mean()
 
 
@@ -105,7 +113,7 @@ def build_unet_config(cfg: TrainConfig):
     from ddim.models import PRESETS, UNetConfig
     m = cfg.model
     if m.preset is not None and m.preset not in PRESETS:
-        raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {m.preset!r}")
+        raise DDIMError(f"model.preset must be one of {', '.join(PRESETS)}, got {m.preset!r}")
     d = PRESETS[m.preset].to_dict() if m.preset is not None else UNetConfig().to_dict()
     overrides = {"in_channels": m.in_channels, "out_channels": m.out_ch, "ch": m.ch, "ch_mult": m.ch_mult,
                  "num_res_blocks": m.num_res_blocks, "attn_resolutions": m.attn_resolutions,
@@ -117,8 +125,12 @@ def build_unet_config(cfg: TrainConfig):
     if m.out_ch is None:
         d["out_channels"] = cfg.data.channels
     if d["in_channels"] != cfg.data.channels:
-        raise ValueError(f"model.in_channels ({d['in_channels']}) must equal data.channels ({cfg.data.channels})")
-    return UNetConfig.from_dict(d)
+        raise DDIMError(f"model.in_channels ({d['in_channels']}) must equal data.channels ({cfg.data.channels})")
+    try:
+        return UNetConfig.from_dict(d)
+    except ValueError as e:  # UNetConfig names its field; say where it came from
+        raise DDIMError(f"model (preset {m.preset!r} with the model.* overrides, data.image_size "
+                        f"{cfg.data.image_size}): {e}") from None
 
 
 # --- data order ----------------------------------------------------------------------------------------------
@@ -180,15 +192,18 @@ def _micro_batches(dataset, cfg: TrainConfig, start: int, slices: list[slice],
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then os.replace: the old file survives any failure."""
+    """torch.save to a temp file in the same folder, fsync, then os.replace: the old file survives any failure.
+
+    Any failure of the write (a full disk is a RuntimeError from torch's zip writer) is an UnwritableError
+    naming the file and the checkpoint that is still intact."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
-    except OSError as e:
+    except Exception as e:
         prev = latest_checkpoint(path.parent)
-        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); nothing was "
-                      f"replaced" + (f", the previous checkpoint {prev.name} is intact" if prev else "")) from e
+        raise write_failed(path, e, f"the previous checkpoint {prev.name} is intact" if prev
+                           else "no checkpoint was written") from e
     return path
 
 
@@ -200,6 +215,23 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest ckpt-*.pt in run_dir, or None."""
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
+
+
+_STATE_KEYS = ("step", "model", "ema", "optimizer", "scaler", "rng_gen", "rng_torch", "unet")
+
+
+def _load_training_state(ckpt: Path, device: torch.device) -> dict[str, Any]:
+    """The state dict of a ckpt-N.pt to resume from (weights_only: no pickled code runs); DDIMError naming it."""
+    fix = "move it out of the run directory to resume from the checkpoint before it"
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise DDIMError(f"{ckpt}: not a readable training checkpoint ({type(e).__name__}: {why}); {fix}") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DDIMError(f"{ckpt}: not a ddim training checkpoint (no {', '.join(missing)}); {fix}")
+    return state
 
 
 def _prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -234,9 +266,9 @@ def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
     run_dir = Path(cfg.out_dir)
     if info.rank == 0:
         if run_dir.exists() and not run_dir.is_dir():
-            raise FileExistsError(f"out_dir {str(run_dir)!r} exists and is not a directory")
+            raise OutputExistsError(f"out_dir {str(run_dir)!r} exists and is not a directory")
         if run_dir.is_dir() and any(run_dir.iterdir()) and not (cfg.resume or cfg.overwrite):
-            raise FileExistsError(f"out_dir {str(run_dir)!r} is not empty; pass --resume to continue the run in "
+            raise OutputExistsError(f"out_dir {str(run_dir)!r} is not empty; pass --resume to continue the run in "
                                   "it or --overwrite to train into it anyway")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
@@ -244,31 +276,131 @@ def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from, so the log reads as one run."""
+    """Keep the log lines up to the checkpoint we resume from, so the log reads as one run; rewritten atomically.
+
+    A last line that does not parse was torn by a crash or a full disk mid-write: it is dropped with a warning.
+    An unparseable line before it is damage no crash of this trainer makes: DDIMError naming the line."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in lines))
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if step > 0 else []
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    keep = []
+    for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or isinstance(rec.get("step"), bool) or not isinstance(rec.get("step"), int):
+            if i == last:
+                warnings.warn(f"{path}: dropped its last line {i + 1}, which was cut off mid-write (a crash or a "
+                              "full disk); the run continues from the checkpoint", stacklevel=3)
+                break
+            raise DDIMError(f"{path}, line {i + 1}: not a metrics record (a JSON object with an integer step); "
+                            "repair or delete that line to resume")
+        if rec["step"] <= step:
+            keep.append(ln)
+    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
+# --- stopping: divergence and signals ------------------------------------------------------------------------
+def _raise_if_diverged(bad_step: Tensor, info: Dist, run_dir: Path) -> None:
+    """DDIMError if any step so far had a non-finite loss or gradient norm (one host sync; collective)."""
+    if info.world_size > 1:
+        dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
+    n = int(bad_step.item())
+    if n:
+        _diverged(n, "the loss or gradient norm is not finite", run_dir)
+
+
+def _check_weights_finite(step: int, run_dir: Path, *models: nn.Module | None) -> None:
+    """A finite loss at step k says nothing of the weights its update produced; check them before saving."""
+    tensors = [p for m in models if m is not None for p in m.parameters()]
+    if not torch.stack([torch.isfinite(p).all() for p in tensors]).all().item():
+        _diverged(step, "the weights are not finite", run_dir)
+
+
+def _diverged(step: int, what: str, run_dir: Path) -> None:
+    prev = latest_checkpoint(run_dir)
+    last = f"the last finite one, {prev}, is kept" if prev else "none was written before"
+    raise DDIMError(f"training diverged at step {step}: {what}; no checkpoint was written from that state and "
+                    f"{last}; resume from it with a smaller --lr or gradient clipping (--grad-clip)")
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class _StopOnSignal:
+    """While active, the first SIGINT/SIGTERM only sets `requested` (the loop stops after the step); a second
+    one restores the previous handlers and stops at once (KeyboardInterrupt, or SystemExit for SIGTERM)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True) -> None:
+        # signal.signal works only in the main thread; elsewhere signals keep their usual meaning.
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "a signal to another process"
+
+    def __enter__(self) -> "_StopOnSignal":
+        if self.enabled:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        self._restore()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Train a U-Net with L_simple as cfg describes; returns the run directory (see the module docstring)."""
+def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) -> Path:
+    """Train a U-Net with L_simple as cfg describes; returns the run directory (see the module docstring).
+
+    handle_signals: the first SIGINT / SIGTERM finishes the current step, writes its checkpoint, prints one line
+    saying how to resume and returns (without model.safetensors); a second one stops at once. Only in the main
+    thread; the previous handlers are restored on return. A non-finite loss or gradient norm stops the run with
+    a DDIMError naming the step, before any checkpoint is written from that state."""
     from ddim.models import UNet
     cfg.validate()
     info, device = setup_distributed(cfg.device)
     tc, oc, dc = cfg.training, cfg.optim, cfg.diffusion
     try:
         if tc.batch_size % (info.world_size * tc.grad_accum):
-            raise ValueError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
-                             f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
+            raise DDIMError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
+                            f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
+        schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
+        unet_cfg = build_unet_config(cfg)                # before any file: a bad model config costs nothing
         run_dir = _prepare_run_dir(cfg, info)
         dataset = build_dataset(cfg.data)
         if len(dataset) < tc.batch_size:
-            raise ValueError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
-                             f"({tc.batch_size})")
-        schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
-        unet_cfg = build_unet_config(cfg)
+            raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
+                            f"({tc.batch_size})")
 
         torch.manual_seed(tc.seed)                       # same initial weights on every rank
         model = UNet(unet_cfg).to(device)
@@ -286,9 +418,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if cfg.resume and ckpt is None and info.rank == 0:
             warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from step 0", stacklevel=2)
         if ckpt is not None:
-            state = torch.load(ckpt, map_location=device, weights_only=True)
+            state = _load_training_state(ckpt, device)
             if state["unet"] != unet_cfg.to_dict():
-                raise ValueError(f"{ckpt} was trained with model {state['unet']}, but the config now says "
+                raise DDIMError(f"{ckpt} was trained with model {state['unet']}, but the config now says "
                                  f"{unet_cfg.to_dict()}")
             model.load_state_dict(state["model"])
             if ema is not None:
@@ -299,9 +431,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             _set_rng(state["rng_torch"], info, device)
             start = int(state["step"])
         if info.rank == 0:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)     # first: a damaged log changes no file
             write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "unet": unet_cfg.to_dict(),
                                                         "world_size": info.world_size, "device": str(device)})
-            _truncate_metrics(run_dir / "metrics.jsonl", start)
 
         ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                if info.world_size > 1 else model)
@@ -309,83 +441,124 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         B, (C, H, W) = tc.batch_size, (unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size)
         x_T = torch.randn(tc.n_samples, C, H, W, generator=torch.Generator().manual_seed(tc.seed + 12345))
         params = [p for p in model.parameters() if p.requires_grad]
+
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        gn_sum = torch.zeros((), device=device)
+        # The first step whose loss (or, without fp16's grad scaler, gradient norm) was not finite; 0 while none.
+        # Kept on the device and read only where the host syncs anyway (logs, checkpoints, grids, the end).
+        bad_step = torch.zeros((), dtype=torch.long, device=device)
+        check_grad = not scaler.is_enabled()     # fp16: inf/nan gradients are the scaler's skipped steps
+        t_last, n_last = time.perf_counter(), 0
+        stopped = None
+
+        def write_checkpoint(done: int) -> None:
+            _check_weights_finite(done, run_dir, model, ema)
+            rng = _gather_rng(info, device)
+            if info.rank == 0:
+                state = {"step": done, "model": model.state_dict(),
+                         "ema": ema.state_dict() if ema is not None else None,
+                         "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                         "rng_gen": gen.get_state(), "rng_torch": rng, "unet": unet_cfg.to_dict(),
+                         "schedule": schedule.to_dict(), "prediction": dc.prediction,
+                         "config": cfg.to_dict(), "world_size": info.world_size}
+                save_checkpoint(state, run_dir / f"{CKPT_PREFIX}{done:07d}.pt")
+                _prune_checkpoints(run_dir, tc.keep_last)   # only after a finite checkpoint was written
+
         log = open(run_dir / "metrics.jsonl", "a") if info.rank == 0 else None
         bar = None
         if info.rank == 0 and progress:
             from tqdm import tqdm
             bar = tqdm(total=tc.n_iters, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
+        batches = _micro_batches(dataset, cfg, start, slices, device)
+        try:
+            with _StopOnSignal(handle_signals) as stop:
+                for step, micros in zip(range(start, tc.n_iters), batches):
+                    lr = lr_at(step, oc.lr, oc.warmup)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    # One global batch of randomness, the same on every rank; each rank keeps its rows.
+                    t_all = sample_t(B, schedule.T, gen, dc.antithetic, device)
+                    noise_all = torch.randn(B, C, H, W, generator=gen, device=device)
+                    flip_all = torch.rand(B, generator=gen, device=device) < 0.5 if cfg.data.random_flip else None
+                    step_loss = torch.zeros((), device=device)
+                    for a, (x_0, s) in enumerate(zip(micros, slices)):
+                        x_0 = x_0.to(device, non_blocking=True)
+                        if flip_all is not None:
+                            x_0 = torch.where(flip_all[s].view(-1, 1, 1, 1), x_0.flip(-1), x_0)
+                        sync = a == len(slices) - 1
+                        with (contextlib.nullcontext() if sync or ddp is model else ddp.no_sync()):
+                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                                loss = loss_fn(ddp, schedule, x_0, t_all[s], noise_all[s], dc.prediction,
+                                               dc.loss_reduction)
+                            scaler.scale(loss / len(slices)).backward()
+                        step_loss += loss.detach() / len(slices)
+                    scaler.unscale_(opt)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip if oc.grad_clip > 0 else math.inf)
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema_update(ema, model, ema_decay(step, cfg.model.ema_rate, cfg.model.ema_warmup))
+                    done = step + 1
+                    finite = torch.isfinite(step_loss)
+                    if check_grad:
+                        finite &= torch.isfinite(grad_norm)
+                    bad_step = torch.where(finite | (bad_step > 0), bad_step, done)   # no host sync
+                    loss_sum += step_loss
+                    gn_sum += grad_norm.detach().float()
+                    n_last += 1
 
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        gn_sum = torch.zeros((), device=device)
-        t_last, n_last = time.perf_counter(), 0
-        for step, micros in zip(range(start, tc.n_iters), _micro_batches(dataset, cfg, start, slices, device)):
-            lr = lr_at(step, oc.lr, oc.warmup)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            # One global batch of randomness, the same on every rank; each rank keeps its rows.
-            t_all = sample_t(B, schedule.T, gen, dc.antithetic, device)
-            noise_all = torch.randn(B, C, H, W, generator=gen, device=device)
-            flip_all = torch.rand(B, generator=gen, device=device) < 0.5 if cfg.data.random_flip else None
-            for a, (x_0, s) in enumerate(zip(micros, slices)):
-                x_0 = x_0.to(device, non_blocking=True)
-                if flip_all is not None:
-                    x_0 = torch.where(flip_all[s].view(-1, 1, 1, 1), x_0.flip(-1), x_0)
-                sync = a == len(slices) - 1
-                with (contextlib.nullcontext() if sync or ddp is model else ddp.no_sync()):
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loss = loss_fn(ddp, schedule, x_0, t_all[s], noise_all[s], dc.prediction, dc.loss_reduction)
-                    scaler.scale(loss / len(slices)).backward()
-                loss_sum += loss.detach() / len(slices)
-            scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip if oc.grad_clip > 0 else math.inf)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema_update(ema, model, ema_decay(step, cfg.model.ema_rate, cfg.model.ema_warmup))
-            gn_sum += grad_norm.detach().float()
-            done = step + 1
-            n_last += 1
-
-            if done % tc.log_freq == 0 or done == tc.n_iters:
-                stats = torch.stack([loss_sum, gn_sum]) / n_last
-                if info.world_size > 1:
-                    dist.all_reduce(stats)
-                    stats /= info.world_size
-                now = time.perf_counter()
-                rate = n_last / max(now - t_last, 1e-9)
-                rec = {"step": done, "loss": stats[0].item(), "lr": lr, "grad_norm": stats[1].item(),
-                       "it_per_s": rate, "img_per_s": rate * B}
-                if log is not None:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.2f}")
-                loss_sum.zero_(), gn_sum.zero_()
-                t_last, n_last = time.perf_counter(), 0
+                    is_log = done % tc.log_freq == 0 or done == tc.n_iters
+                    is_ckpt = done % tc.snapshot_freq == 0 or done == tc.n_iters
+                    is_grid = bool(tc.sample_freq and done % tc.sample_freq == 0) or done == tc.n_iters
+                    # Ranks agree on stopping where they sync anyway, so all stop at the same step.
+                    stopping = done < tc.n_iters and (
+                        stop.requested if info.world_size == 1
+                        else (is_log or is_ckpt) and _any_rank(stop.requested, device))
+                    if is_log or is_ckpt or is_grid or stopping:
+                        _raise_if_diverged(bad_step, info, run_dir)
+                    if is_log:
+                        stats = torch.stack([loss_sum, gn_sum]) / n_last
+                        if info.world_size > 1:
+                            dist.all_reduce(stats)
+                            stats /= info.world_size
+                        now = time.perf_counter()
+                        rate = n_last / max(now - t_last, 1e-9)
+                        rec = {"step": done, "loss": stats[0].item(), "lr": lr, "grad_norm": stats[1].item(),
+                               "it_per_s": rate, "img_per_s": rate * B}
+                        if log is not None:
+                            log.write(json.dumps(rec) + "\n")
+                            log.flush()
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.2f}")
+                        loss_sum.zero_(), gn_sum.zero_()
+                        t_last, n_last = time.perf_counter(), 0
+                    if bar is not None:
+                        bar.update(1)
+                    if is_ckpt or stopping:
+                        write_checkpoint(done)
+                    if stopping:
+                        stopped = (done, stop.name)
+                        break
+                    if info.rank == 0 and is_grid:
+                        _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T,
+                                     tc.sample_steps, run_dir / "samples" / f"step-{done:07d}.png")
+                        t_last = time.perf_counter()          # keep sampling time out of it/s
+        finally:
+            batches.close()
             if bar is not None:
-                bar.update(1)
-            if done % tc.snapshot_freq == 0 or done == tc.n_iters:
-                rng = _gather_rng(info, device)
-                if info.rank == 0:
-                    state = {"step": done, "model": model.state_dict(),
-                             "ema": ema.state_dict() if ema is not None else None,
-                             "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                             "rng_gen": gen.get_state(), "rng_torch": rng, "unet": unet_cfg.to_dict(),
-                             "schedule": schedule.to_dict(), "prediction": dc.prediction,
-                             "config": cfg.to_dict(), "world_size": info.world_size}
-                    save_checkpoint(state, run_dir / f"{CKPT_PREFIX}{done:07d}.pt")
-                    _prune_checkpoints(run_dir, tc.keep_last)
-            if info.rank == 0 and ((tc.sample_freq and done % tc.sample_freq == 0) or done == tc.n_iters):
-                _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T, tc.sample_steps,
-                             run_dir / "samples" / f"step-{done:07d}.png")
-                t_last = time.perf_counter()          # keep sampling time out of it/s
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-        if info.rank == 0:
+                bar.close()
+            if log is not None:
+                log.close()
+        if stopped is not None:
+            # No model.safetensors: it marks a finished run, and the checkpoint itself loads for sampling
+            # (ddim.checkpoint.load reads ckpt-N.pt with its EMA weights).
+            if info.rank == 0:
+                print(f"train: stopped by {stopped[1]} at step {stopped[0]} of {tc.n_iters}; wrote "
+                      f"{run_dir / f'{CKPT_PREFIX}{stopped[0]:07d}.pt'}; continue with --resume (same config, "
+                      f"--out {run_dir})", file=sys.stderr, flush=True)
+        elif info.rank == 0:
             from ddim import checkpoint
             final = ema if ema is not None else model
             checkpoint.save(run_dir / "model.safetensors", final, schedule, prediction=dc.prediction,

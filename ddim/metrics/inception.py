@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddim.errors import DDIMError, MissingFileError
+
 __all__ = [
     "FIDInceptionV3",
     "tf1_resize_bilinear",
@@ -272,19 +274,19 @@ def resolve_inception_weights(weights: str | os.PathLike | None = None, download
     """Path of the FID Inception weights: the argument, else $DDIM_INCEPTION_WEIGHTS, else the torch hub cache.
 
     With ``download=True`` a missing hub-cache file is fetched from INCEPTION_WEIGHTS_URL (hash checked).
-    Raises FileNotFoundError saying where to put the file when it cannot be found.
+    Raises MissingFileError (a FileNotFoundError) saying where to put the file when it cannot be found.
     """
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"FID Inception weights not found at {path} (given explicitly). Download "
+            raise MissingFileError(f"FID Inception weights not found at {path} (given explicitly). Download "
                                     f"{INCEPTION_WEIGHTS_URL} and pass its path.")
         return path
     env = os.environ.get(INCEPTION_WEIGHTS_ENV)
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"FID Inception weights not found at {path} (from ${INCEPTION_WEIGHTS_ENV}). "
+            raise MissingFileError(f"FID Inception weights not found at {path} (from ${INCEPTION_WEIGHTS_ENV}). "
                                     f"Download {INCEPTION_WEIGHTS_URL} to that path.")
         return path
     cached = _hub_cache_path()
@@ -295,10 +297,10 @@ def resolve_inception_weights(weights: str | os.PathLike | None = None, download
         try:
             torch.hub.download_url_to_file(INCEPTION_WEIGHTS_URL, str(cached), hash_prefix=_HASH_PREFIX)
         except Exception as e:  # offline, or a bad download: say where to put the file by hand
-            raise FileNotFoundError(f"could not download the FID Inception weights ({e}). "
+            raise MissingFileError(f"could not download the FID Inception weights ({e}). "
                                     + _missing_weights_help(cached)) from e
         return cached
-    raise FileNotFoundError("FID Inception weights not found. " + _missing_weights_help(cached))
+    raise MissingFileError("FID Inception weights not found. " + _missing_weights_help(cached))
 
 
 def _missing_weights_help(cached: Path) -> str:
@@ -311,7 +313,20 @@ def load_inception(weights: str | os.PathLike | None = None, download: bool = Fa
                    device: str | torch.device = "cpu") -> FIDInceptionV3:
     """FIDInceptionV3 in eval mode with the 2015-12-05 weights (see ``resolve_inception_weights``)."""
     path = resolve_inception_weights(weights, download)
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    expected = (f"it should be {INCEPTION_WEIGHTS_FILENAME}, the FID Inception state dict from "
+                f"{INCEPTION_WEIGHTS_URL}")
+    try:  # weights_only: a pickle never runs code, and any unreadable file is named rather than traced back
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DDIMError(f"{path}: not a readable torch weights file ({type(e).__name__}: {why[:200]}); "
+                        f"{expected}") from None
     model = FIDInceptionV3()
-    model.load_state_dict(state_dict, strict=True)
+    if not isinstance(state_dict, dict):
+        raise DDIMError(f"{path}: holds a {type(state_dict).__name__}, not a state dict; {expected}")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:  # missing / unexpected keys or shapes: the message lists them over many lines
+        raise DDIMError(f"{path}: does not match the FID Inception-v3 ({str(e).splitlines()[0]} ...); "
+                        f"{expected}") from None
     return model.to(device).eval()

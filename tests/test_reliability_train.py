@@ -1,0 +1,395 @@
+"""Reliability of training: its checkpoints load, the log survives a torn line, divergence and interrupts stop
+cleanly, and configs are type-checked before anything is built (tiny runs on CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddim import checkpoint
+from ddim import train as tr
+from ddim.config import config_from_dict
+from ddim.errors import DDIMError
+from ddim.schedule import NoiseSchedule
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _cfg_dict(tmp_path, out="run", **training):
+    """Tiny 8x8 grey data (24 images) and the 'tiny' U-Net, as tests/test_train.py builds them."""
+    npz = tmp_path / "tiny.npz"
+    if not npz.exists():
+        np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (24, 8, 8), dtype=np.uint8))
+    return {"data": {"dataset": "npz", "root": str(npz), "image_size": 8, "channels": 1, "random_flip": True},
+            "model": {"preset": "tiny", "dropout": 0.1, "ema_rate": 0.9, "ema_warmup": True},
+            "diffusion": {"num_diffusion_timesteps": 100, "antithetic": True},
+            "training": {"batch_size": 4, "n_iters": 3, "snapshot_freq": 3, "keep_last": 2, "log_freq": 1,
+                         "sample_freq": 0, "sample_steps": 5, "n_samples": 4, **training},
+            "optim": {"lr": 1e-3, "warmup": 3},
+            "out_dir": str(tmp_path / out)}
+
+
+def _cfg(tmp_path, out="run", **training):
+    return config_from_dict(_cfg_dict(tmp_path, out, **training))
+
+
+def _metrics(run):
+    return [json.loads(ln) for ln in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- item 1: the trainer's own checkpoint loads as what it is ------------------------------------------------
+def test_training_checkpoint_loads_with_its_schedule_prediction_and_ema(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.diffusion.prediction, cfg.diffusion.beta_schedule = "v", "cosine"
+    run = tr.train(cfg, progress=False)
+    path = run / "ckpt-0000003.pt"
+    state = torch.load(path, weights_only=True)
+    loaded = checkpoint.load(path)
+    assert loaded.format == "ddim-train-ckpt" and loaded.prediction == "v"
+    assert torch.equal(loaded.schedule.alphas_cumprod, NoiseSchedule.cosine(100).alphas_cumprod)
+    assert loaded.config == tr.build_unet_config(cfg) and loaded.metadata["step"] == 3
+    assert not loaded.model.training
+    ours = loaded.model.state_dict()
+    assert ours.keys() == state["ema"].keys()
+    assert all(torch.equal(ours[k], state["ema"][k]) for k in ours)                     # EMA by default
+    raw = checkpoint.load(path, ema=False).model.state_dict()
+    assert all(torch.equal(raw[k], state["model"][k]) for k in raw)                     # raw on request
+    assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in raw)        # and they differ
+
+
+# --- item 2: a torn metrics line does not block --resume -----------------------------------------------------
+def test_resume_drops_a_torn_last_log_line(tmp_path):
+    run = tr.train(_cfg(tmp_path), progress=False)                          # steps 1..3, checkpoint at 3
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.12')                                  # the disk filled mid-line
+    cfg = _cfg(tmp_path, n_iters=5)
+    cfg.resume = True
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: dropped its last line 4"):
+        tr.train(cfg, progress=False)
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3, 4, 5]
+
+
+def test_a_damaged_log_line_in_the_middle_names_file_and_line(tmp_path):
+    run = tr.train(_cfg(tmp_path), progress=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:10]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = _cfg(tmp_path, n_iters=5)
+    cfg.resume = True
+    with pytest.raises(DDIMError, match=r"metrics\.jsonl, line 2: not a metrics record"):
+        tr.train(cfg, progress=False)
+    assert (run / "metrics.jsonl").read_text().splitlines() == lines          # left as it was
+
+
+# --- item 3: typed configs, ranges checked before anything is built ------------------------------------------
+@pytest.mark.parametrize("section, key, text, message", [
+    ("training", "n_iters", "true", "training.n_iters must be an integer, got true (bool)"),
+    ("data", "random_flip", '"no"', "data.random_flip must be true or false, got 'no' (str)"),
+    ("training", "batch_size", '"64"', "training.batch_size must be an integer, got '64' (str)"),
+    ("training", "batch_size", "64.0", "training.batch_size must be an integer, got 64.0 (float)"),
+    ("optim", "lr", "null", "optim.lr must be a number, got null"),
+    ("optim", "lr", "fast", "optim.lr must be a number, got 'fast' (str)"),
+    ("model", "ch_mult", "2", "model.ch_mult must be a list of integers or null, got 2 (int)"),
+    ("model", "ch_mult", "[1, true]", "model.ch_mult must be a list of integers or null, got [1, True] (list)"),
+    ("model", "dropout", '"0.1x"', "model.dropout must be a number or null, got '0.1x' (str)"),
+    ("model", "ema", "1", "model.ema must be true or false, got 1 (int)"),
+    ("data", "dataset", "7", "data.dataset must be a string, got 7 (int)"),
+])
+def test_yaml_values_of_the_wrong_type_name_file_and_key(tmp_path, section, key, text, message):
+    from ddim.config import load_yaml
+    path = tmp_path / "bad.yml"
+    path.write_text(f"{section}:\n  {key}: {text}\n")
+    with pytest.raises(DDIMError) as e:
+        load_yaml(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_yaml_numbers_pyyaml_reads_as_strings_are_floats(tmp_path):
+    from ddim.config import load_yaml
+    path = tmp_path / "ok.yml"
+    path.write_text("optim:\n  lr: 1e-3\n  grad_clip: 2\nmodel:\n  dropout: 0\n  ch_mult: [1, 2]\n"
+                    "data:\n  random_flip: false\ntraining:\n  n_iters: 7\n")
+    import yaml
+    assert yaml.safe_load(path.read_text())["optim"]["lr"] == "1e-3"           # the reason for the rule
+    cfg = load_yaml(path).validate()
+    assert cfg.optim.lr == 1e-3 and type(cfg.optim.lr) is float and type(cfg.optim.grad_clip) is float
+    assert cfg.model.dropout == 0.0 and cfg.model.ch_mult == [1, 2] and cfg.data.random_flip is False
+    assert cfg.training.n_iters == 7
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    from ddim.config import load_yaml
+    path = tmp_path / "broken.yml"
+    path.write_text("training:\n  n_iters: [1,\n")
+    with pytest.raises(DDIMError, match=r"broken\.yml: not valid YAML at line \d+"):
+        load_yaml(path)
+
+
+def _flags(*argv):
+    import argparse
+    from ddim.config import add_train_arguments, config_from_args
+    return config_from_args(add_train_arguments(argparse.ArgumentParser()).parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "inf"], r"^optim\.lr must be a finite number, got inf$"),
+    (["--lr", "nan"], r"^optim\.lr must be a finite number, got nan$"),
+    (["--dropout", "1.0"], r"^model\.dropout must lie in \[0, 1\), got 1\.0$"),
+    (["--n-samples", "0"], r"^training\.n_samples must be >= 1, got 0$"),
+    (["--sample-steps", "0"], r"^training\.sample_steps must lie in \[1, diffusion\.num_diffusion_timesteps = 1000\]"),
+    (["--sample-steps", "1001"], r"^training\.sample_steps must lie in \[1, "),
+    (["--seed", "-1"], r"^training\.seed must lie in \[0, 2\*\*32\), got -1$"),
+    (["--adam-beta1", "1.5"], r"^optim\.beta1 must lie in \[0, 1\)"),
+    (["--dataset", "bogus"], r"^data\.dataset must be one of digits, cifar10, celeba, folder, npz, idx .*got 'bogus'$"),
+    (["--dataset", "npz"], r"^data\.root is required for dataset 'npz'"),
+    (["--beta-schedule", "sigmoid"], r"^diffusion: beta_schedule must be one of"),
+    (["--beta-start", "0.5", "--beta-end", "0.1"], r"^diffusion: betas must be non-decreasing"),
+    (["--device", "gpu"], r"^device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps$"),
+])
+def test_flags_that_cannot_work_are_refused_when_the_config_is_built(argv, message):
+    with pytest.raises(DDIMError, match=message):
+        _flags(*argv)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_cuda_without_cuda_is_one_line():
+    with pytest.raises(DDIMError, match=r"^device 'cuda': CUDA is not available here .*use --device cpu$"):
+        _flags("--device", "cuda")
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("training", "n_samples", 0, "training.n_samples"),
+    ("training", "sample_steps", 101, "training.sample_steps"),            # T = 100 in these runs
+    ("model", "attn_resolutions", [5], "attn_resolutions"),                # UNetConfig's check, before any file
+    ("model", "preset", "huge", "model.preset must be one of"),
+    ("data", "dataset", "bogus", "data.dataset must be one of"),
+])
+def test_train_refuses_before_building_data_or_writing(tmp_path, monkeypatch, section, key, value, message):
+    cfg = _cfg(tmp_path)
+    setattr(getattr(cfg, section), key, value)
+    monkeypatch.setattr(tr, "build_dataset", lambda *a: pytest.fail("the data set was built"))
+    with pytest.raises(DDIMError, match=message):
+        tr.train(cfg, progress=False)
+    assert not Path(cfg.out_dir).exists()
+
+
+def test_validate_type_checks_configs_built_in_python():
+    from ddim.config import TrainConfig, TrainingConfig
+    with pytest.raises(DDIMError, match=r"^training\.n_iters must be an integer, got true \(bool\)$"):
+        TrainConfig(training=TrainingConfig(n_iters=True)).validate()
+
+
+# --- item 4: divergence stops the run before a non-finite checkpoint -----------------------------------------
+def _steps(run):
+    return [int(p.stem.split("-")[1]) for p in tr.list_checkpoints(run)]
+
+
+def test_divergence_after_resume_with_a_huge_lr_keeps_the_finite_checkpoints(tmp_path):
+    run = tr.train(_cfg(tmp_path, n_iters=2, snapshot_freq=1, keep_last=1), progress=False)
+    cfg = _cfg(tmp_path, n_iters=12, snapshot_freq=1, keep_last=1)
+    cfg.resume, cfg.optim.lr, cfg.optim.grad_clip, cfg.optim.warmup = True, 1e6, 0.0, 0
+    with pytest.raises(DDIMError, match=r"^training diverged at step (\d+): .*not finite") as e:
+        tr.train(cfg, progress=False)
+    bad = int(str(e.value).split("step ")[1].split(":")[0])
+    assert _steps(run) and max(_steps(run)) < bad and str(tr.latest_checkpoint(run)) in str(e.value)
+    for path in tr.list_checkpoints(run):
+        state = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(v).all() for w in ("model", "ema") for v in state[w].values())
+    assert all(r["step"] < bad for r in _metrics(run))                       # nothing logged from that state
+
+
+def test_a_nan_between_log_steps_is_caught_before_the_checkpoint(tmp_path, monkeypatch):
+    calls = []
+    real = tr.loss_fn
+
+    def nan_at_step_2(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(tr, "loss_fn", nan_at_step_2)
+    cfg = _cfg(tmp_path, n_iters=3, log_freq=100, snapshot_freq=3)      # only step 3 syncs: log, checkpoint
+    with pytest.raises(DDIMError, match=r"^training diverged at step 2: .*none was written before"):
+        tr.train(cfg, progress=False)
+    assert _steps(Path(cfg.out_dir)) == [] and not (Path(cfg.out_dir) / "model.safetensors").exists()
+
+
+# --- item 6: SIGINT / SIGTERM finish the step, checkpoint, and resume exactly ---------------------------------
+@pytest.fixture
+def guarded_signals():
+    """SIGINT/SIGTERM handlers that fail the test when a signal reaches them (rather than killing pytest)."""
+    import signal
+
+    def previous(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} reached the handler installed before train()")
+
+    old = {s: signal.signal(s, previous) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
+def _signal_at_step(monkeypatch, step, *signums):
+    import signal
+    calls = []
+    real = tr.ema_update
+
+    def update_then_signal(*a, **k):                                     # runs once per step, inside the loop
+        real(*a, **k)
+        calls.append(1)
+        if len(calls) == step:
+            for s in signums:
+                signal.raise_signal(s)
+
+    monkeypatch.setattr(tr, "ema_update", update_then_signal)
+
+
+def _same_run(a, b, last):
+    assert [r["loss"] for r in _metrics(a)] == [r["loss"] for r in _metrics(b)]
+    sa, sb = (torch.load(Path(r) / f"ckpt-{last:07d}.pt", weights_only=True) for r in (a, b))
+    assert all(torch.equal(sa[w][k], sb[w][k]) for w in ("model", "ema") for k in sa["model"])
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_first_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, monkeypatch, capsys, guarded_signals,
+                                                               signame):
+    import signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    full = tr.train(_cfg(tmp_path, "full", n_iters=6, snapshot_freq=100), progress=False)
+    _signal_at_step(monkeypatch, 3, getattr(signal, signame))
+    part = tr.train(_cfg(tmp_path, "part", n_iters=6, snapshot_freq=100), progress=False)
+    assert _steps(part) == [3] and not (part / "model.safetensors").exists()
+    assert [r["step"] for r in _metrics(part)] == [1, 2, 3]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"train: stopped by {signame} at step 3 of 6; wrote {part / 'ckpt-0000003.pt'}; continue with "
+                   f"--resume (same config, --out {part})"]
+    assert {s: signal.getsignal(s) for s in before} == before                 # handlers restored
+    monkeypatch.undo()
+    cfg = _cfg(tmp_path, "part", n_iters=6, snapshot_freq=100)
+    cfg.resume = True
+    tr.train(cfg, progress=False)
+    _same_run(full, part, 6)
+
+
+def test_second_signal_stops_at_once(tmp_path, monkeypatch, guarded_signals):
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    _signal_at_step(monkeypatch, 2, signal.SIGINT, signal.SIGINT)
+    cfg = _cfg(tmp_path, n_iters=6, snapshot_freq=100)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, progress=False)
+    assert _steps(Path(cfg.out_dir)) == [] and signal.getsignal(signal.SIGINT) is before
+    assert not [p for p in Path(cfg.out_dir).rglob("*.tmp")]
+
+
+def test_no_handlers_outside_the_main_thread(tmp_path):
+    import signal
+    import threading
+    seen = []
+    real = tr.ema_update
+
+    def record(*a, **k):
+        real(*a, **k)
+        seen.append(signal.getsignal(signal.SIGINT))
+
+    box = {}
+    tr.ema_update, old = record, tr.ema_update
+    try:
+        t = threading.Thread(target=lambda: box.update(run=tr.train(_cfg(tmp_path, n_iters=2), progress=False)))
+        t.start()
+        t.join()
+    finally:
+        tr.ema_update = old
+    assert box["run"].exists() and seen and all(h is signal.getsignal(signal.SIGINT) for h in seen)
+
+
+SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from ddim import train as tr
+from ddim.config import config_from_dict
+tr.train(config_from_dict(json.loads(sys.argv[1])), progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_real_process_checkpoints_and_resumes_bit_identically(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    d = _cfg_dict(tmp_path, "killed", n_iters=100_000, snapshot_freq=100_000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(d)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = Path(d["out_dir"]) / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    k = int(err.split("stopped by SIGINT at step ")[1].split()[0])
+    run = Path(d["out_dir"])
+    assert _steps(run) == [k] and [r["step"] for r in _metrics(run)] == list(range(1, k + 1))
+    full = tr.train(_cfg(tmp_path, "full", n_iters=k + 2, snapshot_freq=100_000), progress=False)
+    cfg = _cfg(tmp_path, "killed", n_iters=k + 2, snapshot_freq=100_000)
+    cfg.resume = True
+    tr.train(cfg, progress=False)
+    _same_run(full, run, k + 2)
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_all_ranks_at_one_step(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    d = {**_cfg_dict(tmp_path, "ddp", n_iters=100_000, snapshot_freq=100_000), "device": "cpu"}
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), json.dumps(d)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    log = Path(d["out_dir"]) / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)                  # the launcher forwards it to both ranks
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    k = int(err.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert err.count("stopped by") == 1                   # rank 0 reports; no rank hung or died mid-step
+    assert _steps(Path(d["out_dir"])) == [k] and _metrics(d["out_dir"])[-1]["step"] == k
+
+
+def test_resume_from_an_unreadable_checkpoint_names_it(tmp_path):
+    run = tr.train(_cfg(tmp_path), progress=False)
+    (run / "ckpt-0000003.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    cfg = _cfg(tmp_path, n_iters=5)
+    cfg.resume = True
+    with pytest.raises(DDIMError, match=r"ckpt-0000003\.pt: not a readable training checkpoint .*move it out"):
+        tr.train(cfg, progress=False)
