@@ -168,6 +168,8 @@ def _check_dataset(data: DataConfig) -> None:
     name = dataset_name(data.dataset)
     if name != "digits" and not data.root:
         raise DDIMError(f"data.root is required for dataset {data.dataset!r} (the file or folder it reads)")
+    if name != "digits" and not Path(data.root).exists():
+        raise MissingFileError(f"data.root {str(data.root)!r} does not exist (--data-root)")
 
 
 def _check_schedule(d: DiffusionConfig) -> None:

@@ -134,11 +134,12 @@ def read_image(path: str | os.PathLike, channels: int = 3, image_size: int | Non
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def read_array(path: str | os.PathLike, key: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def read_array(path: str | os.PathLike, key: str | None = None, key_name: str = "key="
+               ) -> tuple[np.ndarray, np.ndarray | None]:
     """Images (and labels, where the file has them) from an .npz or .npy file, read without pickle.
 
     key: the array's name in the .npz; by default the only array, else the first of "images", "x_train", "x",
-    "arr_0". Labels: "labels", "y_train" or "y", when their length matches.
+    "arr_0" (`key_name` names the option in errors). Labels: "labels", "y_train" or "y", when their length matches.
     """
     path = Path(path)
     if not path.is_file():
@@ -152,17 +153,17 @@ def read_array(path: str | os.PathLike, key: str | None = None) -> tuple[np.ndar
                 key = names[0] if len(names) == 1 else next((k for k in _ARRAY_KEYS if k in names), None)
                 if key is None:
                     raise DDIMError(f"{path}: several arrays {names} and none named {' / '.join(_ARRAY_KEYS)}; "
-                                    "choose one with key=")
+                                    f"choose one with {key_name}")
             if key not in names:
-                raise DDIMError(f"{path}: no array named {key!r}; it holds {names}")
+                raise DDIMError(f"{path}: no array named {key!r} ({key_name}); it holds {names}")
             arr = z[key]
             labels = next((z[k].astype(np.int64) for k in _LABEL_KEYS
                            if k in names and k != key and z[k].shape[:1] == arr.shape[:1]), None)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         if isinstance(e, DDIMError):
             raise
-        raise DDIMError(f"could not read {str(path)!r} as a numpy array file ({type(e).__name__}: {e}); "
-                        "is it truncated?") from e
+        why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        raise DDIMError(f"{path}: not a readable .npz/.npy file (truncated or corrupt?) ({why})") from None
     return arr, labels
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 
 from ddim.commands import bench, encode, eval, fid, figures, sample, train
-from ddim.commands.common import Formatter
+from ddim.commands.common import Formatter, Parser
 from ddim.errors import DDIMError
 
 __all__ = ["build_parser", "main"]
@@ -21,7 +21,7 @@ FAMILIES = (sample, encode, figures, fid, eval, bench, train)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ddim", description="Denoising Diffusion Implicit Models: train, sample, "
+    p = Parser(prog="ddim", description="Denoising Diffusion Implicit Models: train, sample, "
                                 "encode, interpolate and evaluate.", formatter_class=Formatter,
                                 epilog="`ddim <command> --help` documents each command with a worked example.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

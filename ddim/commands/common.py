@@ -20,6 +20,14 @@ __all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_mo
            "add_output_args", "load", "sample_config", "device"]
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated flags: `--eta` must not silently mean `--etas` where both exist."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 class Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in the help, and the epilog's worked examples kept as written."""
 

@@ -254,15 +254,23 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def _is_statistics_file(path: Path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {"mu", "sigma"} <= set(data.keys())
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False            # not a readable .npz: read_array says so, naming the file
+
+
 def load_images(path: str | os.PathLike) -> np.ndarray:
     """Images as uint8 [N, H, W, 3] from a folder (searched recursively) or an image .npz, read by
     `ddim.images.load_images` (gray repeated to 3 channels; folder images must all have one size)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            if {"mu", "sigma"} <= set(data.keys()):
-                raise DDIMError(f"{path} holds statistics (mu, sigma), not images")
-        return to_uint8_nhwc(images_mod.read_array(path)[0])   # its own range conventions (see to_uint8_nhwc)
+        arr = images_mod.read_array(path)[0] if not _is_statistics_file(path) else None
+        if arr is None:
+            raise DDIMError(f"{path} holds statistics (mu, sigma), not images")
+        return to_uint8_nhwc(arr)   # its own range conventions (see to_uint8_nhwc)
     if not path.is_dir():
         raise MissingFileError(f"no image folder or .npz file at {path}")
     return to_uint8_nhwc(images_mod.load_images(path, channels=3))
