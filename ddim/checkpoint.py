@@ -8,8 +8,11 @@
 - "official-train": the official trainer's `ckpt.pth` list [model, optimizer, epoch, step, ema]; EMA by default.
 - "ddim-train-ckpt": this package's training checkpoint `ckpt-N.pt` (`ddim.train`); EMA by default, with the
   U-Net config, schedule and prediction it was trained with.
-- "diffusers": a `UNet2DModel` folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`), read
-  without diffusers; only the DDPM-style options this architecture expresses are accepted.
+- "diffusers": a `UNet2DModel` folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`), or a
+  pipeline folder with it in `unet/`, read without diffusers; only the DDPM-style options this architecture
+  expresses are accepted (class-conditional `num_class_embeds` included).
+- a Hugging Face Hub id (`google/ddpm-cifar10-32`, optionally `@revision`) that is not a local path: its snapshot
+  is fetched or found in the cache (`ddim.hub`) and read as a diffusers folder.
 
 Own files carry a sha256 of their tensors (header key "sha256"); `load` recomputes it and refuses a file whose
 bytes changed since it was written (files written before the hash existed load without the check).
@@ -31,12 +34,13 @@ import torch
 from torch import Tensor
 
 from ddim.errors import DDIMError
+from ddim.hub import looks_like_hub_id, resolve_hub_id
 from ddim.io import atomic_path, write_failed, write_json_atomic
 from ddim.models.unet import PRESETS, UNet, UNetConfig
 from ddim.sampling import PREDICTIONS
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["CheckpointError", "LoadedModel", "load", "save", "export_diffusers", "FORMAT_VERSION"]
+__all__ = ["CheckpointError", "LoadedModel", "load", "save", "export_diffusers", "export_pipeline", "FORMAT_VERSION"]
 
 FORMAT = "ddim"
 FORMAT_VERSION = 1
@@ -123,7 +127,10 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
     schedule: overrides the schedule found in (or assumed for) the file.
     Weights keep their stored dtype and go to `map_location`.
     """
+    source = str(path)
     path = Path(path)
+    if not path.exists() and looks_like_hub_id(source):
+        path = resolve_hub_id(source)            # a local path of the same spelling always wins
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -383,8 +390,10 @@ _DIFFUSERS_REQUIRED: dict[str, tuple] = {
     "downsample_padding": (0,), "downsample_type": ("conv",), "upsample_type": ("conv",),
     "act_fn": ("silu", "swish"), "norm_num_groups": (32,), "attn_norm_num_groups": (None, 32), "norm_eps": (1e-6,),
     "resnet_time_scale_shift": ("default",), "add_attention": (True,), "class_embed_type": (None,),
-    "num_class_embeds": (None,),
 }
+# The key our exports add to config.json (diffusers ignores keys it does not know): the last of the
+# num_class_embeds labels is the learned null label of classifier-free guidance.
+_NULL_CLASS_KEY = "ddim_null_class"
 _WHY = {
     "freq_shift": "the time embedding's frequencies", "flip_sin_to_cos": "the time embedding's [sin, cos] order",
     "downsample_padding": "the downsampling padding (right/bottom only)", "norm_eps": "GroupNorm eps",
@@ -442,12 +451,17 @@ def config_from_diffusers(dconf: Mapping[str, Any], source: str = "config.json")
         size = size[0]  # attention placement depends on the level only; H and W stay free at run time
     factor = 2 ** (n - 1)
     size = int(size) if size is not None else max(32, factor)
+    labels = c["num_class_embeds"]
+    if labels is not None and (isinstance(labels, bool) or not isinstance(labels, int) or labels < 1):
+        raise CheckpointError(f"{source}: unsupported option num_class_embeds={labels!r}; supported: null or an "
+                              "integer >= 1")
+    null = bool(c.get(_NULL_CLASS_KEY, False)) if labels is not None else UNetConfig.null_class
     try:
         return UNetConfig(
             image_size=size, in_channels=int(c["in_channels"]), out_channels=int(c["out_channels"]), ch=ch,
             ch_mult=tuple(w // ch for w in widths), num_res_blocks=c["layers_per_block"],
             attn_resolutions=tuple(size // 2**i for i in range(n) if attn_down[i]), dropout=float(c["dropout"]),
-            resamp_with_conv=True,
+            resamp_with_conv=True, num_classes=0 if labels is None else labels - int(null), null_class=null,
         )
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from None
@@ -467,7 +481,9 @@ def diffusers_key_map(cfg: UNetConfig) -> dict[str, str]:
 
     out = {}
     for k in keys:
-        if k.startswith("temb.dense."):
+        if k.startswith("label_emb."):
+            new = "class_embedding." + k[len("label_emb."):]
+        elif k.startswith("temb.dense."):
             new = re.sub(r"^temb\.dense\.(\d)", lambda m: f"time_embedding.linear_{int(m[1]) + 1}", k)
         elif k.startswith(("conv_in.", "conv_out.")):
             new = k
@@ -581,7 +597,10 @@ def export_diffusers(loaded_or_model: LoadedModel | UNet, folder: str | os.PathL
         "layers_per_block": cfg.num_res_blocks, "dropout": cfg.dropout, "attention_head_dim": None,
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
         "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        "num_class_embeds": cfg.num_classes + int(cfg.null_class) if cfg.num_classes else None,
     }
+    if cfg.num_classes and cfg.null_class:
+        dconf[_NULL_CLASS_KEY] = True       # label num_classes is the null label (our -1)
     key_map = diffusers_key_map(cfg)
     tensors = {}
     for k, v in model.state_dict().items():
@@ -595,6 +614,19 @@ def export_diffusers(loaded_or_model: LoadedModel | UNet, folder: str | os.PathL
     _write_json(folder / "config.json", dconf)
     if schedule is not None:
         _write_json(folder / "scheduler_config.json", _scheduler_config(schedule, prediction))
+
+
+def export_pipeline(loaded: LoadedModel, folder: str | os.PathLike) -> Path:
+    """Write a complete diffusers `DDIMPipeline` folder: model_index.json, unet/ and scheduler/ (our schedule and
+    prediction as a DDIMScheduler with set_alpha_to_one=True, steps_offset=0: the paper's sampler), so that
+    `DDIMPipeline.from_pretrained(folder)` gives our samples from the same x_T. No diffusers needed to write it."""
+    folder = Path(folder)
+    export_diffusers(loaded.model, folder / "unet")
+    _write_json(folder / "scheduler" / "scheduler_config.json", _scheduler_config(loaded.schedule, loaded.prediction))
+    _write_json(folder / "model_index.json", {"_class_name": "DDIMPipeline", "_diffusers_version": "0.20.0",
+                                              "scheduler": ["diffusers", "DDIMScheduler"],
+                                              "unet": ["diffusers", "UNet2DModel"]})
+    return folder
 
 
 def _write_json(path: Path, obj: Any) -> None:

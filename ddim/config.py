@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ddim.errors import DDIMError, MissingFileError
+from ddim.errors import DDIMError, MissingDependencyError, MissingFileError
 from ddim.sampling.registry import SOLVERS, VARIANCES
 from ddim.schedule import SKIPS
 
@@ -86,6 +86,7 @@ class TrainingConfig:
     sample_freq: int = 1000           # EMA sample grid every N steps (0: only at the end)
     sample_steps: int = 50            # DDIM steps for the grids
     n_samples: int = 64               # images per grid (fixed x_T)
+    tensorboard: bool = False         # also log scalars and grids to RUN_DIR/tensorboard (needs tensorboard)
 
 
 @dataclass
@@ -160,6 +161,12 @@ class TrainConfig:
         _check_dataset(data)
         _check_schedule(d)
         _check_device(self.device)
+        if t.tensorboard:
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError as e:
+                raise MissingDependencyError("training.tensorboard needs the tensorboard package: pip install "
+                                             "'ddim[tensorboard]'") from e
         return self
 
 
@@ -410,9 +417,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                 typ = int
             else:
                 typ = str
+            bare = {"nargs": "?", "const": True} if typ is _str2bool else {}    # `--flag` alone means true
             group.add_argument(f"--{flag}", dest=f"{sec_name}.{f.name}", type=typ, default=argparse.SUPPRESS,
                                metavar=f.name.upper() if typ is not _str2bool else "BOOL",
-                               help=f"{_HELP.get(flag, sec_name + '.' + f.name)} (default: {default})")
+                               help=f"{_HELP.get(flag, sec_name + '.' + f.name)} (default: {default})", **bare)
     return parser
 
 

@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ from ddim.config import TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset
 from ddim.distributed import Dist, setup_distributed
 from ddim.errors import DDIMError, OutputExistsError
-from ddim.images import save_image_grid
+from ddim.images import make_grid, save_image_grid
 from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_atomic
 from ddim.schedule import NoiseSchedule
 
@@ -466,6 +467,7 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
                 _prune_checkpoints(run_dir, tc.keep_last)   # only after a finite checkpoint was written
 
         log = open(run_dir / "metrics.jsonl", "a") if info.rank == 0 else None
+        board = _tensorboard(run_dir) if tc.tensorboard and info.rank == 0 else None
         bar = None
         if info.rank == 0 and progress:
             from tqdm import tqdm
@@ -530,6 +532,9 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
                         if log is not None:
                             log.write(json.dumps(rec) + "\n")
                             log.flush()
+                        if board is not None:       # metrics.jsonl stays the source of truth
+                            for key in ("loss", "lr", "grad_norm", "img_per_s"):
+                                board.add_scalar(f"train/{key}", rec[key], done)
                         if bar is not None:
                             bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.2f}")
                         loss_sum.zero_(), gn_sum.zero_()
@@ -542,8 +547,11 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
                         stopped = (done, stop.name)
                         break
                     if info.rank == 0 and is_grid:
-                        _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T,
-                                     tc.sample_steps, run_dir / "samples" / f"step-{done:07d}.png")
+                        grid = _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T,
+                                            tc.sample_steps, run_dir / "samples" / f"step-{done:07d}.png")
+                        if board is not None:
+                            board.add_image("samples/ema", grid, done, dataformats="HWC")
+                            board.flush()
                         t_last = time.perf_counter()          # keep sampling time out of it/s
         finally:
             batches.close()
@@ -551,6 +559,8 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
                 bar.close()
             if log is not None:
                 log.close()
+            if board is not None:
+                board.close()
         if stopped is not None:
             # No model.safetensors: it marks a finished run, and the checkpoint itself loads for sampling
             # (ddim.checkpoint.load reads ckpt-N.pt with its EMA weights).
@@ -572,14 +582,23 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
             dist.destroy_process_group()
 
 
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard writer into RUN_DIR/tensorboard (the optional dependency was checked by validate())."""
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 @torch.no_grad()
 def _sample_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T: Tensor, steps: int,
-                 path: Path) -> None:
-    """A DDIM (eta = 0) grid from a fixed x_T, so successive grids show the same samples improving."""
+                 path: Path) -> np.ndarray:
+    """A DDIM (eta = 0) grid from a fixed x_T, so successive grids show the same samples improving; returns the
+    grid as uint8 [H, W, C]."""
     from ddim.sampling import DDIMSampler
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     x = DDIMSampler(model, schedule, prediction=prediction).sample(x_T.to(device), steps=min(steps, schedule.T))
     model.train(was_training)
-    save_image_grid(x.float().clamp(-1, 1), path, nrow=max(1, int(math.ceil(math.sqrt(x.shape[0])))), scale="auto")
+    nrow = max(1, int(math.ceil(math.sqrt(x.shape[0]))))
+    save_image_grid(x.float().clamp(-1, 1), path, nrow=nrow, scale="auto")
+    return make_grid(x.float().clamp(-1, 1), nrow=nrow)

@@ -159,7 +159,7 @@ def test_diffusers_without_scheduler_defaults_to_ddpm_linear(tmp_path):
 
 @pytest.mark.parametrize("option, value", [
     ("resnet_time_scale_shift", "scale_shift"),
-    ("num_class_embeds", 10),
+    ("num_class_embeds", 0),
     ("flip_sin_to_cos", True),
     ("attention_head_dim", 8),
     ("norm_eps", 1e-5),

@@ -124,8 +124,8 @@ def full_tmpfs(tmp_path, keep: dict[str, bytes]):
 def _assert_failed_cleanly(e, mnt, keep, target):
     msg = str(e.value)
     assert "\n" not in msg and str(mnt / target) in msg and "intact" in msg and "disk is full" in msg
-    for name, data in keep.items():
-        assert (mnt / name).read_bytes() == data                    # the previous file survived
+    for name, content in keep.items():
+        assert (mnt / name).read_bytes() == content                    # the previous file survived
     leftovers = [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
 
