@@ -60,7 +60,12 @@ def log_snr(a: float) -> float:
 def exp_integral(h: float, n: int) -> float:
     """I_n(h) = integral_0^h e^-(h - u) u^n / n! du, the weight of x0^(n) in the exact exponential-integrator step."""
     if abs(h) < 0.5:            # the series sum_k (-1)^k h^(n+1+k) / (n+1+k)!, free of cancellation for small h
-        return math.fsum((-1) ** k * h ** (n + 1 + k) / math.factorial(n + 1 + k) for k in range(30))
+        term = h ** (n + 1) / math.factorial(n + 1)
+        out, k = term, n + 2
+        while abs(term) > 1e-18 * abs(out):
+            term *= -h / k
+            out, k = out + term, k + 1
+        return out
     out = -math.expm1(-h)       # I_0 = 1 - e^-h; I_k = h^k / k! - I_{k-1} (integration by parts)
     for k in range(1, n + 1):
         out = h**k / math.factorial(k) - out

@@ -21,7 +21,6 @@ order p + 1 overall.
 
 from __future__ import annotations
 
-import numpy as np
 from torch import Tensor
 
 from ddim.errors import DDIMError
@@ -40,8 +39,23 @@ def unipc_rhos(rks: list[float], h: float, simplified: bool) -> list[float]:
     for n in range(1, len(rks) + 1):
         fact *= n
         b.append(fact * exp_integral(h, n) / (h**n * i0))
-    R = np.vander(np.asarray(rks, dtype=np.float64), increasing=True).T     # row n - 1: r_k^(n - 1)
-    return np.linalg.solve(R, np.asarray(b)).tolist()
+    return _solve([[r**n for r in rks] for n in range(len(rks))], b)
+
+
+def _solve(A: list[list[float]], b: list[float]) -> list[float]:
+    """x with A x = b for a small dense system (Gaussian elimination with partial pivoting, host floats)."""
+    n = len(b)
+    M = [row[:] + [bi] for row, bi in zip(A, b)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(M[r][c]))
+        M[c], M[p] = M[p], M[c]
+        for r in range(c + 1, n):
+            f = M[r][c] / M[c][c]
+            M[r] = [v - f * w for v, w in zip(M[r], M[c])]
+    x = [0.0] * n
+    for r in reversed(range(n)):
+        x[r] = (M[r][n] - sum(M[r][k] * x[k] for k in range(r + 1, n))) / M[r][r]
+    return x
 
 
 class UniPC(Multistep):
@@ -70,9 +84,10 @@ class UniPC(Multistep):
         if not nodes:
             return m0
         rks = [(lam - lam0) / h for lam, _ in nodes]
-        D = m0
-        for rho, rk, (_, m) in zip(unipc_rhos(rks, h, simplified), rks, nodes):
-            D = D + (m - m0) * (rho / rk)
+        w = [rho / rk for rho, rk in zip(unipc_rhos(rks, h, simplified), rks)]
+        D = m0 * (1 - sum(w))                                   # the same sum, one multiply-add per node
+        for wk, (_, m) in zip(w, nodes):
+            D = D.add_(m, alpha=wk)
         return D
 
     def step(self, denoise: Denoise, x: Tensor, i: int, noise: Noise) -> tuple[Tensor, Tensor]:
