@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from ddim import DDIMSampler, NoiseSchedule
-from ddim.sampling import Denoiser
+from ddim import DDIMSampler, NoiseSchedule, timesteps
+from ddim.sampling import PLMS, Denoiser, DPMSolverPP, Step, UniPC, make_solver, walk
 
 SCHED = NoiseSchedule.linear()
 
@@ -139,7 +139,6 @@ def _grid(kind, N):
     It ends at a fixed positive level where one timestep is a small change of level, so rounding leaves the
     grid smooth; at t = 0 the first timesteps are large jumps in lambda that no N refines, a floor under
     the error of a third-order method."""
-    from ddim import timesteps
     return (timesteps(FINE.T - LO, N, kind, FAC[LO:]) + LO).tolist()
 
 
@@ -239,8 +238,6 @@ def test_plms_matches_diffusers_pndm_without_runge_kutta(warmup):
     timestep. Both match at every state before the last; PNDM's last step to alpha = 1 is an Adams-Bashforth
     step, ours first order (1e-6 apart here)."""
     import diffusers
-
-    from ddim.sampling import PLMS
     steps = 20
     peer = _float64(diffusers.PNDMScheduler(**_peer_cfg(), skip_prk_steps=True, set_alpha_to_one=True,
                                             steps_offset=0, timestep_spacing="leading"), final=1.0)
@@ -256,11 +253,8 @@ def test_plms_matches_diffusers_pndm_without_runge_kutta(warmup):
     expected = expected[1:]                           # drop PNDM's intermediate (the Euler point of its first step)
     skip = sorted(set(peer.timesteps.tolist()))
     den = Denoiser(model, SCHED)
-    sampler = DDIMSampler(model, SCHED)
-    solver = PLMS(warmup=warmup, lower_order_final=False)
-    plan = sampler.sample_plan(steps, skip)
-    from ddim.sampling import walk
-    ours = [x for _, x, _ in walk(x_T, plan, den, solver.fresh(plan))]
+    plan = DDIMSampler(model, SCHED).sample_plan(steps, skip)
+    ours = [x for _, x, _ in walk(x_T, plan, den, PLMS(warmup=warmup, lower_order_final=False).fresh(plan))]
     assert den.nfe == steps + (warmup == "heun")
     assert max(_rel(o, e) for o, e in zip(ours[:-1], expected[:-1])) < 1e-12
     assert _rel(ours[-1], expected[-1]) < 1e-5
@@ -282,7 +276,6 @@ def test_a_point_mass_is_solved_exactly_at_any_step_count(solver):
 
 def _round_trip_error(solver, kind, N):
     """Invert x from level LO to T - 1 and sample it back, on plans of the same levels both ways."""
-    from ddim.sampling import Step, make_solver, walk
     model = Gaussian(FAC)
     ts = _grid(kind, N)
     # A multistep method's first step is first order, with local error h^2 x0'. Sampling starts at the noisy
@@ -298,7 +291,8 @@ def _round_trip_error(solver, kind, N):
     a_lo = FAC[ts[0]].item()
     x_lo = math.sqrt(a_lo) * (MU + SD * _x_T()) + math.sqrt(1 - a_lo) * _x_T().flip(0)
     up = run(x_lo, ts)
-    return (up - model.flow(x_lo, a_lo, FAC[ts[-1]].item())).abs().max().item(), (run(up, ts[::-1]) - x_lo).abs().max().item()
+    back = run(up, ts[::-1])
+    return (up - model.flow(x_lo, a_lo, FAC[ts[-1]].item())).abs().max().item(), (back - x_lo).abs().max().item()
 
 
 @pytest.mark.parametrize("solver", list(ORDERS))
@@ -328,7 +322,6 @@ def test_invert_then_sample_reconstructs_through_the_public_api(solver):
 
 @pytest.mark.parametrize("solver", list(ORDERS) + ["plms-heun"])
 def test_each_solver_makes_one_network_call_per_step(solver):
-    from ddim.sampling import PLMS
     calls = []
     model = lambda x, t: (calls.append(t[0].item()), 0.1 * x)[1]             # noqa: E731
     sampler = DDIMSampler(model, SCHED)
@@ -343,7 +336,6 @@ def test_each_solver_makes_one_network_call_per_step(solver):
 
 
 def test_solver_relations_and_options():
-    from ddim.sampling import PLMS, DPMSolverPP, UniPC, make_solver
     model, x_T = _peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     run = lambda s: DDIMSampler(model, SCHED).sample(x_T, 12, skip="trailing", solver=s)   # noqa: E731
     # UniP-2 (no corrector) is DPM-Solver++(2M); first-order DPM-Solver++ and PLMS are DDIM.

@@ -32,7 +32,8 @@ __all__ = ["UniPC"]
 
 
 def unipc_rhos(rks: list[float], h: float, simplified: bool) -> list[float]:
-    """rho_k solving sum_k rho_k r_k^(n-1) = n! I_n(h) / (h^n I_0(h)), n = 1..len(rks); 1/2 for one node if simplified."""
+    """rho_k solving sum_k rho_k r_k^(n-1) = n! I_n(h) / (h^n I_0(h)), n = 1..len(rks) (1/2 for one node if
+    simplified)."""
     if len(rks) == 1 and simplified:
         return [0.5]
     i0, fact, b = exp_integral(h, 0), 1.0, []
