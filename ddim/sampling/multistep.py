@@ -119,7 +119,7 @@ class DPMSolverPP(Multistep):
 
     def __init__(self, order: int = 2, shipped: bool = False, lower_order_final: bool = True) -> None:
         super().__init__(lower_order_final)
-        if order not in (1, 2, 3) or isinstance(order, bool):
+        if isinstance(order, bool) or not isinstance(order, int) or order not in (1, 2, 3):
             raise DDIMError(f"order must be 1, 2 or 3 for DPM-Solver++, got {order!r}")
         if shipped and order != 3:
             raise DDIMError(f"shipped=True selects the shipped third-order formula; it needs order=3, got {order!r}")
@@ -152,13 +152,13 @@ class DPMSolverPP(Multistep):
         w = self.weights(self.order_at(i, self.order), *self._lam[i])
         D = x0_pred if len(w) == 1 else x0_pred * w[0]
         for wj, (_, past) in zip(w[1:], reversed(self._hist)):
-            D = D.add(past, alpha=wj)
+            D.add_(past, alpha=wj)                           # D is a fresh tensor here (len(w) > 1)
         self.remember(i, x0_pred)
         # From clean data (a_t = 1) only the network's eps says where to go; elsewhere eps follows D and x.
         return ddim_step(D, eps if s.a_t >= 1 else eps_from(x, D, s.a_t), s.a_s), x0_pred
 
 
-# Adams-Bashforth weights on eps_i, eps_{i-1}, ... for orders 1-4 (PLMS, Liu et al. 2022, eq. 12).
+# Adams-Bashforth weights on eps_i, eps_{i-1}, ... for orders 1-4 (equal steps), as PNDM's PLMS uses them.
 _AB = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
@@ -179,7 +179,7 @@ class PLMS(Multistep):
 
     def __init__(self, order: int = 4, warmup: str = "euler", lower_order_final: bool = True) -> None:
         super().__init__(lower_order_final)
-        if order not in _AB or isinstance(order, bool):
+        if isinstance(order, bool) or not isinstance(order, int) or order not in _AB:
             raise DDIMError(f"order must be 1, 2, 3 or 4 for PLMS, got {order!r}")
         if warmup not in ("euler", "heun"):
             raise DDIMError(f"warmup must be 'euler' or 'heun', got {warmup!r}")
@@ -194,7 +194,7 @@ class PLMS(Multistep):
         if k > 1:
             e = eps * _AB[k][0]
             for wj, (_, past) in zip(_AB[k][1:], list(reversed(self._hist))[1:]):
-                e = e.add(past, alpha=wj)
+                e.add_(past, alpha=wj)
         elif self.warmup == "heun" and len(self._hist) == 1 and i + 1 < len(self.plan) and 0 < s.a_s < 1 \
                 and 0 < s.a_t < 1:
             # Pseudo improved Euler: evaluate at the Euler point (the next step's level and timestep).

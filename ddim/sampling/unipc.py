@@ -69,7 +69,7 @@ class UniPC(Multistep):
 
     def __init__(self, order: int = 2, corrector: bool = True, lower_order_final: bool = True) -> None:
         super().__init__(lower_order_final)
-        if order not in (1, 2, 3) or isinstance(order, bool):
+        if isinstance(order, bool) or not isinstance(order, int) or order not in (1, 2, 3):
             raise DDIMError(f"order must be 1, 2 or 3 for UniPC, got {order!r}")
         if not isinstance(corrector, bool):
             raise DDIMError(f"corrector must be True or False, got {corrector!r}")
@@ -80,15 +80,14 @@ class UniPC(Multistep):
         super().begin()
         self._last = None                    # (x it started from, its index, its order) of the previous step
 
-    def _D(self, m0: Tensor, lam0: float, h: float, nodes: list[tuple[float, Tensor]], simplified: bool) -> Tensor:
+    @staticmethod
+    def _D(m0: Tensor, lam0: float, h: float, nodes: list[tuple[float, Tensor]]) -> Tensor:
         """D = m_0 + sum_k rho_k (m_k - m_0) / r_k over `nodes` (lambda_k, m_k), r_k = (lambda_k - lambda_0) / h."""
-        if not nodes:
-            return m0
         rks = [(lam - lam0) / h for lam, _ in nodes]
-        w = [rho / rk for rho, rk in zip(unipc_rhos(rks, h, simplified), rks)]
+        w = [rho / rk for rho, rk in zip(unipc_rhos(rks, h, simplified=True), rks)]
         D = m0 * (1 - sum(w))                                   # the same sum, one multiply-add per node
         for wk, (_, m) in zip(w, nodes):
-            D = D.add_(m, alpha=wk)
+            D.add_(m, alpha=wk)
         return D
 
     def step(self, denoise: Denoise, x: Tensor, i: int, noise: Noise) -> tuple[Tensor, Tensor]:
@@ -100,13 +99,13 @@ class UniPC(Multistep):
             x_prev, j, p = self._last
             lam0, m0 = self._hist[-1]
             past = list(self._hist)[-p:-1]                      # the p - 1 predictions before m_0
-            D = self._D(m0, lam0, lam_t - lam0, past[::-1] + [(lam_t, x0_pred)], simplified=True)
+            D = self._D(m0, lam0, lam_t - lam0, past[::-1] + [(lam_t, x0_pred)])
             x = ddim_step(D, eps_from(x_prev, D, self.plan[j].a_t), s.a_t)
         k = self.order_at(i, self.order)
         if k == 1:
             D = x0_pred
         else:                                                   # UniP-k on the k - 1 previous predictions
-            D = self._D(x0_pred, lam_t, lam_s - lam_t, list(self._hist)[-(k - 1):][::-1], simplified=True)
+            D = self._D(x0_pred, lam_t, lam_s - lam_t, list(self._hist)[-(k - 1):][::-1])
         self.remember(i, x0_pred)
         self._last = (x, i, k) if 0 < s.a_t < 1 and 0 < s.a_s < 1 else None
         return ddim_step(D, eps if s.a_t >= 1 else eps_from(x, D, s.a_t), s.a_s), x0_pred
