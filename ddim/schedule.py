@@ -19,10 +19,11 @@ from torch import Tensor
 
 from ddim.errors import DDIMError
 
-__all__ = ["NoiseSchedule", "timesteps", "SKIPS"]
+__all__ = ["NoiseSchedule", "timesteps", "SKIPS", "LEVEL_SKIPS"]
 
-Skip = Literal["uniform", "quad", "trailing", "linspace"]
-SKIPS: tuple[str, ...] = ("uniform", "quad", "trailing", "linspace")
+Skip = Literal["uniform", "quad", "trailing", "linspace", "logsnr", "karras"]
+SKIPS: tuple[str, ...] = ("uniform", "quad", "trailing", "linspace", "logsnr", "karras")
+LEVEL_SKIPS: tuple[str, ...] = ("logsnr", "karras")      # spaced in noise level: they need the schedule's alphas
 
 
 class NoiseSchedule:
@@ -112,18 +113,32 @@ def _check_T(T: int) -> None:
         raise DDIMError(f"T must be a positive integer, got {T!r}")
 
 
-def timesteps(T: int, steps: int, skip: str = "uniform") -> Tensor:
-    """The sub-sequence tau (Sec. 4.2): an ascending LongTensor with exactly `steps` entries in [0, T).
+def timesteps(T: int, steps: int, skip: str = "uniform", alphas_cumprod: Tensor | None = None) -> Tensor:
+    """The sub-sequence tau (Sec. 4.2): an ascending LongTensor in [0, T).
 
+    Spaced in timestep, with exactly `steps` entries:
     - "uniform": tau_i = i * (T // steps), the official release (diffusers' "leading").
     - "quad": int(linspace(0, sqrt(0.8 T), steps)^2), the official CIFAR-10 sequence. Repeated entries are
       kept as the official code has them; a sampler treats a repeat as an identity step.
     - "trailing": round(T - i * T / steps) - 1 (diffusers' "trailing"), always ends at T - 1.
     - "linspace": round(linspace(0, T - 1, steps)) (diffusers' "linspace").
+
+    Spaced in noise level, between the levels of timestep 0 and T - 1 (both included), so they need
+    `alphas_cumprod` [T]; each level is mapped to the timestep whose level it is (interpolating log-SNR
+    linearly between integer timesteps, as diffusers' `_sigma_to_t` does), rounded, and duplicates are
+    removed, so the result can be SHORTER than `steps` where the levels crowd (near t = 0 at large steps):
+    - "logsnr": uniform in lambda = log(sqrt(a) / sqrt(1 - a)) (DPM-Solver's "logSNR" spacing, diffusers'
+      `use_lu_lambdas`);
+    - "karras": uniform in sigma^(1/7), sigma = sqrt((1 - a) / a) (Karras et al. 2022, rho = 7; diffusers'
+      `use_karras_sigmas`).
+    With steps = 1 both give [T - 1]. If the last levels are 0 (zero terminal SNR) the top level is the
+    last positive one.
     """
     _check_T(T)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
         raise DDIMError(f"steps must be an integer in [1, T={T}], got {steps!r}")
+    if skip in LEVEL_SKIPS:
+        return _level_spaced(T, steps, skip, alphas_cumprod)
     i = np.arange(steps, dtype=np.float64)
     if skip == "uniform":
         seq = i * (T // steps)
@@ -136,3 +151,26 @@ def timesteps(T: int, steps: int, skip: str = "uniform") -> Tensor:
     else:
         raise DDIMError(f"skip must be one of {', '.join(map(repr, SKIPS))}; got {skip!r}")
     return torch.from_numpy(np.sort(seq).astype(np.int64))
+
+
+def _level_spaced(T: int, steps: int, skip: str, alphas_cumprod: Tensor | None) -> Tensor:
+    """"logsnr" and "karras" (see `timesteps`): levels spaced between timestep 0 and T - 1, as timesteps."""
+    if alphas_cumprod is None:
+        raise DDIMError(f"skip={skip!r} is spaced in noise level: timesteps() needs the schedule's "
+                         "alphas_cumprod (DDIMSampler passes it)")
+    a = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu().numpy()
+    if a.shape != (T,):
+        raise DDIMError(f"alphas_cumprod must have shape ({T},), got {tuple(a.shape)}")
+    top = int(np.nonzero(a > 0)[0][-1])                         # the last level with a finite log-SNR
+    with np.errstate(divide="ignore"):
+        lam = 0.5 * (np.log(a[: top + 1]) - np.log1p(-a[: top + 1]))   # lambda = log(sqrt(a) / sqrt(1 - a))
+    u = np.linspace(0.0, 1.0, steps)                             # 0 at the top (noisiest) level
+    if skip == "logsnr":
+        levels = lam[top] + u * (lam[0] - lam[top])
+    else:
+        rho = 7.0                                                # Karras et al. (2022), eq. 5
+        s_max, s_min = np.exp(-lam[top]), np.exp(-lam[0])        # sigma = sqrt((1 - a) / a) = exp(-lambda)
+        levels = -rho * np.log(s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho)))
+    # lambda falls with t: interpolate t(lambda) on the increasing -lambda, then round to the nearest timestep.
+    t = np.interp(-levels, -lam, np.arange(top + 1, dtype=np.float64))
+    return torch.from_numpy(np.unique(np.rint(t)).astype(np.int64))

@@ -107,3 +107,45 @@ def test_bad_steps_name_the_parameter(steps):
 def test_unknown_skip_lists_the_choices():
     with pytest.raises(ValueError, match="skip must be one of 'uniform', 'quad', 'trailing', 'linspace'"):
         timesteps(1000, 10, "cubic")
+
+
+# --- grids spaced in noise level ---------------------------------------------------------------------------
+def _lam(a):
+    return 0.5 * (np.log(a) - np.log1p(-a))
+
+
+@pytest.mark.parametrize("skip", ["logsnr", "karras"])
+def test_level_spaced_grids_span_t0_to_the_last_step_and_match_diffusers(skip):
+    diffusers = pytest.importorskip("diffusers")
+    ac = NoiseSchedule.linear().alphas_cumprod
+    for steps in (10, 25):
+        tau = timesteps(1000, steps, skip, ac)
+        assert tau[0] == 0 and tau[-1] == 999 and (tau[1:] > tau[:-1]).all()
+        peer = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", **{
+            "logsnr": {"use_lu_lambdas": True}, "karras": {"use_karras_sigmas": True}}[skip])
+        peer.set_timesteps(steps)
+        assert tau.tolist() == peer.timesteps.flip(0).tolist()
+    assert timesteps(1000, 1, skip, ac).tolist() == [999]
+
+
+def test_level_spaced_grids_are_uniform_in_their_variable_before_rounding():
+    # On a fine schedule rounding moves a level little (away from the first timesteps, where one timestep
+    # is a large change of level), so the spacing shows in the integer timesteps.
+    ac = NoiseSchedule.linear(100_000, 1e-6, 2e-4).alphas_cumprod.numpy()
+    ramp = np.linspace(0, 1, 20)
+    tau = timesteps(100_000, 20, "logsnr", ac).numpy()
+    lam = _lam(ac[tau])
+    ok = tau >= 100
+    np.testing.assert_allclose(lam[ok], (lam[-1] + ramp[::-1] * (lam[0] - lam[-1]))[ok], atol=2e-3)
+    tau = timesteps(100_000, 20, "karras", ac).numpy()
+    s = np.exp(-_lam(ac[tau])) ** (1 / 7)
+    ok = tau >= 100
+    np.testing.assert_allclose(s[ok], (s[0] + ramp * (s[-1] - s[0]))[ok], atol=2e-4)
+
+
+def test_level_spaced_grids_drop_duplicates_and_need_the_alphas():
+    ac = NoiseSchedule.linear().alphas_cumprod
+    tau = timesteps(1000, 200, "logsnr", ac)          # levels crowd near t = 0: fewer than 200 timesteps
+    assert len(tau) < 200 and len(set(tau.tolist())) == len(tau) and tau[0] == 0 and tau[-1] == 999
+    with pytest.raises(ValueError, match="needs the schedule's alphas_cumprod"):
+        timesteps(1000, 10, "karras")

@@ -2,7 +2,8 @@
 
 Everything that concerns how the network's output is read lives here, once, before any solver sees it: the
 prediction type (eps, x0 or v), clipping of x0_pred, and (later) guidance. A solver only ever sees eps and
-x0_pred that agree with x at its level: x_t = sqrt(a_t) x0_pred + sqrt(1 - a_t) eps.
+x0_pred that agree with x at its level, x_t = sqrt(a_t) x0_pred + sqrt(1 - a_t) eps, unless the caller asks
+for diffusers' clipping that keeps the network's eps (clip="keep-eps").
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from ddim.errors import DDIMError
 from ddim.sampling.steps import PREDICTIONS, predict_eps_x0
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["Model", "Denoiser"]
+__all__ = ["Model", "Denoiser", "CLIPS"]
+
+CLIPS: tuple = (False, True, "keep-eps")
 
 Model = Callable[[Tensor, Tensor], Tensor]
 
@@ -30,14 +33,22 @@ class Denoiser:
     trained). An eps network gives eps, and x0_pred is where eps points from x at x's level; x0 and v
     outputs are read at the network's level alphas_cumprod[t], then corrected to agree with x.
 
-    clip: clamp x0_pred to [-1, 1] and re-derive eps from it, so the step stays on eq. 12 (the official
-    release's and diffusers' `use_clipped_model_output=True`). `nfe` counts the network calls made.
+    clip: False, no clipping (diffusers' `clip_sample=False`); True, clamp x0_pred to [-1, 1] and re-derive
+    eps from it, so the pair still agrees with x (the official release; diffusers' `clip_sample=True` with
+    `use_clipped_model_output=True`); "keep-eps", clamp x0_pred but keep the network's eps (diffusers'
+    `clip_sample=True` with its default `use_clipped_model_output=False`): the one mode whose pair does not
+    agree with x. Solvers that step on x0_pred alone (DPM-Solver++, UniPC) re-derive eps from x themselves,
+    so for them True and "keep-eps" are the same. `nfe` counts the network calls made.
     """
 
-    def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps", clip: bool = False) -> None:
+    def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps",
+                 clip: bool | str = False) -> None:
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        self.model, self.prediction, self.clip = model, prediction, bool(clip)
+        if clip != "keep-eps" and (isinstance(clip, str) or clip not in (False, True)):
+            raise DDIMError(f"clip_denoised must be one of {CLIPS}, got {clip!r}")
+        self.model, self.prediction = model, prediction
+        self.clip = clip if isinstance(clip, str) else bool(clip)
         self.alphas = schedule.alphas_cumprod.tolist()     # float64 host scalars, cast at the point of use
         self.nfe = 0
 
@@ -64,5 +75,6 @@ class Denoiser:
             x0_pred, eps = x0_pred.add_(r, alpha=math.sqrt(a_t)), eps.add_(r, alpha=math.sqrt(1 - a_t))
         if self.clip:
             x0_pred = x0_pred.clamp(-1, 1)
-            eps = torch.add(x, x0_pred, alpha=-math.sqrt(a_t)).div_(math.sqrt(1 - a_t))
+            if self.clip is True:                                  # re-derive eps so the pair agrees with x
+                eps = torch.add(x, x0_pred, alpha=-math.sqrt(a_t)).div_(math.sqrt(1 - a_t))
         return eps, x0_pred

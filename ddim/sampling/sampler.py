@@ -40,69 +40,85 @@ class DDIMSampler:
         self.schedule = schedule
         self.prediction = prediction
 
-    def taus(self, steps: int, skip: str | Sequence[int] = "uniform") -> Tensor:
+    def taus(self, steps: int, skip: str | Sequence[int] = "uniform", steps_offset: int = 0) -> Tensor:
         """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps."""
-        return resolve_taus(self.schedule.T, steps, skip)
+        return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset)
 
-    def denoiser(self, clip: bool = False) -> Denoiser:
-        """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk: a model that keeps
-        state across the calls of a walk (a feature cache) is reset through its `reset_cache`."""
+    def denoiser(self, clip: bool | str = False) -> Denoiser:
+        """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True or
+        "keep-eps"); a model that keeps state across the calls of a walk (a feature cache) is reset through its
+        `reset_cache`."""
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
         return Denoiser(self.model, self.schedule, self.prediction, clip)
 
-    def sample_plan(self, steps: int, skip: str | Sequence[int] = "uniform") -> tuple[Step, ...]:
-        """The levels `sample` walks: tau_S -> ... -> tau_1 -> alpha = 1."""
-        return sample_plan(self.schedule, self.taus(steps, skip))
+    def sample_plan(self, steps: int, skip: str | Sequence[int] = "uniform", final_alpha: float | str = 1.0,
+                    steps_offset: int = 0) -> tuple[Step, ...]:
+        """The levels `sample` walks: tau_S -> ... -> tau_1 -> alpha = 1 (or alphas_cumprod[0], "alpha_0")."""
+        return sample_plan(self.schedule, self.taus(steps, skip, steps_offset), final_alpha)
 
-    def invert_plan(self, steps: int, skip: str | Sequence[int] = "uniform") -> tuple[Step, ...]:
+    def invert_plan(self, steps: int, skip: str | Sequence[int] = "uniform", steps_offset: int = 0) -> tuple[Step, ...]:
         """The levels `invert` walks: alpha = 1 -> tau_1 -> ... -> tau_S."""
-        return invert_plan(self.schedule, self.taus(steps, skip))
+        return invert_plan(self.schedule, self.taus(steps, skip, steps_offset))
 
     # -- public API
     def iter_sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
-                    variance: str = "eta", generator: Generator = None, clip_denoised: bool = False,
-                    progress: bool = False, solver: str | Solver = "ddim") -> Iterator[tuple[int, Tensor, Tensor]]:
+                    variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
+                    progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
+                    steps_offset: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
         template = make_solver(solver, eta, variance)        # everything is validated before the first next()
-        plan = self.sample_plan(steps, skip)
+        plan = self.sample_plan(steps, skip, final_alpha, steps_offset)
         return walk(x_T, plan, self.denoiser(clip_denoised), template.fresh(plan), generator, progress)
 
     def sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
-               variance: str = "eta", generator: Generator = None, clip_denoised: bool = False,
-               progress: bool = False, solver: str | Solver = "ddim") -> Tensor:
+               variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
+               progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
+               steps_offset: int = 0) -> Tensor:
         """Generate x_0 [B, ...] from noise x_T [B, ...] over the sub-sequence tau (eq. 12, sigma of eq. 16).
 
         steps: S, the length of tau. eta: 0 is DDIM (deterministic), 1 is DDPM. skip: "uniform", "quad",
-        "trailing", "linspace" or an explicit ascending list of timesteps. variance: "eta" (eq. 16 times
+        "trailing", "linspace", "logsnr", "karras" (these two can give fewer than S distinct timesteps; see
+        `ddim.schedule.timesteps`) or an explicit ascending list of timesteps. variance: "eta" (eq. 16 times
         eta) or "large" (Table 1's sigma-hat: DDPM ancestral steps with variance 1 - a_t/a_s, x0_pred
         clipped to [-1, 1], no noise on the final step; eta is then ignored). generator: a torch.Generator,
-        or a list of one per sample so that sample i does not depend on its batch. clip_denoised: clip
-        x0_pred to [-1, 1] each step (eps is recomputed from the clipped x0_pred). solver: "ddim" (eta and
-        variance are its options) or a `Solver` instance.
+        or a list of one per sample so that sample i does not depend on its batch. clip_denoised: True clips
+        x0_pred to [-1, 1] each step and recomputes eps from it (diffusers' clip_sample=True,
+        use_clipped_model_output=True); "keep-eps" clips x0_pred but keeps the network's eps (clip_sample=True,
+        use_clipped_model_output=False). solver: "ddim" (eta and variance are its options), another name in
+        `ddim.sampling.SOLVERS` ("plms", "dpm++2m", "dpm++3m", "dpm++3m-shipped", "unipc"; docs/SOLVERS.md)
+        or a `Solver` instance.
+
+        Keyword-only, for diffusers configs: final_alpha, the level of the last step: 1.0 (the paper;
+        diffusers' set_alpha_to_one=True) or "alpha_0", alphas_cumprod[0] (set_alpha_to_one=False, as in
+        the Stable Diffusion configs). steps_offset: added to every tau of a named skip (diffusers'
+        steps_offset, e.g. 1 with "uniform" = diffusers' "leading").
         """
         x = x_T
-        for _, x, _ in self.iter_sample(x_T, steps, eta, skip, variance, generator, clip_denoised, progress, solver):
+        for _, x, _ in self.iter_sample(x_T, steps, eta, skip, variance, generator, clip_denoised, progress, solver,
+                                        final_alpha=final_alpha, steps_offset=steps_offset):
             pass
         return x
 
     def iter_invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
-                    progress: bool = False, solver: str | Solver = "ddim") -> Iterator[tuple[int, Tensor, Tensor]]:
+                    progress: bool = False, solver: str | Solver = "ddim", *,
+                    steps_offset: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent."""
         template = make_solver(solver)
         if not template.deterministic:
             raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
-        plan = self.invert_plan(steps, skip)
+        plan = self.invert_plan(steps, skip, steps_offset)
         return walk(x_0, plan, self.denoiser(), template.fresh(plan), progress=progress, desc="encoding")
 
     def invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
-               progress: bool = False, solver: str | Solver = "ddim") -> Tensor:
+               progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0) -> Tensor:
         """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
 
-        See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)` reconstructs x_0.
+        See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)` reconstructs x_0, with any
+        deterministic solver (the same formulas walk the levels in the other order).
         """
         x = x_0
-        for _, x, _ in self.iter_invert(x_0, steps, skip, progress, solver):
+        for _, x, _ in self.iter_invert(x_0, steps, skip, progress, solver, steps_offset=steps_offset):
             pass
         return x
