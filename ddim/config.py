@@ -57,6 +57,7 @@ class ModelConfig:
     attn_resolutions: list[int] | None = None
     dropout: float | None = None
     resamp_with_conv: bool | None = None
+    num_classes: int | None = None    # class-conditional on the data set's labels (None or 0: unconditional)
     ema: bool = True
     ema_rate: float = 0.9999
     ema_warmup: bool = False          # decay_k = min(ema_rate, (1 + k) / (10 + k)) for short runs
@@ -86,6 +87,7 @@ class TrainingConfig:
     sample_freq: int = 1000           # EMA sample grid every N steps (0: only at the end)
     sample_steps: int = 50            # DDIM steps for the grids
     n_samples: int = 64               # images per grid (fixed x_T)
+    p_uncond: float = 0.1             # conditional models: share of labels dropped to the null label (CFG)
     tensorboard: bool = False         # also log scalars and grids to RUN_DIR/tensorboard (needs tensorboard)
 
 
@@ -126,6 +128,8 @@ class TrainConfig:
                 raise DDIMError(f"{key} must be a finite number, got {value}")
         checks = [
             (t.batch_size >= 1, f"training.batch_size must be >= 1, got {t.batch_size}"),
+            (0.0 <= t.p_uncond < 1.0, f"training.p_uncond must lie in [0, 1), got {t.p_uncond}"),
+            (m.num_classes is None or m.num_classes >= 0, f"model.num_classes must be >= 0, got {m.num_classes}"),
             (t.n_iters >= 1, f"training.n_iters must be >= 1, got {t.n_iters}"),
             (t.grad_accum >= 1, f"training.grad_accum must be >= 1, got {t.grad_accum}"),
             (t.snapshot_freq >= 1, f"training.snapshot_freq must be >= 1, got {t.snapshot_freq}"),

@@ -252,6 +252,13 @@ class ImageFolder(Dataset):
                           + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
         if not self.files:
             raise DDIMError(f"image folder root {str(self.root)!r}: none of its {len(files)} files is a readable image")
+        # one subfolder per class (sorted names -> 0, 1, ...), as torchvision's ImageFolder; files at the top: none
+        tops = [p.relative_to(self.root).parts for p in self.files]
+        self.classes: list[str] = sorted({t[0] for t in tops if len(t) > 1})
+        self.labels: Tensor | None = None
+        if self.classes and all(len(t) > 1 for t in tops):
+            index = {c: i for i, c in enumerate(self.classes)}
+            self.labels = torch.tensor([index[t[0]] for t in tops], dtype=torch.long)
         if not resize:
             if len(sizes) > 1:
                 (s1, p1), (s2, p2) = list(sizes.items())[:2]

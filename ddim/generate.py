@@ -76,10 +76,11 @@ def network(model: torch.nn.Module, dtype: str = "float32", channels_last: bool 
     fn = torch.compile(model, dynamic=False) if compile else model
     amp = DTYPES[dtype]
 
-    def call(x: Tensor, t: Tensor) -> Tensor:
+    def call(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         ctx = torch.autocast(x.device.type, dtype=amp) if amp != torch.float32 else nullcontext()
         with ctx:
-            out = fn(x.contiguous(memory_format=torch.channels_last) if channels_last else x, t)
+            x_in = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            out = fn(x_in, t) if y is None else fn(x_in, t, y)
         return out.to(x.dtype)
     if hasattr(model, "reset_cache"):
         call.reset_cache = model.reset_cache          # the sampler resets a feature cache at each walk

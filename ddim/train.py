@@ -55,9 +55,10 @@ CKPT_PREFIX = "ckpt-"
 
 # --- the objective -------------------------------------------------------------------------------------------
 def loss_fn(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, t: Tensor, noise: Tensor,
-            prediction: str = "eps", reduction: str = "mean") -> Tensor:
+            prediction: str = "eps", reduction: str = "mean", y: Tensor | None = None) -> Tensor:
     """L_simple (Ho et al. eq. 14): squared error between the network output and its target, averaged over the
-    batch. x_0, noise [B, C, H, W]; t LongTensor [B]. reduction: "mean" or "sum" over pixels (official: sum)."""
+    batch. x_0, noise [B, C, H, W]; t LongTensor [B]; y class labels [B] (-1: the null label) for conditional
+    networks. reduction: "mean" or "sum" over pixels (official: sum)."""
     x_t = schedule.q_sample(x_0, t, noise)                                    # eq. 4
     if prediction == "eps":
         target = noise
@@ -69,7 +70,8 @@ def loss_fn(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, t: Tensor, n
         target = schedule.q_sample(noise, t, -x_0)
     else:
         raise DDIMError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
-    err = (model(x_t, t).float() - target.float()).square()
+    out = model(x_t, t) if y is None else model(x_t, t, y)
+    err = (out.float() - target.float()).square()
     if reduction == "mean":
         per_sample = err.mean(dim=tuple(range(1, err.ndim)))
     elif reduction == "sum":
@@ -118,7 +120,7 @@ def build_unet_config(cfg: TrainConfig):
     d = PRESETS[m.preset].to_dict() if m.preset is not None else UNetConfig().to_dict()
     overrides = {"in_channels": m.in_channels, "out_channels": m.out_ch, "ch": m.ch, "ch_mult": m.ch_mult,
                  "num_res_blocks": m.num_res_blocks, "attn_resolutions": m.attn_resolutions,
-                 "dropout": m.dropout, "resamp_with_conv": m.resamp_with_conv}
+                 "dropout": m.dropout, "resamp_with_conv": m.resamp_with_conv, "num_classes": m.num_classes}
     d.update({k: v for k, v in overrides.items() if v is not None})
     d["image_size"] = cfg.data.image_size
     if m.in_channels is None:
@@ -399,6 +401,7 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
         unet_cfg = build_unet_config(cfg)                # before any file: a bad model config costs nothing
         run_dir = _prepare_run_dir(cfg, info)
         dataset = build_dataset(cfg.data)
+        labels = _labels(dataset, cfg, unet_cfg.num_classes, device)
         if len(dataset) < tc.batch_size:
             raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
                             f"({tc.batch_size})")
@@ -483,6 +486,11 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
                     t_all = sample_t(B, schedule.T, gen, dc.antithetic, device)
                     noise_all = torch.randn(B, C, H, W, generator=gen, device=device)
                     flip_all = torch.rand(B, generator=gen, device=device) < 0.5 if cfg.data.random_flip else None
+                    y_all = None
+                    if labels is not None:    # conditional: this step's labels, p_uncond of them dropped to null
+                        y_all = labels[global_batch_indices(len(dataset), B, step, tc.seed).to(labels.device)]
+                        drop = torch.rand(B, generator=gen, device=device) < tc.p_uncond
+                        y_all = torch.where(drop, torch.full_like(y_all, -1), y_all)
                     step_loss = torch.zeros((), device=device)
                     for a, (x_0, s) in enumerate(zip(micros, slices)):
                         x_0 = x_0.to(device, non_blocking=True)
@@ -492,7 +500,7 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
                         with (contextlib.nullcontext() if sync or ddp is model else ddp.no_sync()):
                             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                                 loss = loss_fn(ddp, schedule, x_0, t_all[s], noise_all[s], dc.prediction,
-                                               dc.loss_reduction)
+                                               dc.loss_reduction, None if y_all is None else y_all[s])
                             scaler.scale(loss / len(slices)).backward()
                         step_loss += loss.detach() / len(slices)
                     scaler.unscale_(opt)
@@ -548,7 +556,8 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
                         break
                     if info.rank == 0 and is_grid:
                         grid = _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T,
-                                            tc.sample_steps, run_dir / "samples" / f"step-{done:07d}.png")
+                                            tc.sample_steps, run_dir / "samples" / f"step-{done:07d}.png",
+                                            unet_cfg.num_classes)
                         if board is not None:
                             board.add_image("samples/ema", grid, done, dataformats="HWC")
                             board.flush()
@@ -588,17 +597,39 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def _labels(dataset: Any, cfg: TrainConfig, num_classes: int, device: torch.device) -> Tensor | None:
+    """The data set's labels [N] on the device for a conditional model (None for an unconditional one)."""
+    if not num_classes:
+        return None
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise DDIMError(f"model.num_classes = {num_classes}, but data set {cfg.data.dataset!r} has no labels "
+                        "(digits, CIFAR-10, an .npz with a 'labels' array, or an image folder with one subfolder "
+                        "per class have them)")
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.numel() != len(dataset) or labels.min() < 0 or labels.max() >= num_classes:
+        raise DDIMError(f"model.num_classes = {num_classes}: the data set's labels lie in [{labels.min().item()}, "
+                        f"{labels.max().item()}] (for {labels.numel()} of {len(dataset)} images); they must lie "
+                        f"in [0, {num_classes})")
+    return labels.to(device)
+
+
 @torch.no_grad()
 def _sample_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T: Tensor, steps: int,
-                 path: Path) -> np.ndarray:
+                 path: Path, num_classes: int = 0) -> np.ndarray:
     """A DDIM (eta = 0) grid from a fixed x_T, so successive grids show the same samples improving; returns the
-    grid as uint8 [H, W, C]."""
+    grid as uint8 [H, W, C]. A conditional model gets one row per class (conditional, guidance 1)."""
     from ddim.sampling import DDIMSampler
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    x = DDIMSampler(model, schedule, prediction=prediction).sample(x_T.to(device), steps=min(steps, schedule.T))
+    y, nrow = None, max(1, int(math.ceil(math.sqrt(x_T.shape[0]))))
+    if num_classes:
+        nrow = max(1, x_T.shape[0] // num_classes)
+        x_T = x_T[:nrow * num_classes] if x_T.shape[0] >= num_classes else x_T.repeat(num_classes, 1, 1, 1)[
+            :num_classes]
+        y = torch.arange(num_classes, device=device).repeat_interleave(len(x_T) // num_classes)
+    x = DDIMSampler(model, schedule, prediction=prediction).sample(x_T.to(device), steps=min(steps, schedule.T), y=y)
     model.train(was_training)
-    nrow = max(1, int(math.ceil(math.sqrt(x.shape[0]))))
     save_image_grid(x.float().clamp(-1, 1), path, nrow=nrow, scale="auto")
     return make_grid(x.float().clamp(-1, 1), nrow=nrow)

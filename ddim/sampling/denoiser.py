@@ -39,10 +39,17 @@ class Denoiser:
     `clip_sample=True` with its default `use_clipped_model_output=False`): the one mode whose pair does not
     agree with x. Solvers that step on x0_pred alone (DPM-Solver++, UniPC) re-derive eps from x themselves,
     so for them True and "keep-eps" are the same. `nfe` counts the network calls made.
+
+    y, guidance: class labels [B] (LongTensor, or an int for all; -1 is the null label) of a class-conditional
+    network, and the classifier-free guidance weight w (Ho & Salimans 2022): the output is
+    out(x, t, -1) + w (out(x, t, y) - out(x, t, -1)), both halves in one network call on a batch of 2B
+    (w = 1: the conditional output alone, a call of B; w = 0: the unconditional one). It is composed here,
+    before clipping and before any solver, so every solver sees one eps (the combination is linear in the
+    output, so it is the same for eps, x0 and v networks).
     """
 
     def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps",
-                 clip: bool | str = False) -> None:
+                 clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0) -> None:
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if clip != "keep-eps" and (isinstance(clip, str) or clip not in (False, True)):
@@ -51,10 +58,30 @@ class Denoiser:
         self.clip = clip if isinstance(clip, str) else bool(clip)
         self.alphas = schedule.alphas_cumprod.tolist()     # float64 host scalars, cast at the point of use
         self.nfe = 0
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {guidance!r}")
+        bad_int = isinstance(y, bool) or (y is not None and not isinstance(y, (int, Tensor)))
+        if bad_int or (isinstance(y, Tensor) and (y.dtype.is_floating_point or y.ndim > 1)):
+            raise DDIMError(f"y must be an int or a LongTensor [B] of class labels (-1: none), got {y!r}")
+        if y is None and guidance != 1:
+            raise DDIMError(f"guidance={guidance} needs class labels y (classifier-free guidance)")
+        self.y, self.guidance = y, float(guidance)
 
     def network(self, x: Tensor, t: int) -> Tensor:
-        """One network call at timestep t for the whole batch; checks the output's shape."""
-        out = self.model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+        """One network call at timestep t for the whole batch (guided: one call of 2B); checks the output's shape."""
+        B = x.shape[0]
+        t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
+        if self.y is None:
+            out = self.model(x, t_b)
+        else:
+            y = torch.as_tensor(self.y, dtype=torch.long, device=x.device).reshape(-1).expand(B)
+            w = self.guidance
+            if w == 1 or w == 0:
+                out = self.model(x, t_b, y if w == 1 else torch.full_like(y, -1))
+            else:
+                both = self.model(torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([torch.full_like(y, -1), y]))
+                uncond, cond = both.chunk(2)
+                out = uncond + w * (cond - uncond)
         self.nfe += 1
         if out.shape != x.shape:
             raise DDIMError(f"model output has shape {tuple(out.shape)} but x has {tuple(x.shape)} (t={t}); "

@@ -44,14 +44,14 @@ class DDIMSampler:
         """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps."""
         return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset)
 
-    def denoiser(self, clip: bool | str = False) -> Denoiser:
+    def denoiser(self, clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0) -> Denoiser:
         """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True or
         "keep-eps"); a model that keeps state across the calls of a walk (a feature cache) is reset through its
         `reset_cache`."""
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
-        return Denoiser(self.model, self.schedule, self.prediction, clip)
+        return Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance)
 
     def sample_plan(self, steps: int, skip: str | Sequence[int] = "uniform", final_alpha: float | str = 1.0,
                     steps_offset: int = 0) -> tuple[Step, ...]:
@@ -66,16 +66,18 @@ class DDIMSampler:
     def iter_sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                     variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
                     progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
-                    steps_offset: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0
+                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
         template = make_solver(solver, eta, variance)        # everything is validated before the first next()
         plan = self.sample_plan(steps, skip, final_alpha, steps_offset)
-        return walk(x_T, plan, self.denoiser(clip_denoised), template.fresh(plan), generator, progress)
+        denoise = self.denoiser(clip_denoised, y, guidance)
+        return walk(x_T, plan, denoise, template.fresh(plan), generator, progress)
 
     def sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
                progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
-               steps_offset: int = 0) -> Tensor:
+               steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0) -> Tensor:
         """Generate x_0 [B, ...] from noise x_T [B, ...] over the sub-sequence tau (eq. 12, sigma of eq. 16).
 
         steps: S, the length of tau. eta: 0 is DDIM (deterministic), 1 is DDPM. skip: "uniform", "quad",
@@ -93,32 +95,37 @@ class DDIMSampler:
         Keyword-only, for diffusers configs: final_alpha, the level of the last step: 1.0 (the paper;
         diffusers' set_alpha_to_one=True) or "alpha_0", alphas_cumprod[0] (set_alpha_to_one=False, as in
         the Stable Diffusion configs). steps_offset: added to every tau of a named skip (diffusers'
-        steps_offset, e.g. 1 with "uniform" = diffusers' "leading").
+        steps_offset, e.g. 1 with "uniform" = diffusers' "leading"). y, guidance: class labels (LongTensor [B]
+        or an int; -1 = none) of a class-conditional network and the classifier-free guidance weight (1:
+        conditional, 0: unconditional, > 1: guided, one network call of 2B per step); see `Denoiser`.
         """
         x = x_T
         for _, x, _ in self.iter_sample(x_T, steps, eta, skip, variance, generator, clip_denoised, progress, solver,
-                                        final_alpha=final_alpha, steps_offset=steps_offset):
+                                        final_alpha=final_alpha, steps_offset=steps_offset, y=y, guidance=guidance):
             pass
         return x
 
     def iter_invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
-                    progress: bool = False, solver: str | Solver = "ddim", *,
-                    steps_offset: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
+                    y: Tensor | int | None = None, guidance: float = 1.0) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent."""
         template = make_solver(solver)
         if not template.deterministic:
             raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
         plan = self.invert_plan(steps, skip, steps_offset)
-        return walk(x_0, plan, self.denoiser(), template.fresh(plan), progress=progress, desc="encoding")
+        return walk(x_0, plan, self.denoiser(False, y, guidance), template.fresh(plan), progress=progress,
+                    desc="encoding")
 
     def invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
-               progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0) -> Tensor:
+               progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
+               y: Tensor | int | None = None, guidance: float = 1.0) -> Tensor:
         """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
 
         See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)` reconstructs x_0, with any
         deterministic solver (the same formulas walk the levels in the other order).
         """
         x = x_0
-        for _, x, _ in self.iter_invert(x_0, steps, skip, progress, solver, steps_offset=steps_offset):
+        for _, x, _ in self.iter_invert(x_0, steps, skip, progress, solver, steps_offset=steps_offset, y=y,
+                                        guidance=guidance):
             pass
         return x
