@@ -478,12 +478,15 @@ class SampleConfig:
     solver: str = "ddim"                    # a name of ddim.sampling.SOLVERS
     eta: float = 0.0                        # the ddim solver's eta: 0 = DDIM, 1 = DDPM
     variance: str = "eta"                   # the ddim solver's variance: "eta" or "large" (sigma-hat)
-    clip_denoised: bool = False             # clip x0_pred to [-1, 1] at every step
+    clip_denoised: bool | str = False       # clip x0_pred to [-1, 1] at every step (True, or "keep-eps")
     seed: int = 0                           # sample i is a pure function of (seed, i)
     dtype: str = "float32"                  # network compute dtype (autocast)
     channels_last: bool = False
     compile: bool = False
     batch_size: int | str = 64              # images per network call, or "auto"
+    guidance: float = 1.0                   # classifier-free guidance weight (class-conditional models)
+    final_alpha: float | str = 1.0          # the last step's level: 1.0 (paper) or "alpha_0" (set_alpha_to_one=False)
+    steps_offset: int = 0                   # diffusers' steps_offset, added to every tau of a named skip
     cache_interval: int = 1                 # DeepCache: a full network pass every N calls (1: off, exact)
     cache_branch: int | None = None         # DeepCache's shallow branch (None: the U-Net's whole top level)
 
@@ -505,7 +508,17 @@ class SampleConfig:
         object.__setattr__(self, "eta", float(eta))
         if self.variance not in VARIANCES:
             raise DDIMError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
-        for flag in ("clip_denoised", "channels_last", "compile"):
+        if self.clip_denoised != "keep-eps" and not isinstance(self.clip_denoised, bool):
+            raise DDIMError(f"clip_denoised must be false, true or 'keep-eps', got {self.clip_denoised!r}")
+        g = self.guidance
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+            raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {g!r}")
+        object.__setattr__(self, "guidance", float(g))
+        if self.final_alpha != "alpha_0" and (isinstance(self.final_alpha, (bool, str)) or not isinstance(
+                self.final_alpha, (int, float)) or not 0 < self.final_alpha <= 1):
+            raise DDIMError(f"final_alpha must be 1.0, 'alpha_0' or a level in (0, 1], got {self.final_alpha!r}")
+        check_int(self.steps_offset, "steps_offset", 0)
+        for flag in ("channels_last", "compile"):
             if not isinstance(getattr(self, flag), bool):
                 raise DDIMError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         check_int(self.seed, "seed", 0)
@@ -523,7 +536,8 @@ class SampleConfig:
     def walk_options(self) -> dict[str, Any]:
         """The keyword arguments of `DDIMSampler.sample` / `iter_sample` this config sets."""
         return dict(steps=self.steps, eta=self.eta, skip=self.skip if isinstance(self.skip, str) else list(self.skip),
-                    variance=self.variance, clip_denoised=self.clip_denoised, solver=self.solver)
+                    variance=self.variance, clip_denoised=self.clip_denoised, solver=self.solver,
+                    final_alpha=self.final_alpha, steps_offset=self.steps_offset, guidance=self.guidance)
 
     def manifest(self) -> dict[str, Any]:
         """The settings that change the images (what a resumed run must match); JSON-ready."""

@@ -7,6 +7,7 @@ processes, or on whether the run was interrupted and resumed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from ddim.runs import open_run
 from ddim.sampling import DDIMSampler
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED_NAME", "load_model", "sample_generators", "initial_noise", "network",
-           "make_sampler", "check_plan", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode",
+           "make_sampler", "check_plan", "class_labels", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode",
            "weights_fingerprint", "generate", "assemble", "DTYPES"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "digits.safetensors"
@@ -97,32 +98,74 @@ def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.
     return DDIMSampler(fn, loaded.schedule, loaded.prediction)
 
 
-def check_plan(sampler: DDIMSampler, config: SampleConfig) -> None:
+def check_plan(sampler: DDIMSampler, config: SampleConfig, conditional: bool = False) -> None:
     """Everything about the config that needs the model (steps <= T, an eta too large for the plan, ...),
     checked without a network call, so a bad run fails before any file is written."""
     probe = torch.zeros(0, 1)
-    sampler.iter_sample(probe, **config.walk_options())
+    if config.guidance != 1 and not conditional:
+        raise DDIMError(f"guidance={config.guidance} needs a class-conditional model and class labels (--class)")
+    sampler.iter_sample(probe, y=0 if conditional else None, **config.walk_options())
+
+
+def _batches(n: int, config: SampleConfig) -> range:
+    return range(0, n, int(config.batch_size) if config.batch_size != "auto" else max(n, 1))
+
+
+def _rows(y: Tensor | None, i: int, j: int) -> Tensor | None:
+    return None if y is None else y[i:j]
 
 
 def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
-                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
-    """x_0 [B, ...] from x_T [B, ...] with the config's steps, skip, solver and its options."""
-    return sampler.sample(x_T, generator=generator, **config.walk_options())
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                 y: Tensor | None = None) -> Tensor:
+    """x_0 [B, ...] from x_T [B, ...] with the config's steps, skip, solver and its options; y: class labels [B]
+    (-1: none) of a class-conditional model, guided by config.guidance."""
+    return sampler.sample(x_T, generator=generator, y=y, **config.walk_options())
 
 
-def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False) -> Tensor:
+def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False,
+           y: Tensor | None = None) -> Tensor:
     """Latents x_T [B, ...] of data x_0 [B, ...] with the deterministic ODE (eq. 13), the config's steps,
-    skip and solver, in batches of config.batch_size (a number)."""
-    bs = int(config.batch_size) if config.batch_size != "auto" else len(x_0)
-    return torch.cat([sampler.invert(x_0[i:i + bs], config.steps, config.walk_options()["skip"],
-                                     progress=progress, solver=config.solver) for i in range(0, len(x_0), bs)])
+    skip and solver (and labels y, guidance), in batches of config.batch_size."""
+    skip, step = config.walk_options()["skip"], _batches(len(x_0), config).step
+    return torch.cat([sampler.invert(x_0[i:i + step], config.steps, skip, progress=progress, solver=config.solver,
+                                     steps_offset=config.steps_offset, y=_rows(y, i, i + step),
+                                     guidance=config.guidance if y is not None else 1.0)
+                      for i in _batches(len(x_0), config)])
 
 
-def decode(sampler: DDIMSampler, z: Tensor, config: SampleConfig) -> Tensor:
+def decode(sampler: DDIMSampler, z: Tensor, config: SampleConfig, y: Tensor | None = None) -> Tensor:
     """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode`."""
-    bs = int(config.batch_size) if config.batch_size != "auto" else len(z)
-    cfg = config.replace(eta=0.0, variance="eta", clip_denoised=False)
-    return torch.cat([sample_batch(sampler, z[i:i + bs], cfg) for i in range(0, len(z), bs)])
+    cfg = config.replace(eta=0.0, variance="eta", clip_denoised=False, guidance=config.guidance if y is not None
+                         else 1.0)
+    step = _batches(len(z), config).step
+    return torch.cat([sample_batch(sampler, z[i:i + step], cfg, y=_rows(y, i, i + step))
+                      for i in _batches(len(z), config)])
+
+
+def class_labels(spec: str | int | Sequence[int] | None, n: int, num_classes: int) -> Tensor | None:
+    """Per-sample labels [n] from a user's spec: None (unconditional, or the null label of a conditional
+    model), an int K (all K), "all" (contiguous blocks, one per class: sample i gets i * num_classes // n, so
+    a grid of n = K * columns has one row per class), or a list cycled over the samples. -1 is the null label."""
+    if spec is None:
+        return None
+    if not num_classes:
+        raise DDIMError("--class: this model is unconditional (num_classes = 0); it takes no class labels")
+    if spec == "all":
+        labels = [i * num_classes // n for i in range(n)]
+    else:
+        if isinstance(spec, str):
+            try:
+                spec = [int(v) for v in spec.replace(",", " ").split()]
+            except ValueError:
+                raise DDIMError(f"--class must be an integer in [0, {num_classes}), -1, or 'all'; got {spec!r}") from None
+        values = [spec] if isinstance(spec, int) else list(spec)
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or not -1 <= v < num_classes
+                             for v in values):
+            raise DDIMError(f"--class / --classes: labels must be integers in [0, {num_classes}) or -1 (none); "
+                            f"got {values}")
+        labels = [values[i % len(values)] for i in range(n)]
+    return torch.tensor(labels, dtype=torch.long)
 
 
 def image_shape(loaded: LoadedModel) -> tuple[int, int, int]:
@@ -180,21 +223,28 @@ def resolve_batch_size(config: SampleConfig, loaded: LoadedModel, device: str | 
 
 def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: SampleConfig = SampleConfig(),
              device: str | torch.device = "cpu", source: str | None = None, overwrite: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, labels: Tensor | None = None, grid_nrow: int = 8) -> Path:
     """Sample n images into `out`: images/{i:06d}.png, samples.npz (uint8 NHWC, key arr_0), grid.png.
 
     Resumes an interrupted run with the same settings (images already on disk are kept); `out/run.json`
     records them (`config.manifest()`, n, the checkpoint's name `source` and its weights' fingerprint) and is
     written only after everything has been validated. Under torchrun (an initialised process group) rank r
     samples the indices i = r mod world_size, and rank 0 assembles. The images do not depend on the batch size.
+    labels: the class of each sample [n] (`class_labels`) for a class-conditional model; sample i then depends
+    on (seed, i, labels[i]) only.
     """
     n = check_int(n, "n")
     out = Path(out)
     rank, world = rank_world()
     sampler = make_sampler(loaded, config, device)
-    check_plan(sampler, config)
+    if labels is not None and len(labels) != n:
+        raise DDIMError(f"labels: {len(labels)} labels for n = {n} samples")
+    check_plan(sampler, config, conditional=labels is not None)
     settings = {"ckpt": source or str(loaded.metadata.get("source", "")), "n": n,
                 "model": weights_fingerprint(loaded.model), **config.manifest()}
+    if labels is not None:
+        settings["labels"] = labels.tolist() if n <= 1000 else hashlib.sha256(
+            labels.numpy().tobytes()).hexdigest()[:16]
     if rank == 0:
         open_run(out, "run.json", settings, overwrite, "sample run",
                  owned=("images/*.png", "samples.npz", "grid.png"))
@@ -211,20 +261,20 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     for b in range(0, len(todo), batch_size):
         idx = todo[b:b + batch_size]
         gens = sample_generators(config.seed, idx)
-        x_0 = sample_batch(sampler, initial_noise(shape, gens, device), config, gens)
+        y = None if labels is None else labels[idx].to(device)
+        x_0 = sample_batch(sampler, initial_noise(shape, gens, device), config, gens, y)
         save_images(x_0, out / "images", start=idx)     # indices may be strided (sharding)
         bar.update(len(idx))
     bar.close()
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        assemble(out, n)
+        assemble(out, n, grid_nrow)
     return out
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
     """A short hash of a module's weights, so results made with other weights are not mixed up."""
-    import hashlib
     h = hashlib.sha256()
     for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
@@ -232,7 +282,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
-def assemble(out: Path, n: int) -> None:
+def assemble(out: Path, n: int, nrow: int = 8) -> None:
     """Collect images/000000.png.. into samples.npz (uint8 [N, H, W, C], key arr_0) and a grid of the first 64."""
     files = [out / "images" / f"{i:06d}.png" for i in range(n)]
     missing = [f.name for f in files if not f.exists()]
@@ -243,5 +293,5 @@ def assemble(out: Path, n: int) -> None:
     arr = np.stack([read_image(f, channels) for f in files])
     with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:  # file object: numpy appends no ".npz"
         np.savez(f, arr_0=arr)
-    grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2)
-    save_image_grid(grid, out / "grid.png", nrow=8, scale="auto")
+    grid = torch.from_numpy(arr[:max(64, 8 * nrow)]).permute(0, 3, 1, 2)
+    save_image_grid(grid, out / "grid.png", nrow=nrow, scale="auto")

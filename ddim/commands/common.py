@@ -12,12 +12,12 @@ import torch
 from ddim.checkpoint import LoadedModel
 from ddim.config import DTYPES, SampleConfig
 from ddim.distributed import resolve_device
-from ddim.generate import EMBEDDED_NAME, load_model
+from ddim.generate import EMBEDDED_NAME, class_labels, load_model
 from ddim.sampling import SOLVERS, VARIANCES
 from ddim.schedule import SKIPS
 
 __all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
-           "add_output_args", "load", "sample_config", "device"]
+           "add_output_args", "load", "sample_config", "device", "labels"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -94,7 +94,7 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
 
 
 def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic: bool = True, seed: bool = True,
-                     default_steps: Any = 50, batch: bool = True, solver: bool = True) -> None:
+                     default_steps: Any = 50, batch: bool = True, solver: bool = True, classes: bool = True) -> None:
     """The sampler's flags. steps: "one" (--steps S) or "many" (--steps S1 S2 ...); stochastic adds --eta,
     --variance and --clip-denoised (deterministic commands, encoding and ODE figures, have none of them)."""
     g = p.add_argument_group("sampler")
@@ -117,6 +117,13 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
         g.add_argument("--clip-denoised", action="store_true", help="clip x0_pred to [-1, 1] at every step")
     if seed:
         g.add_argument("--seed", type=nonnegative_int, default=0, help="sample i is a pure function of (seed, i)")
+    if classes:
+        g.add_argument("--class", dest="class_", default=None, metavar="K", help="class-conditional models: the "
+                       "label of every sample, -1 for none, or 'all' (one block of samples per class)")
+        g.add_argument("--classes", type=int, nargs="+", default=None, metavar="K",
+                       help="class-conditional models: labels cycled over the samples (sample i gets K[i %% len])")
+        g.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w: "
+                       "eps(-1) + w (eps(y) - eps(-1)); 1 = conditional, 0 = unconditional")
     if batch:
         g.add_argument("--batch-size", type=batch_size, default=64,
                        help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
@@ -144,8 +151,20 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     """One validated SampleConfig from whichever sampler and model flags this command has."""
     fields = {}
     for name in ("steps", "skip", "solver", "eta", "variance", "clip_denoised", "seed", "dtype", "channels_last",
-                 "compile", "batch_size", "cache_interval", "cache_branch"):
+                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
     fields.update(overrides)
     return SampleConfig(**fields)
+
+
+def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):
+    """The per-sample class labels [n] that --class / --classes ask for (None: unconditional)."""
+    from ddim.errors import DDIMError
+    spec_one, spec_many = getattr(args, "class_", None), getattr(args, "classes", None)
+    if spec_one is not None and spec_many is not None:
+        raise DDIMError("--class and --classes: give one of them")
+    spec = spec_many if spec_many is not None else spec_one
+    if spec is None and getattr(args, "guidance", 1.0) != 1.0:
+        raise DDIMError(f"--guidance {args.guidance} needs class labels: give --class or --classes")
+    return class_labels(spec, n, loaded.config.num_classes)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddim.commands.common import Formatter, add_model_args, add_output_args, add_sampler_args, load, sample_config
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
+                                  sample_config)
 from ddim.evaluation import reconstruction_mse
 from ddim.generate import decode, encode, image_shape, make_sampler
 from ddim.images import load_images, save_image_grid
@@ -47,7 +48,8 @@ def run_encode(args: argparse.Namespace) -> None:
     sampler = make_sampler(loaded, config, args.device)
     if config.batch_size == "auto":
         config = config.replace(batch_size=len(x0))
-    z = encode(sampler, x0, config, progress=True)
+    y = labels(args, loaded, len(x0))
+    z = encode(sampler, x0, config, progress=True, y=None if y is None else y.to(args.device))
     with atomic_path(out) as tmp, open(tmp, "wb") as f:       # a file object: numpy appends no ".npz"
         np.savez(f, latents=z.float().cpu().numpy(), steps=config.steps, skip=str(config.skip),
                  solver=config.solver)
@@ -66,10 +68,12 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     sampler = make_sampler(loaded, configs[0], args.device)
     x0 = load_images(args.input, *image_shape(loaded)[:2], n=args.n, what="--input").to(args.device)
     rows, results = [x0.cpu()], {}
+    y = labels(args, loaded, len(x0))
+    y = None if y is None else y.to(args.device)
     for cfg in configs:
         if cfg.batch_size == "auto":
             cfg = cfg.replace(batch_size=len(x0))
-        rec = decode(sampler, encode(sampler, x0, cfg), cfg)
+        rec = decode(sampler, encode(sampler, x0, cfg, y=y), cfg, y=y)
         results[cfg.steps] = reconstruction_mse(x0, rec)
         rows.append(rec.cpu())
         print(f"S = {cfg.steps:5d}: per-dimension MSE {results[cfg.steps]:.6f} (pixels in [0, 1])")

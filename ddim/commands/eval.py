@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                solver: bool = True) -> None:
         add_model_args(p)
         add_sampler_args(p, steps="many", stochastic=stochastic, seed=seed, default_steps=default_steps, batch=False,
-                         solver=solver)
+                         solver=solver, classes=False)
         g = p.add_argument_group("evaluation")
         g.add_argument("--batch-size", type=positive_int, default=batch, help="images per network call")
         g.add_argument("--out", default="eval", help="output folder (md, csv, png and a json of the settings)")

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, load,
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
                                   positive_int, sample_config)
 from ddim.generate import (decode, encode, image_shape, initial_noise, make_sampler, resolve_batch_size,
                            sample_generators)
@@ -60,14 +60,18 @@ def run_interpolate(args: argparse.Namespace) -> None:
     if args.images:
         c, size = image_shape(loaded)[:2]
         x0 = torch.cat([load_images(p, c, size, n=1, what="--images") for p in args.images]).to(args.device)
-        z = encode(sampler, x0, config.replace(batch_size=2))
+        y = labels(args, loaded, 1)
+        z = encode(sampler, x0, config.replace(batch_size=2), y=None if y is None else y.repeat(2))
         z0, z1 = z[:1], z[1:]
     else:
+        y = labels(args, loaded, args.pairs)
         z, _ = _noise(loaded, config.seed, 2 * args.pairs, args.device)
         z0, z1 = z[0::2], z[1::2]
     frames = torch.stack([slerp(z0, z1, a.item()) for a in torch.linspace(0, 1, args.frames)], 1)  # [pairs, F, ...]
     flat = frames.flatten(0, 1)
-    imgs = decode(sampler, flat, config.replace(batch_size=resolve_batch_size(config, loaded, args.device, len(flat))))
+    y_flat = None if y is None else y.repeat_interleave(args.frames).to(args.device)     # one class per row
+    imgs = decode(sampler, flat, config.replace(batch_size=resolve_batch_size(config, loaded, args.device, len(flat))),
+                  y=y_flat)
     save_image_grid(imgs.cpu(), out, nrow=args.frames, scale="auto")
     print(f"wrote {out}: {len(z0)} row(s) of {args.frames} slerp frames")
 
@@ -79,7 +83,9 @@ def run_consistency(args: argparse.Namespace) -> None:
     sampler = make_sampler(loaded, configs[0], args.device)
     x_T, _ = _noise(loaded, configs[0].seed, args.n, args.device)
     bs = resolve_batch_size(configs[0], loaded, args.device, args.n)
-    rows = [decode(sampler, x_T, cfg.replace(batch_size=bs)).cpu() for cfg in configs]
+    y = labels(args, loaded, args.n)
+    y = None if y is None else y.to(args.device)
+    rows = [decode(sampler, x_T, cfg.replace(batch_size=bs), y=y).cpu() for cfg in configs]
     save_image_grid(torch.cat(rows), out, nrow=args.n, scale="auto")
     print(f"wrote {out}: rows are S = {args.steps}, columns share x_T")
 
@@ -90,7 +96,9 @@ def run_trajectory(args: argparse.Namespace) -> None:
     loaded = load(args)
     sampler = make_sampler(loaded, config, args.device)
     x_T, gens = _noise(loaded, config.seed, args.n, args.device)
-    steps = list(sampler.iter_sample(x_T, generator=gens, **config.walk_options()))
+    y = labels(args, loaded, args.n)
+    steps = list(sampler.iter_sample(x_T, generator=gens, y=None if y is None else y.to(args.device),
+                                     **config.walk_options()))
     keep = sorted(set(torch.linspace(0, len(steps) - 1, min(args.columns, len(steps))).round().long().tolist()))
     cols = [x_T.cpu()] + [steps[k][2].cpu() for k in keep]            # x_T, then x0_pred along the way
     save_image_grid(torch.stack(cols, 1).flatten(0, 1), out, nrow=len(cols), scale="auto")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, load,
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
                                   positive_int, sample_config)
 from ddim.distributed import setup_distributed, teardown
 from ddim.generate import generate
@@ -13,6 +13,7 @@ from ddim.generate import generate
 EPILOG = """examples:
   ddim sample --n 64 --steps 50 --out samples            (the embedded digits model)
   ddim sample --ckpt runs/digits/model.safetensors --eta 1 --steps 100 --out ddpm
+  ddim sample --ckpt digits-cond --class all --n 80 --guidance 2 --solver dpm++2m --steps 10 --out classes
   torchrun --nproc_per_node 8 -m ddim sample --num-samples 50000 --ckpt cifar10.ckpt --config cifar10 --out s
 A rerun with the same settings resumes; sample i depends only on (seed, i)."""
 
@@ -35,8 +36,11 @@ def run(args: argparse.Namespace) -> None:
     try:
         args.device = str(device)
         loaded = load(args)
+        y = labels(args, loaded, args.n)
+        per_class = args.class_ == "all" and args.n % loaded.config.num_classes == 0
         out = generate(loaded, args.out, args.n, config, device, source=loaded.metadata["source"],
-                       overwrite=args.overwrite, progress=not args.quiet)
+                       overwrite=args.overwrite, progress=not args.quiet, labels=y,
+                       grid_nrow=args.n // loaded.config.num_classes if per_class else 8)
     finally:
         teardown(info)
     if int(os.environ.get("RANK", "0")) == 0:
