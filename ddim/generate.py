@@ -30,23 +30,30 @@ from ddim.models.deepcache import DeepCache
 from ddim.runs import open_run
 from ddim.sampling import DDIMSampler
 
-__all__ = ["DEFAULT_MODEL", "EMBEDDED_NAME", "load_model", "sample_generators", "initial_noise", "network",
+__all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "load_model", "sample_generators", "initial_noise", "network",
            "make_sampler", "check_plan", "class_labels", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode",
            "weights_fingerprint", "generate", "assemble", "DTYPES"]
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "digits.safetensors"
+ASSETS = Path(__file__).resolve().parent / "assets"
+# The models that ship inside the package, by the name --ckpt takes: 16x16 digits, unconditional and
+# class-conditional (10 labels and a null label, for classifier-free guidance).
+EMBEDDED = {"digits": ASSETS / "digits.safetensors", "digits-cond": ASSETS / "digits_cond.safetensors"}
+DEFAULT_MODEL = EMBEDDED["digits"]
 EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None, ema: bool = True,
                device: str | torch.device = "cpu") -> LoadedModel:
-    """`ddim.load` with one addition: no checkpoint means the embedded default model (16x16 digits)."""
-    if ckpt is None:
-        if not DEFAULT_MODEL.exists():
-            raise MissingFileError(f"the embedded default model {DEFAULT_MODEL} is missing from this install; "
-                                    "pass a checkpoint with --ckpt")
-        ckpt = DEFAULT_MODEL
+    """`ddim.load` with one addition: no checkpoint means the embedded default model (16x16 digits), and the
+    names of `EMBEDDED` ("digits", "digits-cond") the models that ship in the package (a local path of the same
+    name wins)."""
+    if ckpt is None or (str(ckpt) in EMBEDDED and not Path(ckpt).exists()):
+        path = EMBEDDED[str(ckpt or "digits")]
+        if not path.exists():
+            raise MissingFileError(f"the embedded model {path} is missing from this install; pass a checkpoint "
+                                   "with --ckpt")
+        ckpt = path
     return load(ckpt, config=config, ema=ema, map_location=device)
 
 

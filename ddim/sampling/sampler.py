@@ -6,13 +6,16 @@ first network call, and hands them to the one walk loop (`ddim.sampling.walk`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from torch import Tensor
 
 from ddim.errors import DDIMError
 from ddim.sampling.denoiser import Denoiser, Model
-from ddim.sampling.noise import Generator
+from ddim.sampling.editing import Inpainting
+from ddim.sampling.noise import Generator, randn
 from ddim.sampling.plan import Step, invert_plan, resolve_taus, sample_plan
 from ddim.sampling.registry import make_solver
 from ddim.sampling.solvers import Solver
@@ -129,3 +132,44 @@ class DDIMSampler:
                                         guidance=guidance):
             pass
         return x
+
+    # -- editing real images (Sec. 5.4's encoder and what came after)
+    def sdedit(self, x_0: Tensor, strength: float, steps: int = 50, generator: Generator = None, **options: Any
+               ) -> Tensor:
+        """SDEdit (Meng et al. 2022): noise x_0 [B, ...] part of the way and sample back.
+
+        The last round(strength * S) of the S taus are walked: x_0 is noised to the first of them with
+        q(x_t | x_0) (noise from `generator`), then sampled with `options` (eta, solver, y, guidance, ...).
+        strength 0 returns x_0 exactly; strength 1 starts from pure noise, exactly `sample(noise, steps)`.
+        """
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+            raise DDIMError(f"strength must be a number in [0, 1], got {strength!r}")
+        taus = self.taus(steps, options.pop("skip", "uniform"), options.get("steps_offset", 0))
+        k = round(strength * len(taus))
+        if k == 0:
+            return x_0.clone()
+        z = randn(x_0.shape, generator, x_0.device, x_0.dtype)
+        if k == len(taus):
+            x_t = z
+        else:
+            a = float(self.schedule.alphas_cumprod[taus[k - 1]])
+            x_t = math.sqrt(a) * x_0 + math.sqrt(1 - a) * z                       # q(x_t | x_0), eq. 4
+        return self.sample(x_t, k, skip=taus[:k].tolist(), generator=generator, **options)
+
+    def inpaint(self, x_0: Tensor, mask: Tensor, steps: int = 50, generator: Generator = None,
+                resample: int = 1, **options: Any) -> Tensor:
+        """Fill in x_0 [B, ...] where mask = 0 (mask [B or 1, 1 or C, H, W], 1 = keep): sample from pure noise
+        while, after every step, the kept pixels are replaced by q(x_s | x_0); they end exactly as x_0.
+        resample > 1: RePaint's resampling (each step redone that many times). `options` as in `sample`."""
+        inner = make_solver(options.pop("solver", "ddim"), options.pop("eta", 0.0), options.pop("variance", "eta"))
+        solver = Inpainting(inner, x_0, mask, resample)
+        x_T = randn(x_0.shape, generator, x_0.device, x_0.dtype)
+        return self.sample(x_T, steps, generator=generator, solver=solver, **options)
+
+    def transfer(self, x_0: Tensor, y_from: Tensor | int, y_to: Tensor | int, steps: int = 50,
+                 guidance: float = 1.0, **options: Any) -> Tensor:
+        """Class transfer: encode x_0 [B, ...] with its class y_from (deterministic inversion, guidance 1) and
+        decode the latent with class y_to and `guidance` (eta 0): the same "style", another class."""
+        z = self.invert(x_0, steps, y=y_from, **{k: v for k, v in options.items() if k in ("skip", "solver",
+                                                                                       "steps_offset")})
+        return self.sample(z, steps, y=y_to, guidance=guidance, **options)
