@@ -97,3 +97,51 @@ def test_class_transfer_encodes_with_one_class_and_decodes_with_another():
     other = s.transfer(x0, 0, 1, steps=50, guidance=2.0)
     torch.testing.assert_close(other, s.sample(s.invert(x0, 50, y=0), 50, y=1, guidance=2.0), atol=0, rtol=0)
     assert (other - x0).abs().mean() > 10 * rec_err             # another class moves the image
+
+
+@pytest.fixture(scope="module")
+def cond_ckpt(tmp_path_factory):
+    from ddim.checkpoint import save
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**{**PRESETS["tiny"].to_dict(), "num_classes": 3}))
+    with torch.no_grad():
+        model.label_emb.weight.normal_()
+    path = tmp_path_factory.mktemp("cond") / "cond.safetensors"
+    save(path, model, SCHED)
+    return str(path)
+
+
+def test_class_labels_follow_the_seed_rule_on_the_command_line(cond_ckpt, tmp_path):
+    import json
+
+    import numpy as np
+
+    from ddim.commands import main
+    common = ["sample", "--ckpt", cond_ckpt, "--steps", "3", "--quiet", "--guidance", "2"]
+    assert main(common + ["--n", "6", "--class", "all", "--batch-size", "4", "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["labels"] == [0, 0, 1, 1, 2, 2]
+    assert main(common + ["--n", "6", "--classes", "0", "0", "1", "1", "2", "2", "--batch-size", "6",
+                          "--out", str(tmp_path / "b")]) == 0
+    a, b = (np.load(tmp_path / d / "samples.npz")["arr_0"] for d in "ab")
+    assert np.array_equal(a, b)                                  # same (seed, i, label): same image
+    assert main(common + ["--n", "3", "--class", "0", "--out", str(tmp_path / "c")]) == 0
+    c = np.load(tmp_path / "c" / "samples.npz")["arr_0"]
+    assert np.array_equal(c[:2], a[:2]) and not np.array_equal(c[2], a[2])   # labels 0, 0, 0 vs 0, 0, 1
+    assert main(common + ["--n", "2", "--class", "7", "--out", str(tmp_path / "d")]) == 2
+    assert main(["sample", "--n", "2", "--class", "1", "--steps", "2", "--out", str(tmp_path / "e")]) == 2
+
+
+@pytest.mark.parametrize("edit", [["sdedit", "--strength", "0.5"], ["inpaint", "--mask", "center", "--resample", "2"],
+                                  ["transfer", "--from-class", "0", "--to-class", "2", "--guidance", "2"]])
+def test_edit_commands_write_inputs_and_results(cond_ckpt, tmp_path, edit):
+    import numpy as np
+    from PIL import Image
+
+    from ddim.commands import main
+    from ddim.images import display_scale
+    out = tmp_path / "e.png"
+    assert main(["edit", *edit, "--ckpt", cond_ckpt, "--input", "digits", "--n", "3", "--steps", "3",
+                 "--out", str(out)]) == 0
+    z = display_scale(16)
+    assert np.asarray(Image.open(out)).shape[:2] == ((2 + 2 * 18) * z, (2 + 3 * 18) * z)
+    assert main(["edit", *edit, "--ckpt", cond_ckpt, "--input", "digits", "--n", "3", "--out", str(out)]) == 2
