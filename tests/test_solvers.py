@@ -4,12 +4,15 @@ schedulers on the same grid, exactness on a point mass, inversion round trips; a
 
 import math
 import warnings
+from collections import deque
 
 import pytest
 import torch
 
 from ddim import DDIMSampler, NoiseSchedule, timesteps
 from ddim.sampling import PLMS, Denoiser, DPMSolverPP, Step, UniPC, make_solver, walk
+from ddim.sampling.multistep import exp_integral
+from ddim.sampling.unipc import unipc_rhos
 
 SCHED = NoiseSchedule.linear()
 
@@ -368,3 +371,29 @@ def test_solver_relations_and_options():
                        "lower_order_final must be")]:
         with pytest.raises(ValueError, match=match):
             bad()
+
+
+def test_third_order_weights_are_exact_for_quadratic_x0_at_any_step_ratios():
+    # The derivation itself, free of any grid: for x0(lambda) quadratic, D must equal
+    # x0 + (I_1 / I_0) x0' + (I_2 / I_0) x0'' whatever the steps h_{i-2}, h_{i-1}, h (either direction).
+    gen = torch.Generator().manual_seed(0)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=gen, dtype=torch.float64).item()   # noqa: E731
+    worst = {"true": 0.0, "shipped": 0.0, "unic": 0.0}
+    for _ in range(300):
+        sign = 1 if u(0, 1) < 0.5 else -1
+        lam, h, h0, h1 = u(-3, 3), sign * u(0.05, 3), sign * u(0.05, 3), sign * u(0.05, 3)
+        c = [u(-1, 1) for _ in range(3)]
+        x0 = lambda l: c[0] + c[1] * (l - lam) + c[2] * (l - lam) ** 2             # noqa: E731
+        i0 = exp_integral(h, 0)
+        exact = c[0] + exp_integral(h, 1) / i0 * c[1] + exp_integral(h, 2) / i0 * 2 * c[2]
+        for name, solver in (("true", DPMSolverPP(3)), ("shipped", DPMSolverPP(3, shipped=True))):
+            solver._hist = deque([(lam - h0 - h1, None), (lam - h0, None)])
+            w = solver.weights(3, lam, lam + h)
+            got = w[0] * x0(lam) + w[1] * x0(lam - h0) + w[2] * x0(lam - h0 - h1)
+            worst[name] = max(worst[name], abs(got - exact))
+        # UniC-2's order conditions with nodes at one earlier point and at the end of the step.
+        rks = [-h0 / h, 1.0]
+        rho = unipc_rhos(rks, h, simplified=False)
+        got = x0(lam) + sum(p / r * (x0(lam + r * h) - x0(lam)) for p, r in zip(rho, rks))
+        worst["unic"] = max(worst["unic"], abs(got - exact))
+    assert worst["true"] < 1e-11 and worst["unic"] < 1e-11 and worst["shipped"] > 1e-2, worst
