@@ -46,7 +46,7 @@ from ddim.metrics.inception import resolve_inception_weights
 from ddim.runs import open_run
 
 __all__ = ["FeatureMetric", "classifier_metric", "inception_metric", "make_metric", "generate_samples",
-           "table1", "table2", "timing", "linear_fit", "reconstruction_mse", "read_metrics", "plot_training",
+           "table1", "solvers_table", "table2", "timing", "linear_fit", "reconstruction_mse", "read_metrics", "plot_training",
            "METRICS", "TABLE1_STEPS",
            "TABLE1_ETAS", "TABLE2_STEPS", "TIMING_STEPS"]
 
@@ -401,6 +401,78 @@ def _plot_table1(rows: list[dict], path: Path, label: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     _save_figure(fig, path)
+
+
+# --- solvers: quality vs NFE ------------------------------------------------------------------------------------
+SOLVER_NFES: tuple[int, ...] = (5, 8, 10, 15, 20, 50)
+TS_FIELDS = ("solver", "nfe", "steps", "n", "distance", "metric", "seconds")
+
+
+def solvers_table(loaded: LoadedModel, config: SampleConfig = SampleConfig(skip="trailing", batch_size=250), *,
+                  solvers: Sequence[str] = ("ddim", "plms", "dpm++2m", "dpm++3m", "unipc"),
+                  nfes: Sequence[int] = SOLVER_NFES, n: int = 1000, metric: str | FeatureMetric = "classifier",
+                  reference: Any = None, inception_weights: str | os.PathLike | None = None,
+                  device: str | torch.device = "cpu", out: str | os.PathLike | None = None,
+                  overwrite: bool = False, progress: bool = True) -> list[dict]:
+    """The Frechet distance of n samples per (solver, NFE) cell, every cell from the same per-sample x_T
+    (`ddim eval solvers`). Every solver here makes one network call per step, so NFE = S. With `out`, writes
+    solvers.md, solvers.csv, solvers.png (distance vs NFE) and solvers.json; a rerun resumes like table1."""
+    from ddim.sampling import SOLVERS
+    n = check_int(n, "n", 2)
+    nfes = check_steps(nfes, loaded.schedule.T, "nfes")
+    for name in solvers:
+        if name not in SOLVERS:
+            raise DDIMError(f"solvers: {name!r} is not one of {', '.join(SOLVERS)}")
+    cells = [config.replace(solver=name, steps=k, eta=0.0, variance="eta") for name in solvers for k in nfes]
+    sampler = make_sampler(loaded, config, device)
+    for cell in cells:
+        check_plan(sampler, cell)
+    out = Path(out) if out is not None else None
+    m = make_metric(metric, loaded, reference, inception_weights, device, cache=out)
+    done: list[dict] = []
+    if out is not None:
+        settings = {"model": weights_fingerprint(loaded.model), "n": n, **config.manifest(), "metric": m.label,
+                    "features": m.fingerprint, "reference": m.reference_name}
+        for k in ("steps", "solver", "eta", "variance"):
+            settings.pop(k)
+        done = _start_run(out, "solvers", settings, overwrite)
+    reused = {(r["solver"], int(r["nfe"])): r for r in done}
+    rows: list[dict] = []
+    for cell in cells:
+        key = (cell.solver, cell.steps)
+        if key in reused:
+            r = reused[key]
+            rows.append(dict(solver=r["solver"], nfe=int(r["nfe"]), steps=int(r["steps"]), n=int(r["n"]),
+                             distance=float(r["distance"]), metric=r["metric"], seconds=float(r["seconds"])))
+        else:
+            t0 = time.perf_counter()
+            d = m.distance(generate_samples(loaded, n, cell, device, progress))
+            rows.append(dict(solver=cell.solver, nfe=cell.steps, steps=cell.steps, n=n, distance=d, metric=m.label,
+                             seconds=time.perf_counter() - t0))
+        _log(progress, f"solvers: {cell.solver:>10} NFE={cell.steps:<4d} {m.label} {rows[-1]['distance']:.4g}")
+        if out is not None:
+            _write_csv(out / "solvers.csv", rows, TS_FIELDS)
+    if out is not None:
+        nf = sorted({r["nfe"] for r in rows})
+        lines = [f"{m.label} to {m.reference_name} (lower is better) vs network calls; n = {n} per cell, "
+                 f"{config.skip} grid, seed {config.seed}", "",
+                 "| solver | " + " | ".join(f"NFE {k}" for k in nf) + " |", "|---|" + "---:|" * len(nf)]
+        cell = {(r["solver"], r["nfe"]): r["distance"] for r in rows}
+        for name in solvers:
+            lines.append(f"| {name} | " + " | ".join(_fmt(cell[(name, k)]) for k in nf) + " |")
+        _write_text(out / "solvers.md", "\n".join(lines) + "\n")
+        fig, ax = _figure()
+        for name in solvers:
+            pts = sorted((r["nfe"], r["distance"]) for r in rows if r["solver"] == name)
+            ax.plot(*zip(*pts), marker="o", label=name)
+        _log_axes(ax, nf, all(r["distance"] > 0 for r in rows))
+        ax.set_xlabel("network calls (NFE)")
+        ax.set_ylabel(m.label)
+        ax.set_title("solvers: quality vs network calls")
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        _save_figure(fig, out / "solvers.png")
+    return rows
 
 
 # --- Table 2 -----------------------------------------------------------------------------------------------------

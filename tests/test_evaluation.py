@@ -203,3 +203,17 @@ def _save(loaded, tmp_path):
     path = tmp_path / "m.safetensors"
     save(path, loaded.model, loaded.schedule)
     return str(path)
+
+
+def test_solvers_table_rows_files_and_resume(loaded, real, tmp_path, monkeypatch):
+    m = _projection_metric(real)
+    rows = ev.solvers_table(loaded, SampleConfig(skip="trailing", batch_size=4), solvers=("ddim", "dpm++2m"),
+                            nfes=(2, 3), n=4, metric=m, out=tmp_path, progress=False)
+    assert [(r["solver"], r["nfe"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("dpm++2m", 2), ("dpm++2m", 3)]
+    assert "| dpm++2m |" in (tmp_path / "solvers.md").read_text() and (tmp_path / "solvers.png").exists()
+    x = ev.generate_samples(loaded, 4, SampleConfig(steps=3, skip="trailing", solver="dpm++2m"))
+    assert rows[3]["distance"] == pytest.approx(m.distance(x), rel=1e-9)
+    monkeypatch.setattr(ev, "generate_samples", lambda *a, **k: pytest.fail("resumed run sampled again"))
+    again = ev.solvers_table(loaded, SampleConfig(skip="trailing", batch_size=4), solvers=("ddim", "dpm++2m"),
+                             nfes=(2, 3), n=4, metric=m, out=tmp_path, progress=False)
+    assert [r["distance"] for r in again] == pytest.approx([r["distance"] for r in rows])

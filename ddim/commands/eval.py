@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ddim import evaluation as ev
 from ddim.commands.common import Formatter, add_model_args, add_sampler_args, load, positive_int, sample_config
+from ddim.sampling import SOLVERS
+from ddim.schedule import SKIPS
 
 EPILOG = """examples:
   ddim eval table1 --n 500 --out eval                     (embedded digits model, classifier Frechet distance)
@@ -50,6 +52,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "inception (else $DDIM_INCEPTION_WEIGHTS, else the torch hub cache)")
     p.set_defaults(fn=run_table1)
 
+    p = evals.add_parser("solvers", help="Frechet distance vs network calls for each solver", formatter_class=Formatter,
+                         epilog="example: ddim eval solvers --n 1000 --nfes 5 8 10 15 20 50 --out eval")
+    add_model_args(p)
+    g = p.add_argument_group("solvers")
+    g.add_argument("--solvers", nargs="+", default=["ddim", "plms", "dpm++2m", "dpm++3m", "unipc"],
+                   choices=tuple(SOLVERS), help="solvers, one row each")
+    g.add_argument("--nfes", type=positive_int, nargs="+", default=list(ev.SOLVER_NFES), help="network calls")
+    g.add_argument("--skip", default="trailing", choices=SKIPS, help="the timestep grid")
+    g.add_argument("--seed", type=int, default=0, help="sample i of every cell starts from the x_T of (seed, i)")
+    g.add_argument("--n", type=int, default=1000, help="samples per cell")
+    g.add_argument("--batch-size", type=positive_int, default=250, help="images per network call")
+    g.add_argument("--metric", default="classifier", choices=ev.METRICS, help="as in table1")
+    g.add_argument("--reference", default=None, help="as in table1")
+    g.add_argument("--inception-weights", default=None, help="as in table1")
+    g.add_argument("--out", default="eval", help="output folder")
+    g.add_argument("--overwrite", action="store_true", help="recompute everything in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(fn=run_solvers)
+
     p = evals.add_parser("table2", help="reconstruction error vs S (Table 2)", formatter_class=Formatter,
                          epilog="example: ddim eval table2 --input digits --n 256 --steps 10 20 50 100 200 500 1000 "
                                 "--out eval")
@@ -80,6 +101,15 @@ def run_table1(args: argparse.Namespace) -> None:
                      device=args.device, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     print((Path(args.out) / "table1.md").read_text())
     print(f"wrote {args.out}/table1.md, table1.csv, table1.png ({len(rows)} rows)")
+
+
+def run_solvers(args: argparse.Namespace) -> None:
+    config = sample_config(args, steps=args.nfes[0])
+    rows = ev.solvers_table(load(args), config, solvers=args.solvers, nfes=args.nfes, n=args.n, metric=args.metric,
+                            reference=args.reference, inception_weights=args.inception_weights, device=args.device,
+                            out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print((Path(args.out) / "solvers.md").read_text())
+    print(f"wrote {args.out}/solvers.md, solvers.csv, solvers.png ({len(rows)} cells)")
 
 
 def run_table2(args: argparse.Namespace) -> None:
