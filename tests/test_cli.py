@@ -246,3 +246,40 @@ def test_sample_with_a_feature_cache(ckpt, tmp_path):
     a, b = (np.load(tmp_path / d / "samples.npz")["arr_0"] for d in "ab")
     assert np.array_equal(a, b)                                     # interval 1 is exactly the plain network
     assert json.loads((tmp_path / "c" / "run.json").read_text())["cache_interval"] == 2
+
+
+def test_ctrl_c_while_sampling_keeps_the_images_and_the_rerun_resumes(ckpt, tmp_path, monkeypatch, capsys):
+    import ddim.generate as gen
+    args = ["sample", "--ckpt", ckpt, "--n", "6", "--steps", "2", "--batch-size", "2", "--quiet",
+            "--out", str(tmp_path / "r")]
+    assert main(args[:-1] + [str(tmp_path / "full")]) == 0
+    real, calls = gen.sample_batch, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(gen, "sample_batch", interrupted)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "r" / "images").iterdir()) == ["000000.png", "000001.png"]
+    monkeypatch.setattr(gen, "sample_batch", real)
+    assert main(args) == 0
+    assert np.array_equal(np.load(tmp_path / "r" / "samples.npz")["arr_0"],
+                          np.load(tmp_path / "full" / "samples.npz")["arr_0"])
+
+
+def test_resuming_with_another_dtype_or_other_weights_is_refused(tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    torch.manual_seed(4)
+    save(path, UNet(PRESETS["tiny"]), NoiseSchedule.linear())
+    args = ["sample", "--ckpt", str(path), "--n", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    assert main(args + ["--dtype", "bfloat16"]) == 2
+    assert "dtype" in capsys.readouterr().err
+    torch.manual_seed(5)
+    save(path, UNet(PRESETS["tiny"]), NoiseSchedule.linear())   # another file at the same --ckpt path
+    assert main(args) == 2
+    assert "'model'" in capsys.readouterr().err
