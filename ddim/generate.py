@@ -230,7 +230,7 @@ def resolve_batch_size(config: SampleConfig, loaded: LoadedModel, device: str | 
 
 def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: SampleConfig = SampleConfig(),
              device: str | torch.device = "cpu", source: str | None = None, overwrite: bool = False,
-             progress: bool = True, labels: Tensor | None = None, grid_nrow: int = 8) -> Path:
+             progress: bool = True, labels: Tensor | None = None, grid_nrow: int = 8, grid_count: int = 64) -> Path:
     """Sample n images into `out`: images/{i:06d}.png, samples.npz (uint8 NHWC, key arr_0), grid.png.
 
     Resumes an interrupted run with the same settings (images already on disk are kept); `out/run.json`
@@ -276,7 +276,7 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        assemble(out, n, grid_nrow)
+        assemble(out, n, grid_nrow, grid_count)
     return out
 
 
@@ -289,7 +289,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
-def assemble(out: Path, n: int, nrow: int = 8) -> None:
+def assemble(out: Path, n: int, nrow: int = 8, count: int = 64) -> None:
     """Collect images/000000.png.. into samples.npz (uint8 [N, H, W, C], key arr_0) and a grid of the first 64."""
     files = [out / "images" / f"{i:06d}.png" for i in range(n)]
     missing = [f.name for f in files if not f.exists()]
@@ -300,5 +300,5 @@ def assemble(out: Path, n: int, nrow: int = 8) -> None:
     arr = np.stack([read_image(f, channels) for f in files])
     with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:  # file object: numpy appends no ".npz"
         np.savez(f, arr_0=arr)
-    grid = torch.from_numpy(arr[:max(64, 8 * nrow)]).permute(0, 3, 1, 2)
+    grid = torch.from_numpy(arr[:count]).permute(0, 3, 1, 2)
     save_image_grid(grid, out / "grid.png", nrow=nrow, scale="auto")

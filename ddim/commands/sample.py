@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> None:
         per_class = args.class_ == "all" and args.n % loaded.config.num_classes == 0
         out = generate(loaded, args.out, args.n, config, device, source=loaded.metadata["source"],
                        overwrite=args.overwrite, progress=not args.quiet, labels=y,
-                       grid_nrow=args.n // loaded.config.num_classes if per_class else 8)
+                       grid_nrow=args.n // loaded.config.num_classes if per_class else 8,
+                       grid_count=min(args.n, 400) if per_class else 64)      # every class in the grid
     finally:
         teardown(info)
     if int(os.environ.get("RANK", "0")) == 0:
