@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ddim.errors import DDIMError, MissingFileError
+from ddim.errors import DDIMError, MissingFileError, one_line
 from ddim.images import array_to_nchw, digits_images, from_uint8, read_array, resize_center_crop
 
 __all__ = [
@@ -85,12 +85,6 @@ def npz_arrays(path: str | os.PathLike, key: str | None = None) -> ImageTensorDa
                               name=Path(path).name)
 
 
-def _why(e: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -102,7 +96,7 @@ def _read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip.BadGzipFile, a truncated .gz
-        raise DDIMError(f"{path}: not a readable IDX file ({_why(e)})") from None
+        raise DDIMError(f"{path}: not a readable IDX file ({one_line(e)})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DDIMError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() if raw else 'empty'})")
     ndim = raw[3]
@@ -151,7 +145,7 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             d = _CifarUnpickler(f, encoding="bytes").load()
     except Exception as e:  # a refused global, truncation (UnpicklingError, EOFError), garbage
-        raise DDIMError(f"{path}: not a readable CIFAR-10 batch file ({_why(e)})") from None
+        raise DDIMError(f"{path}: not a readable CIFAR-10 batch file ({one_line(e)})") from None
     if not isinstance(d, dict):
         raise DDIMError(f"{path}: not a CIFAR-10 batch (expected a dict, got {type(d).__name__})")
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
@@ -163,7 +157,7 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         labels = np.asarray(d["labels"], dtype=np.int64)
     except (TypeError, ValueError) as e:
-        raise DDIMError(f"{path}: CIFAR-10 'labels' are not integers ({_why(e)})") from None
+        raise DDIMError(f"{path}: CIFAR-10 'labels' are not integers ({one_line(e)})") from None
     if labels.shape != (data.shape[0],):
         raise DDIMError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}")
     return data.reshape(-1, 3, 32, 32), labels
@@ -281,7 +275,7 @@ class ImageFolder(Dataset):
                     img = resize_center_crop(img, self.image_size)
                 return _pil_to_tensor(img, self.channels)
         except Exception as e:  # it passed the start-up check, so it changed since: say which file
-            raise DDIMError(f"{p}: could not decode this image ({_why(e)}); replace or remove it") from None
+            raise DDIMError(f"{p}: could not decode this image ({one_line(e)}); replace or remove it") from None
 
 
 class _CelebA(Dataset):
@@ -296,7 +290,7 @@ class _CelebA(Dataset):
             with Image.open(self.files[i]) as img:
                 img = img.convert("RGB")
         except Exception as e:  # truncated or not an image
-            raise DDIMError(f"{self.files[i]}: could not decode this image ({_why(e)}); replace or remove it") from None
+            raise DDIMError(f"{self.files[i]}: could not decode this image ({one_line(e)}); replace or remove it") from None
         if img.size != _CELEBA_SIZE:
             raise DDIMError(f"{self.files[i]}: CelebA aligned images are 178x218, got {img.size[0]}x{img.size[1]}")
         img = img.crop(CELEBA_CROP).resize((self.image_size, self.image_size), Image.BILINEAR)

@@ -9,7 +9,14 @@ so `except ValueError` and `except FileNotFoundError` keep working.
 
 from __future__ import annotations
 
-__all__ = ["DDIMError", "MissingFileError", "OutputExistsError", "UnwritableError", "MissingDependencyError"]
+__all__ = ["DDIMError", "MissingFileError", "OutputExistsError", "UnwritableError", "MissingDependencyError",
+           "one_line"]
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line for a DDIMError's message: its type and the first line of its text."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__
 
 
 class DDIMError(ValueError):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from ddim.errors import DDIMError, MissingDependencyError, MissingFileError
+from ddim.errors import DDIMError, MissingDependencyError, MissingFileError, one_line
 from ddim.io import atomic_path
 
 __all__ = ["IMAGE_EXTENSIONS", "from_uint8", "to_uint8", "array_to_nchw", "digits_images", "image_files",
@@ -162,8 +162,7 @@ def read_array(path: str | os.PathLike, key: str | None = None, key_name: str = 
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         if isinstance(e, DDIMError):
             raise
-        why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
-        raise DDIMError(f"{path}: not a readable .npz/.npy file (truncated or corrupt?) ({why})") from None
+        raise DDIMError(f"{path}: not a readable .npz/.npy file (truncated or corrupt?) ({one_line(e)})") from None
     return arr, labels
 
 

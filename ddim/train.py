@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ddim.config import TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset
 from ddim.distributed import Dist, setup_distributed
-from ddim.errors import DDIMError, OutputExistsError
+from ddim.errors import DDIMError, OutputExistsError, one_line
 from ddim.images import make_grid, save_image_grid
 from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_atomic
 from ddim.schedule import NoiseSchedule
@@ -229,8 +229,7 @@ def _load_training_state(ckpt: Path, device: torch.device) -> dict[str, Any]:
     try:
         state = torch.load(ckpt, map_location=device, weights_only=True)
     except Exception as e:
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise DDIMError(f"{ckpt}: not a readable training checkpoint ({type(e).__name__}: {why}); {fix}") from None
+        raise DDIMError(f"{ckpt}: not a readable training checkpoint ({one_line(e)}); {fix}") from None
     missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise DDIMError(f"{ckpt}: not a ddim training checkpoint (no {', '.join(missing)}); {fix}")

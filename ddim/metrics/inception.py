@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddim.errors import DDIMError, MissingFileError
+from ddim.errors import DDIMError, MissingFileError, one_line
 
 __all__ = [
     "FIDInceptionV3",
@@ -318,9 +318,7 @@ def load_inception(weights: str | os.PathLike | None = None, download: bool = Fa
     try:  # weights_only: a pickle never runs code, and any unreadable file is named rather than traced back
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DDIMError(f"{path}: not a readable torch weights file ({type(e).__name__}: {why[:200]}); "
-                        f"{expected}") from None
+        raise DDIMError(f"{path}: not a readable torch weights file ({one_line(e)}); {expected}") from None
     model = FIDInceptionV3()
     if not isinstance(state_dict, dict):
         raise DDIMError(f"{path}: holds a {type(state_dict).__name__}, not a state dict; {expected}")
