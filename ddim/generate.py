@@ -114,12 +114,9 @@ def check_plan(sampler: DDIMSampler, config: SampleConfig, conditional: bool = F
     sampler.iter_sample(probe, y=0 if conditional else None, **config.walk_options())
 
 
-def _batches(n: int, config: SampleConfig) -> range:
-    return range(0, n, int(config.batch_size) if config.batch_size != "auto" else max(n, 1))
-
-
-def _rows(y: Tensor | None, i: int, j: int) -> Tensor | None:
-    return None if y is None else y[i:j]
+def _batch(config: SampleConfig, n: int) -> int:
+    """The config's batch size as a number; "auto" is all n at once (callers resolve it on CUDA first)."""
+    return int(config.batch_size) if config.batch_size != "auto" else max(n, 1)
 
 
 def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
@@ -134,20 +131,20 @@ def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bo
            y: Tensor | None = None) -> Tensor:
     """Latents x_T [B, ...] of data x_0 [B, ...] with the deterministic ODE (eq. 13), the config's steps,
     skip and solver (and labels y, guidance), in batches of config.batch_size."""
-    skip, step = config.walk_options()["skip"], _batches(len(x_0), config).step
-    return torch.cat([sampler.invert(x_0[i:i + step], config.steps, skip, progress=progress, solver=config.solver,
-                                     steps_offset=config.steps_offset, y=_rows(y, i, i + step),
+    skip, bs = config.walk_options()["skip"], _batch(config, len(x_0))
+    return torch.cat([sampler.invert(x_0[i:i + bs], config.steps, skip, progress=progress, solver=config.solver,
+                                     steps_offset=config.steps_offset, y=None if y is None else y[i:i + bs],
                                      guidance=config.guidance if y is not None else 1.0)
-                      for i in _batches(len(x_0), config)])
+                      for i in range(0, len(x_0), bs)])
 
 
 def decode(sampler: DDIMSampler, z: Tensor, config: SampleConfig, y: Tensor | None = None) -> Tensor:
     """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode`."""
     cfg = config.replace(eta=0.0, variance="eta", clip_denoised=False, guidance=config.guidance if y is not None
                          else 1.0)
-    step = _batches(len(z), config).step
-    return torch.cat([sample_batch(sampler, z[i:i + step], cfg, y=_rows(y, i, i + step))
-                      for i in _batches(len(z), config)])
+    bs = _batch(config, len(z))
+    return torch.cat([sample_batch(sampler, z[i:i + bs], cfg, y=None if y is None else y[i:i + bs])
+                      for i in range(0, len(z), bs)])
 
 
 def class_labels(spec: str | int | Sequence[int] | None, n: int, num_classes: int) -> Tensor | None:

@@ -69,6 +69,9 @@ def test_sdedit_strength_zero_is_the_input_and_one_is_sampling_from_noise():
                                target, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="strength must be"):
         s.sdedit(x0, 1.5)
+    offset = s.sdedit(x0, 0.5, steps=10, steps_offset=1, generator=g())    # the offset moves the taus once
+    torch.testing.assert_close(offset, s.sdedit(x0, 0.5, steps=10, skip=(s.taus(10) + 1).tolist(), generator=g()),
+                               atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("solver, resample", [("ddim", 1), ("ddim", 3), ("dpm++2m", 1)])

@@ -42,7 +42,7 @@ class Inpainting(Solver):
     def __init__(self, inner: Solver, x_0: Tensor, mask: Tensor, resample: int = 1) -> None:
         if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
             raise DDIMError(f"resample must be an integer >= 1, got {resample!r}")
-        if resample > 1 and type(inner).__name__ not in ("DDIM", "SigmaHat"):
+        if resample > 1 and getattr(inner, "has_history", True):
             raise DDIMError(f"resample > 1 repeats steps, which a multistep solver's history cannot do; use the "
                             f"'ddim' solver (got {inner!r})")
         self.inner, self.x_0, self.mask, self.resample = inner, x_0, check_mask(mask, x_0), resample

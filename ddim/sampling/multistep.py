@@ -82,6 +82,7 @@ class Multistep(Solver):
     order schedule of the module docstring."""
 
     _max_order = 1
+    has_history = True
 
     def __init__(self, lower_order_final: bool = True) -> None:
         if not isinstance(lower_order_final, bool):

@@ -144,7 +144,7 @@ class DDIMSampler:
         """
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
             raise DDIMError(f"strength must be a number in [0, 1], got {strength!r}")
-        taus = self.taus(steps, options.pop("skip", "uniform"), options.get("steps_offset", 0))
+        taus = self.taus(steps, options.pop("skip", "uniform"), options.pop("steps_offset", 0))
         k = round(strength * len(taus))
         if k == 0:
             return x_0.clone()

@@ -34,6 +34,7 @@ class Solver:
 
     name = "solver"
     deterministic = True
+    has_history = False        # True: it keeps earlier steps' predictions, so it cannot redo a step
 
     def fresh(self, plan: Sequence[Step]) -> "Solver":
         """A new instance for one walk over `plan`: options copied, history empty, plan checked."""
