@@ -44,6 +44,7 @@ from ddim.metrics import fid
 from ddim.metrics.fid import feature_statistics, frechet_distance, load_statistics, save_statistics
 from ddim.metrics.inception import resolve_inception_weights
 from ddim.runs import open_run
+from ddim.train import read_metrics as train_metrics
 
 __all__ = ["FeatureMetric", "classifier_metric", "inception_metric", "make_metric", "generate_samples",
            "table1", "solvers_table", "table2", "timing", "linear_fit", "reconstruction_mse", "read_metrics", "plot_training",
@@ -154,7 +155,7 @@ def inception_metric(reference: str | os.PathLike | None, weights: str | os.Path
     ref = Path(reference)
     if not ref.exists():
         raise MissingFileError(f"reference {str(ref)!r} does not exist")
-    if ref.suffix == ".npz" and _is_statistics(ref):
+    if ref.suffix == ".npz" and fid.is_statistics_file(ref):
         mu, sigma = fid.load_statistics(ref)
     else:
         stat = ref.stat()
@@ -162,11 +163,6 @@ def inception_metric(reference: str | os.PathLike | None, weights: str | os.Path
         mu, sigma = _cached_statistics(cache, key, lambda: fid.feature_statistics(extract(fid.load_images(ref),
                                                                                           batch_size)))
     return FeatureMetric("FID", features, mu, sigma, str(reference), Path(weights).name)
-
-
-def _is_statistics(path: Path) -> bool:
-    with np.load(path, allow_pickle=False) as f:
-        return {"mu", "sigma"} <= set(f.keys())
 
 
 def make_metric(metric: str | FeatureMetric, loaded: LoadedModel, reference: Any = None,
@@ -649,17 +645,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise MissingFileError(f"run directory {str(run_dir)!r} has no metrics.jsonl (is it a `ddim train` run?)")
-    lines = path.read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError as e:
-            if i == len(lines) - 1:
-                break
-            raise DDIMError(f"{path}: line {i + 1} is not JSON ({e})") from e
+    records = [rec for _, rec in train_metrics(path)[0]]
     if not records:
         raise DDIMError(f"{path} holds no records yet")
     return records

@@ -277,16 +277,15 @@ def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
     return run_dir
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the log lines up to the checkpoint we resume from, so the log reads as one run; rewritten atomically.
+def read_metrics(path: str | os.PathLike) -> tuple[list[tuple[str, dict]], int | None]:
+    """The records of a metrics.jsonl as (line, record) pairs, and the number of a torn last line (else None).
 
-    A last line that does not parse was torn by a crash or a full disk mid-write: it is dropped with a warning.
+    A last line that does not parse was torn by a crash or a full disk mid-write: it is left out and reported.
     An unparseable line before it is damage no crash of this trainer makes: DDIMError naming the line."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if step > 0 else []
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-    keep = []
+    records = []
     for i, ln in enumerate(lines):
         if not ln.strip():
             continue
@@ -296,14 +295,23 @@ def _truncate_metrics(path: Path, step: int) -> None:
             rec = None
         if not isinstance(rec, dict) or isinstance(rec.get("step"), bool) or not isinstance(rec.get("step"), int):
             if i == last:
-                warnings.warn(f"{path}: dropped its last line {i + 1}, which was cut off mid-write (a crash or a "
-                              "full disk); the run continues from the checkpoint", stacklevel=3)
-                break
+                return records, i + 1
             raise DDIMError(f"{path}, line {i + 1}: not a metrics record (a JSON object with an integer step); "
                             "repair or delete that line to resume")
-        if rec["step"] <= step:
-            keep.append(ln)
-    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+        records.append((ln, rec))
+    return records, None
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the log lines up to the checkpoint we resume from, so the log reads as one run; rewritten atomically
+    (a torn last line is dropped with a warning; see `read_metrics`)."""
+    if not path.exists():
+        return
+    records, torn = read_metrics(path) if step > 0 else ([], None)
+    if torn is not None:
+        warnings.warn(f"{path}: dropped its last line {torn}, which was cut off mid-write (a crash or a "
+                      "full disk); the run continues from the checkpoint", stacklevel=3)
+    write_text_atomic(path, "".join(ln + "\n" for ln, rec in records if rec["step"] <= step))
 
 
 # --- stopping: divergence and signals ------------------------------------------------------------------------

@@ -162,11 +162,17 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return _check_gaussian(mu, sigma, str(path))
 
 
-def _is_statistics_file(path: Path) -> bool:
+def is_statistics_file(path: str | os.PathLike) -> bool:
+    """True for a readable .npz holding FID statistics (mu and sigma), not images (an unreadable file is not:
+    the image reader then names it)."""
+    path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return False
-    with np.load(path, allow_pickle=False) as data:
-        return {"mu", "sigma"} <= set(data.keys())
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {"mu", "sigma"} <= set(data.keys())
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 # --- KID -------------------------------------------------------------------------------------------------------
@@ -254,23 +260,14 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _is_statistics_file(path: Path) -> bool:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {"mu", "sigma"} <= set(data.keys())
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        return False            # not a readable .npz: read_array says so, naming the file
-
-
 def load_images(path: str | os.PathLike) -> np.ndarray:
     """Images as uint8 [N, H, W, 3] from a folder (searched recursively) or an image .npz, read by
     `ddim.images.load_images` (gray repeated to 3 channels; folder images must all have one size)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
-        arr = images_mod.read_array(path)[0] if not _is_statistics_file(path) else None
-        if arr is None:
+        if is_statistics_file(path):
             raise DDIMError(f"{path} holds statistics (mu, sigma), not images")
-        return to_uint8_nhwc(arr)   # its own range conventions (see to_uint8_nhwc)
+        return to_uint8_nhwc(images_mod.read_array(path)[0])   # its own range conventions (see to_uint8_nhwc)   # its own range conventions (see to_uint8_nhwc)
     if not path.is_dir():
         raise MissingFileError(f"no image folder or .npz file at {path}")
     return to_uint8_nhwc(images_mod.load_images(path, channels=3))
@@ -346,7 +343,7 @@ def compute_fid(images_a: str | os.PathLike | np.ndarray | Tensor,
     if isinstance(reference, (tuple, list)) and len(reference) == 2:
         mu_b, sigma_b = reference
         feats_b = None
-    elif isinstance(reference, (str, os.PathLike)) and _is_statistics_file(Path(reference)):
+    elif isinstance(reference, (str, os.PathLike)) and is_statistics_file(reference):
         mu_b, sigma_b = load_statistics(reference)
         feats_b = None
     else:
