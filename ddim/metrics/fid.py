@@ -267,7 +267,7 @@ def load_images(path: str | os.PathLike) -> np.ndarray:
     if path.is_file() and path.suffix == ".npz":
         if is_statistics_file(path):
             raise DDIMError(f"{path} holds statistics (mu, sigma), not images")
-        return to_uint8_nhwc(images_mod.read_array(path)[0])   # its own range conventions (see to_uint8_nhwc)   # its own range conventions (see to_uint8_nhwc)
+        return to_uint8_nhwc(images_mod.read_array(path)[0])   # its own range conventions (see to_uint8_nhwc)
     if not path.is_dir():
         raise MissingFileError(f"no image folder or .npz file at {path}")
     return to_uint8_nhwc(images_mod.load_images(path, channels=3))
