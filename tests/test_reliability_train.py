@@ -319,25 +319,29 @@ tr.train(config_from_dict(json.loads(sys.argv[1])), progress=False)
 """
 
 
+def _wait_for_log_lines(proc, log: Path, n: int) -> None:
+    """Until the training subprocess has logged n lines (it must still run; two minutes at most)."""
+    import time
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= n):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_a_real_process_checkpoints_and_resumes_bit_identically(tmp_path):
     import os
     import signal
     import subprocess
     import sys
-    import time
     d = _cfg_dict(tmp_path, "killed", n_iters=100_000, snapshot_freq=100_000)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(d)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    log = Path(d["out_dir"]) / "metrics.jsonl"
     try:
-        deadline = time.monotonic() + 120
-        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.02)
+        _wait_for_log_lines(proc, Path(d["out_dir"]) / "metrics.jsonl", 3)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -360,7 +364,6 @@ def test_sigterm_under_torchrun_stops_all_ranks_at_one_step(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
     d = {**_cfg_dict(tmp_path, "ddp", n_iters=100_000, snapshot_freq=100_000), "device": "cpu"}
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
@@ -369,13 +372,8 @@ def test_sigterm_under_torchrun_stops_all_ranks_at_one_step(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              str(script), json.dumps(d)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    log = Path(d["out_dir"]) / "metrics.jsonl"
     try:
-        deadline = time.monotonic() + 120
-        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.02)
+        _wait_for_log_lines(proc, Path(d["out_dir"]) / "metrics.jsonl", 3)
         proc.send_signal(signal.SIGTERM)                  # the launcher forwards it to both ranks
         _, err = proc.communicate(timeout=120)
     finally:

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from peer_models import peer_model
 
 from ddim import DDIMSampler, NoiseSchedule, slerp, timesteps
 from ddim.sampling import ddim_sigma, ddim_step, predict_eps_x0
@@ -139,14 +140,6 @@ def test_large_variance_is_finite_where_eq12_would_be_nan():
 
 
 # --- peers ---------------------------------------------------------------------------------------------
-def _peer_model():
-    torch.manual_seed(0)
-    net = torch.nn.Conv2d(3, 3, 3, padding=1).double()
-
-    def model(x, t):
-        with torch.no_grad():
-            return torch.tanh(net(x.double()) + t.view(-1, 1, 1, 1).double() / 1000).to(x.dtype)
-    return model
 
 
 def _run_diffusers(scheduler, model, x_T, generator, **step_kw):
@@ -162,7 +155,7 @@ def _run_diffusers(scheduler, model, x_T, generator, **step_kw):
 def test_matches_diffusers_ddim_scheduler(steps, eta):
     diffusers = pytest.importorskip("diffusers")
     warnings.filterwarnings("ignore")
-    model = _peer_model()
+    model = peer_model()
     make = lambda: diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
                                            beta_end=0.02, clip_sample=False, set_alpha_to_one=True,
                                            steps_offset=0, timestep_spacing="leading")
@@ -185,7 +178,7 @@ def test_matches_diffusers_ddim_scheduler(steps, eta):
 
 def test_large_variance_matches_diffusers_ddpm_fixed_large():
     diffusers = pytest.importorskip("diffusers")
-    model = _peer_model()
+    model = peer_model()
     x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     peer = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                                    variance_type="fixed_large", clip_sample=True)

@@ -8,6 +8,7 @@ from collections import deque
 
 import pytest
 import torch
+from peer_models import peer_model
 
 from ddim import DDIMSampler, NoiseSchedule, timesteps
 from ddim.sampling import PLMS, Denoiser, DPMSolverPP, Step, UniPC, make_solver, walk
@@ -17,15 +18,6 @@ from ddim.sampling.unipc import unipc_rhos
 SCHED = NoiseSchedule.linear()
 
 
-def _peer_model():
-    """A fixed smooth network (a random conv, tanh), the same for both sides of a parity test."""
-    torch.manual_seed(0)
-    net = torch.nn.Conv2d(3, 3, 3, padding=1).double()
-
-    def model(x, t):
-        with torch.no_grad():
-            return torch.tanh(net(x.double()) + t.view(-1, 1, 1, 1).double() / 1000).to(x.dtype)
-    return model
 
 
 def _run_diffusers(scheduler, model, x_T, **step_kw):
@@ -58,7 +50,7 @@ def _ddim_peer(**kw):
 @pytest.mark.parametrize("steps", [10, 25])
 def test_final_alpha_0_and_steps_offset_match_diffusers_set_alpha_to_one_false(steps):
     pytest.importorskip("diffusers")
-    model = _peer_model()
+    model = peer_model()
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     peer = _float64(_ddim_peer(set_alpha_to_one=False, steps_offset=1), final=SCHED.alphas_cumprod[0].item())
     peer.set_timesteps(steps)
@@ -70,7 +62,7 @@ def test_final_alpha_0_and_steps_offset_match_diffusers_set_alpha_to_one_false(s
 
 
 def test_final_alpha_0_drops_the_identity_step_when_tau1_is_0():
-    sampler = DDIMSampler(_peer_model(), SCHED)
+    sampler = DDIMSampler(peer_model(), SCHED)
     plan = sampler.sample_plan(10, "linspace", final_alpha="alpha_0")       # linspace starts at t = 0
     assert len(plan) == 9 and plan[-1].a_s == SCHED.alphas_cumprod[0].item()
     with pytest.raises(ValueError, match="final_alpha must be 1.0"):
@@ -101,7 +93,7 @@ def test_keep_eps_clips_x0_but_returns_the_networks_eps():
 
 
 def test_steps_offset_is_checked():
-    sampler = DDIMSampler(_peer_model(), SCHED)
+    sampler = DDIMSampler(peer_model(), SCHED)
     with pytest.raises(ValueError, match="past the last timestep 999"):
         sampler.taus(10, "trailing", steps_offset=1)
     with pytest.raises(ValueError, match="explicit skip list is used as given"):
@@ -209,7 +201,7 @@ def test_dpm_solver_pp_matches_diffusers_multistep_scheduler(solver, order, step
                                                  timestep_spacing="trailing", final_sigmas_type=final,
                                                  lower_order_final=True, thresholding=False)
     peer.set_timesteps(steps)
-    model, x_T = _peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model, x_T = peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     expected = _run_diffusers(peer, model, x_T)
     ours = _ours(solver, x_T, peer.timesteps.flip(0).tolist(), model, final_alpha=FINAL[final])
     # diffusers steps in float32 (it casts x to float32 and keeps sigmas in float32): float32 agreement,
@@ -229,7 +221,7 @@ def test_unipc_matches_diffusers_unipc_bh2(steps, final):
                                              final_sigmas_type=final)
     peer.set_timesteps(steps)
     skip = peer.timesteps.flip(0).tolist()
-    model, x_T = _peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model, x_T = peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ours = _ours("unipc", x_T, skip, model, final_alpha=FINAL[final])
     expected = _run_diffusers(peer, model, x_T)
     # diffusers' UniPC makes its last step first order at any step count; ours (as its DPM-Solver) only below
@@ -259,7 +251,7 @@ def test_plms_matches_diffusers_pndm_without_runge_kutta(warmup):
     peer = _float64(diffusers.PNDMScheduler(**_peer_cfg(), skip_prk_steps=True, set_alpha_to_one=True,
                                             steps_offset=0, timestep_spacing="leading"), final=1.0)
     peer.set_timesteps(steps)
-    model, x_T = _peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model, x_T = peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x, expected, first = x_T.clone(), [], None
     with torch.no_grad():
         for k, t in enumerate(peer.timesteps):
@@ -353,7 +345,7 @@ def test_each_solver_makes_one_network_call_per_step(solver):
 
 
 def test_solver_relations_and_options():
-    model, x_T = _peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model, x_T = peer_model(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     run = lambda s: DDIMSampler(model, SCHED).sample(x_T, 12, skip="trailing", solver=s)   # noqa: E731
     # UniP-2 (no corrector) is DPM-Solver++(2M); first-order DPM-Solver++ and PLMS are DDIM.
     torch.testing.assert_close(run(UniPC(corrector=False)), run("dpm++2m"), atol=1e-12, rtol=0)
