@@ -10,6 +10,7 @@ import torch
 
 from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
                                   sample_config)
+from ddim.errors import OutputExistsError
 from ddim.evaluation import reconstruction_mse
 from ddim.generate import decode, encode, image_shape, make_sampler
 from ddim.images import load_images, save_image_grid
@@ -61,7 +62,6 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     configs = [sample_config(args, steps=S) for S in args.steps]
     out = Path(args.out)
     if (out / "mse.json").exists() and not args.overwrite:
-        from ddim.errors import OutputExistsError
         raise OutputExistsError(f"--out {str(out)!r} already holds a reconstruction; pass --overwrite")
     check_writable(out)
     loaded = load(args)
