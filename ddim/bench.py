@@ -6,7 +6,10 @@ random weights, exported to a diffusers `UNet2DModel` folder so that both sides 
 
 Paths, in pairs with the same switches on both sides (the ratio within a pair is the headline):
 - diffusers / ddim-fp32: diffusers' `DDIMPipeline` (UNet2DModel + DDIMScheduler) / this package, float32 eager.
-- diffusers-fast / ddim-fast: bf16 autocast + channels_last (our sampler arithmetic stays float32).
+- diffusers-fast / ddim-fast: bf16 autocast + channels_last (our sampler arithmetic stays float32). The peer
+  also runs its own half-precision recipe, diffusers-bf16: weights loaded with `torch_dtype=torch.bfloat16`,
+  channels_last, no autocast (its scheduler then works in bf16 too); ddim-fast is compared with the faster
+  of the two.
 - diffusers-compile / ddim-compile: the fast switches plus torch.compile with frozen weights (inductor
   `freezing`); compile time is reported separately and excluded from images/s (steady state).
 These switches are PyTorch's, open to any diffusers user: a speed-up that appears on both sides of a pair is
@@ -31,9 +34,11 @@ from pathlib import Path
 
 import torch
 
-PATHS = ("diffusers", "diffusers-fast", "diffusers-compile", "ddim-fp32", "ddim-fast", "ddim-compile")
-# each of our paths and the peer's path with the same switches: the fair comparison
-PEER = {"ddim-fp32": "diffusers", "ddim-fast": "diffusers-fast", "ddim-compile": "diffusers-compile"}
+PATHS = ("diffusers", "diffusers-fast", "diffusers-bf16", "diffusers-compile", "ddim-fp32", "ddim-fast",
+         "ddim-compile")
+# each of our paths and the peer's paths with the same switches: the fair comparison is with the fastest of them
+PEER = {"ddim-fp32": ("diffusers",), "ddim-fast": ("diffusers-fast", "diffusers-bf16"),
+        "ddim-compile": ("diffusers-compile",)}
 FP32_PATHS = ("diffusers", "ddim-fp32")
 
 
@@ -76,7 +81,7 @@ def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> di
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     result: dict = {"path": path, "batch": batch, "steps": steps}
-    fast, compiled = path.endswith(("-fast", "-compile")), path.endswith("-compile")
+    fast, compiled = path.endswith(("-fast", "-compile", "-bf16")), path.endswith("-compile")
     if compiled:
         import torch._inductor.config as inductor_config
         inductor_config.freezing = True           # weights become constants: folded and pre-packed for oneDNN
@@ -84,7 +89,8 @@ def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> di
         from contextlib import nullcontext
 
         from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
-        unet = UNet2DModel.from_pretrained(folder).eval()
+        pure_bf16 = path == "diffusers-bf16"
+        unet = UNet2DModel.from_pretrained(folder, torch_dtype=torch.bfloat16 if pure_bf16 else None).eval()
         if fast:
             unet = unet.to(memory_format=torch.channels_last)
         sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
@@ -93,16 +99,18 @@ def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> di
         if compiled:
             pipe.unet = torch.compile(unet, dynamic=False)     # what diffusers' docs recommend
         pipe.set_progress_bar_config(disable=True)
-        amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if fast else nullcontext  # noqa: E731
+        autocast = fast and not pure_bf16
+        output = "pt" if pure_bf16 else "np"          # numpy has no bfloat16
+        amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else nullcontext  # noqa: E731
 
         def run():
             with torch.no_grad(), amp():
-                return pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, output_type="np",
+                return pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, output_type=output,
                             generator=torch.Generator().manual_seed(0))
 
         def run_warm():
             with torch.no_grad(), amp():
-                return pipe(batch_size=batch, num_inference_steps=2, eta=0.0, output_type="np")
+                return pipe(batch_size=batch, num_inference_steps=2, eta=0.0, output_type=output)
     else:
         from ddim.checkpoint import load
         from ddim.images import to_uint8
@@ -166,9 +174,10 @@ def markdown(results: list[dict], peaks: dict[str, float], flops: float, machine
         f"the paths; the row is their median). Matmul peak of this machine "
         f"(2048^3 GEMM): float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s.",
         "",
-        "The headline is **vs the peer at the same switches** (ddim-fp32 / diffusers, ddim-fast / "
-        "diffusers-fast, ddim-compile / diffusers-compile); *vs diffusers fp32* mixes our switches with the "
-        "peer's defaults and mostly measures PyTorch.",
+        "The headline is **vs the peer at the same switches** (ddim-fp32 / diffusers, ddim-fast / the faster "
+        "of diffusers-fast and diffusers-bf16, ddim-compile / diffusers-compile); *vs diffusers fp32* mixes "
+        "our switches with the peer's defaults and mostly measures PyTorch. diffusers-bf16 is the peer's own "
+        "half-precision recipe (`torch_dtype=torch.bfloat16`, channels_last, no autocast).",
         "",
         "| batch | path | images/s | vs the peer, same switches | vs diffusers fp32 | GFLOP/s (share of its "
         "dtype's peak) | sampler's own share | peak RSS (MB) | warm-up (s) | runs: slowest-fastest images/s |",
@@ -181,7 +190,8 @@ def markdown(results: list[dict], peaks: dict[str, float], flops: float, machine
             continue
         gflops = r["images_per_s"] * flops * r["steps"] / 1e9
         peak = peaks["float32" if r["path"] in FP32_PATHS else "bfloat16"]
-        peer = speed.get((PEER.get(r["path"], ""), r["batch"]))
+        peers = [speed[p, r["batch"]] for p in PEER.get(r["path"], ()) if (p, r["batch"]) in speed]
+        peer = max(peers, default=None)
         fp32 = speed.get(("diffusers", r["batch"]))
         same = f"**{r['images_per_s'] / peer:.2f}x**" if peer else "-"
         vs_fp32 = f"{r['images_per_s'] / fp32:.2f}x" if fp32 else "-"

@@ -5,7 +5,7 @@ import torch
 
 from ddim import DDIMSampler, NoiseSchedule
 from ddim.images import to_uint8
-from ddim.generate import network
+from ddim.generate import cast_matmul_weights, network
 from ddim.models import PRESETS, UNet
 
 SCHED = NoiseSchedule.linear()
@@ -39,6 +39,23 @@ def test_bf16_autocast_stays_close_and_returns_float32(model):
     assert out.dtype == torch.float32                    # the sampler's arithmetic stays float32
     err = (out - ref).abs().max().item()
     assert 0 < err < 0.1, err                            # bf16 has 8 mantissa bits: close, not equal
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_weights_cast_once_give_what_autocast_gives_bit_for_bit(model, dtype):
+    # the low-precision path stores conv/linear weights in the low dtype instead of letting autocast recast
+    # them at every call; that must not change a single bit, nor the caller's model
+    torch.manual_seed(2)
+    cond = UNet(PRESETS["tiny"].__class__(**{**PRESETS["tiny"].to_dict(), "num_classes": 3})).eval()
+    for net, y in ((model, None), (cond, torch.tensor([0, 2, -1]))):
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        cast = cast_matmul_weights(net, dtype)
+        x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 500, 999])
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+            ref, out = net(x, t, y), cast(x, t, y)
+        assert torch.equal(out, ref)
+        assert cast.conv_in.weight.dtype == dtype and cast.norm_out.weight.dtype == torch.float32
+        assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in net.state_dict().items())
 
 
 def test_unknown_dtype():

@@ -335,7 +335,9 @@ class UNet(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         self.check_input(x, t)
         t = t.reshape(-1).expand(x.shape[0])
-        in_dtype, dtype = x.dtype, self.conv_in.weight.dtype
+        # The network's working dtype, read off a norm: a model cast with .to() works in its own dtype, while
+        # one whose matmul weights alone were cast for autocast (generate.cast_matmul_weights) stays float32.
+        in_dtype, dtype = x.dtype, self.norm_out.weight.dtype
         # A ch x ch x 3 x 3 weight is channels_last-contiguous only if the model was converted (`conv_in`'s may
         # look so by accident when in_channels == 1).
         if self.down[0].block[0].conv1.weight.is_contiguous(memory_format=torch.channels_last):
