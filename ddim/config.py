@@ -361,9 +361,15 @@ def load_yaml(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
         raise DDIMError(f"{path}: {e}") from None
 
 
+# What `ddim train` records in a run's config.json beside the config itself: the resolved U-Net, the number of
+# processes and the device. They describe the run, not a setting, so reading the config back skips them.
+RUN_RECORD_KEYS = ("unet", "world_size", "device")
+
+
 def load_json(path: str | Path) -> TrainConfig:
-    """Read the config.json a run directory holds."""
-    return config_from_dict(json.loads(Path(path).read_text()))
+    """Read the config.json a run directory holds (the keys of RUN_RECORD_KEYS are the run's record: skipped)."""
+    d = json.loads(Path(path).read_text())
+    return config_from_dict({k: v for k, v in d.items() if k not in RUN_RECORD_KEYS})
 
 
 # --- command line ------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ddim.config import TrainConfig
+from ddim.config import RUN_RECORD_KEYS, TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset
 from ddim.distributed import Dist, setup_distributed
 from ddim.errors import DDIMError, OutputExistsError, one_line
@@ -443,8 +443,8 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
             start = int(state["step"])
         if info.rank == 0:
             _truncate_metrics(run_dir / "metrics.jsonl", start)     # first: a damaged log changes no file
-            write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "unet": unet_cfg.to_dict(),
-                                                        "world_size": info.world_size, "device": str(device)})
+            record = dict(zip(RUN_RECORD_KEYS, (unet_cfg.to_dict(), info.world_size, str(device))))
+            write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), **record})
 
         ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                if info.world_size > 1 else model)

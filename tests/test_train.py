@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ddim import train as tr
-from ddim.config import TrainConfig, add_train_arguments, config_from_args, config_from_dict, load_yaml
+from ddim.config import TrainConfig, add_train_arguments, config_from_args, config_from_dict, load_json, load_yaml
 from ddim.schedule import NoiseSchedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +133,7 @@ def test_train_writes_run_dir(tmp_path):
     assert rows[0]["lr"] == pytest.approx(1e-3 / 3) and all(math.isfinite(r["loss"]) for r in rows)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["training"]["batch_size"] == 4 and cfg["unet"]["image_size"] == 8
+    assert load_json(run / "config.json") == _cfg(tmp_path)          # the run's own record reads back
     state = torch.load(run / "ckpt-0000006.pt", weights_only=True)
     assert state["step"] == 6 and set(state) >= {"model", "ema", "optimizer", "scaler", "rng_gen", "rng_torch"}
     from ddim import checkpoint
