@@ -16,7 +16,9 @@ These switches are PyTorch's, open to any diffusers user: a speed-up that appear
 PyTorch's, not this package's.
 
 The sampler's own share of the time is measured exactly on the CPU (ops are synchronous there): the time
-spent inside the network's calls is summed and subtracted from the whole loop.
+spent inside the network's calls is summed and subtracted from the whole loop. On a GPU (`--device cuda`) the
+timed regions end with `torch.cuda.synchronize()`, peak memory is `max_memory_allocated`, the matmul peak is
+the GPU's, and the sampler's share is not reported: host timers around asynchronous kernels measure launches.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from ddim.errors import DDIMError
+
 PATHS = ("diffusers", "diffusers-fast", "diffusers-bf16", "diffusers-compile", "ddim-fp32", "ddim-fast",
          "ddim-compile")
 # each of our paths and the peer's paths with the same switches: the fair comparison is with the fastest of them
@@ -42,14 +46,34 @@ PEER = {"ddim-fp32": ("diffusers",), "ddim-fast": ("diffusers-fast", "diffusers-
 FP32_PATHS = ("diffusers", "ddim-fp32")
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n x n x n matmul in `dtype` on this device (a practical peak for dense work)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU, whose ops are synchronous)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_device(device: str) -> None:
+    """A clear error, before any work, for a device this machine does not have."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise DDIMError(f"device must be cpu or cuda[:N], got {device!r}") from None
+    if kind not in ("cpu", "cuda"):
+        raise DDIMError(f"device must be cpu or cuda[:N], got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DDIMError(f"device {device!r}: CUDA is not available on this machine")
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Best GFLOP/s of an n x n x n matmul in `dtype` on `device` (a practical peak for dense work)."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
@@ -76,10 +100,12 @@ class _Timed:
         return out
 
 
-def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> dict:
-    """One measurement, meant to run in its own process; returns seconds, images/s, overhead and peak RSS."""
+def run_cell(path: str, batch: int, steps: int, weights: str, folder: str, device: str = "cpu") -> dict:
+    """One measurement, meant to run in its own process; returns seconds, images/s, overhead and peak memory
+    (the process's RSS on the CPU, max_memory_allocated on a GPU)."""
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
+    cuda = torch.device(device).type == "cuda"
     result: dict = {"path": path, "batch": batch, "steps": steps}
     fast, compiled = path.endswith(("-fast", "-compile", "-bf16")), path.endswith("-compile")
     if compiled:
@@ -90,7 +116,8 @@ def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> di
 
         from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
         pure_bf16 = path == "diffusers-bf16"
-        unet = UNet2DModel.from_pretrained(folder, torch_dtype=torch.bfloat16 if pure_bf16 else None).eval()
+        unet = UNet2DModel.from_pretrained(folder, torch_dtype=torch.bfloat16 if pure_bf16 else None)
+        unet = unet.to(device).eval()
         if fast:
             unet = unet.to(memory_format=torch.channels_last)
         sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
@@ -101,12 +128,13 @@ def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> di
         pipe.set_progress_bar_config(disable=True)
         autocast = fast and not pure_bf16
         output = "pt" if pure_bf16 else "np"          # numpy has no bfloat16
-        amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else nullcontext  # noqa: E731
+        kind = torch.device(device).type
+        amp = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if autocast else nullcontext  # noqa: E731
 
         def run():
             with torch.no_grad(), amp():
                 return pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, output_type=output,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator(device).manual_seed(0))
 
         def run_warm():
             with torch.no_grad(), amp():
@@ -116,29 +144,35 @@ def run_cell(path: str, batch: int, steps: int, weights: str, folder: str) -> di
         from ddim.images import to_uint8
         from ddim.generate import network
         from ddim.sampling import DDIMSampler
-        loaded = load(weights)
+        loaded = load(weights, map_location=device)
         net = _Timed(network(loaded.model, "bfloat16" if fast else "float32", channels_last=fast, compile=compiled))
         sampler = DDIMSampler(net, loaded.schedule)
-        x_T = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        x_T = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
         run = lambda: to_uint8(sampler.sample(x_T, steps=steps))  # noqa: E731
         run_warm = lambda: sampler.sample(x_T, steps=2)  # noqa: E731
     t0 = time.perf_counter()
     run_warm()                                  # first calls: allocations, oneDNN primitives, compilation
+    synchronize(device)
     result["warmup_s"] = time.perf_counter() - t0
     if path.startswith("ddim"):
         net.seconds = 0.0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     run()
+    synchronize(device)
     result["seconds"] = time.perf_counter() - t0
     result["images_per_s"] = batch / result["seconds"]
-    if path.startswith("ddim"):
+    if path.startswith("ddim") and not cuda:
         result["sampler_share"] = 1 - net.seconds / result["seconds"]
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20 if cuda
+                             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return result
 
 
-def _cell_in_subprocess(path: str, batch: int, steps: int, weights: str, folder: str, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "ddim.bench", json.dumps([path, batch, steps, weights, folder])]
+def _cell_in_subprocess(path: str, batch: int, steps: int, weights: str, folder: str, threads: int,
+                        device: str = "cpu") -> dict:
+    cmd = [sys.executable, "-m", "ddim.bench", json.dumps([path, batch, steps, weights, folder, device])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -171,7 +205,8 @@ def markdown(results: list[dict], peaks: dict[str, float], flops: float, machine
         f"Machine: {machine}. Network: the `cifar10` preset ({flops / 1e9:.2f} GFLOP per image per forward, "
         f"counted by torch's FlopCounterMode), seeded random weights shared with a diffusers `UNet2DModel`. "
         f"S = {steps} DDIM steps, eta = 0, one cell per fresh process (repeated cells alternate the order of "
-        f"the paths; the row is their median). Matmul peak of this machine "
+        f"the paths; the row is their median). Peak memory: the process's RSS on a CPU, "
+        f"`max_memory_allocated` on a GPU. Matmul peak of this machine "
         f"(2048^3 GEMM): float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s.",
         "",
         "The headline is **vs the peer at the same switches** (ddim-fp32 / diffusers, ddim-fast / the faster "
@@ -180,7 +215,7 @@ def markdown(results: list[dict], peaks: dict[str, float], flops: float, machine
         "half-precision recipe (`torch_dtype=torch.bfloat16`, channels_last, no autocast).",
         "",
         "| batch | path | images/s | vs the peer, same switches | vs diffusers fp32 | GFLOP/s (share of its "
-        "dtype's peak) | sampler's own share | peak RSS (MB) | warm-up (s) | runs: slowest-fastest images/s |",
+        "dtype's peak) | sampler's own share | peak memory (MB) | warm-up (s) | runs: slowest-fastest images/s |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     speed = {(r["path"], r["batch"]): r["images_per_s"] for r in results if "error" not in r}
@@ -208,16 +243,18 @@ def _spread(row: dict) -> str:
     return f"{row['runs']}: {row['spread'][0]:.3f}-{row['spread'][1]:.3f}"
 
 
-def run_bench(batches: list[int], steps: int, paths: list[str], repeats: int, threads: int
+def run_bench(batches: list[int], steps: int, paths: list[str], repeats: int, threads: int, device: str = "cpu"
               ) -> tuple[list[dict], dict[str, float], float]:
     """Every (path, batch) cell `repeats` times in fresh processes; returns (rows, matmul peaks, FLOPs/forward)."""
+    check_device(device)
     from ddim import NoiseSchedule
     from ddim.checkpoint import export_diffusers, save
     from ddim.models import PRESETS, UNet
     torch.manual_seed(0)
     model = UNet(PRESETS["cifar10"]).eval()
     flops = forward_flops(model, (1, 3, 32, 32))
-    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    peaks = {"float32": matmul_peak(torch.float32, device=device),
+             "bfloat16": matmul_peak(torch.bfloat16, device=device)}
     print(f"matmul peak: float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s; "
           f"{flops / 1e9:.2f} GFLOP per image per forward", flush=True)
     results = []
@@ -231,7 +268,7 @@ def run_bench(batches: list[int], steps: int, paths: list[str], repeats: int, th
                 # odd rounds run the paths in reverse, so that no path always runs first or last on a
                 # machine whose speed drifts (thermal limits, noisy neighbours)
                 for path in (paths if rep % 2 == 0 else paths[::-1]):
-                    r = _cell_in_subprocess(path, batch, steps, weights, folder, threads)
+                    r = _cell_in_subprocess(path, batch, steps, weights, folder, threads, device)
                     runs[path].append(r)
                     print(json.dumps(r), flush=True)
             results += [combine(runs[path]) for path in paths]

@@ -535,9 +535,6 @@ class SampleConfig:
         check_int(self.cache_interval, "cache_interval")
         if self.cache_branch is not None:
             check_int(self.cache_branch, "cache_branch", 0)
-        if self.cache_interval > 1 and self.compile:
-            raise DDIMError("compile: torch.compile of the feature cache is not supported yet; use either "
-                            "--compile or --cache-interval > 1")
 
     def walk_options(self) -> dict[str, Any]:
         """The keyword arguments of `DDIMSampler.sample` / `iter_sample` this config sets."""

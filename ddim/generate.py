@@ -118,9 +118,9 @@ def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.
     """The sampler for a loaded model with the config's network switches (dtype, channels_last, compile) and
     its feature cache (cache_interval > 1: DeepCache)."""
     model = loaded.model.to(device)
-    if config.cache_interval > 1:
-        model = DeepCache(model, config.cache_interval, config.cache_branch)
-    fn = network(model, config.dtype, config.channels_last, config.compile)
+    if config.cache_interval > 1:       # the cache compiles the U-Net's two passes itself, under its bookkeeping
+        model = DeepCache(model, config.cache_interval, config.cache_branch, compile=config.compile)
+    fn = network(model, config.dtype, config.channels_last, config.compile and config.cache_interval == 1)
     return DDIMSampler(fn, loaded.schedule, loaded.prediction)
 
 

@@ -61,3 +61,23 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
     write_section(path, "a", "second")
     text = path.read_text()
     assert "second" in text and "first" not in text and "other" in text and text.startswith("# Benchmarks")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--device", "cuda", "--batches", "1", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "device 'cuda': CUDA is not available" in err and "matmul" not in err
+
+
+def test_an_unknown_device_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--device", "tpu7", "--batches", "1", "--steps", "1"])
+    assert "device must be cpu or cuda[:N], got 'tpu7'" in capsys.readouterr().err
+
+
+def test_synchronize_and_matmul_peak_on_the_cpu():
+    from ddim.bench import matmul_peak, synchronize
+    synchronize("cpu")                                   # a no-op, not an error
+    assert matmul_peak(torch.float32, n=64, repeats=1, device="cpu") > 0

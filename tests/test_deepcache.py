@@ -53,18 +53,32 @@ def test_a_full_pass_every_n_calls_and_a_fresh_cache_per_walk(unet):
     assert not torch.equal(a, exact) and torch.isfinite(a).all()        # it is an approximation
 
 
-def test_the_config_switches_it_on_and_refuses_what_it_cannot_do(unet):
+def test_the_config_switches_it_on_and_refuses_bad_settings(unet):
     from ddim.checkpoint import LoadedModel
     loaded = LoadedModel(unet, SCHED, "eps", unet.config)
     sampler = make_sampler(loaded, SampleConfig(cache_interval=2, cache_branch=1))
     x_T = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         assert torch.isfinite(sampler.sample(x_T, steps=4)).all()
-    with pytest.raises(ValueError, match="compile"):
-        SampleConfig(cache_interval=2, compile=True)
     with pytest.raises(ValueError, match="cache_branch must be"):
         DeepCache(unet, 2, branch=3)
     with pytest.raises(ValueError, match="needs a ddim.models.UNet"):
         DeepCache(lambda x, t: x, 2)
     assert "cache_branch" not in SampleConfig().manifest() and SampleConfig(cache_interval=2).manifest()[
         "cache_interval"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_cache_gives_the_eager_cache_images(unet):
+    # the cache compiles the U-Net's two passes (full, shallow); its bookkeeping stays in Python
+    from ddim.checkpoint import LoadedModel
+    from ddim.images import to_uint8
+    loaded = LoadedModel(unet, SCHED, "eps", unet.config)
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        eager = make_sampler(loaded, SampleConfig(cache_interval=2)).sample(x_T, steps=6)
+        compiled = make_sampler(loaded, SampleConfig(cache_interval=2, compile=True))
+        out = compiled.sample(x_T, steps=6)
+        again = compiled.sample(x_T, steps=6)                    # a second walk: the cache was reset
+    assert (to_uint8(eager).int() - to_uint8(out).int()).abs().max() <= 1
+    assert torch.equal(out, again)

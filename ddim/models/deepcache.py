@@ -4,11 +4,13 @@ Consecutive sampling steps' deep features are nearly equal, so every `interval`-
 and keeps the features entering its shallow branch; the calls in between run only the shallow branch (conv_in,
 the top level's first blocks and its last up blocks) on the cached features. interval 1 is the plain network.
 The sampler resets the cache at the start of each walk (`reset_cache`), so every walk starts with a full pass;
-it works with every solver and with any batch (a batch of another size triggers a full pass).
+it works with every solver and with any batch (a batch of another size triggers a full pass). With
+`compile`, the U-Net's two passes (full and shallow) are compiled, and the cache's bookkeeping stays in Python.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ddim.errors import DDIMError
@@ -21,7 +23,7 @@ class DeepCache(nn.Module):
     """`DeepCache(unet, interval, branch)(x, t) -> eps`: a stateful wrapper; branch None is num_res_blocks
     (the whole top level is the shallow branch, DeepCache's D1/U1)."""
 
-    def __init__(self, unet: UNet, interval: int = 3, branch: int | None = None) -> None:
+    def __init__(self, unet: UNet, interval: int = 3, branch: int | None = None, compile: bool = False) -> None:
         super().__init__()
         if not isinstance(unet, UNet):
             raise DDIMError(f"cache_interval > 1 needs a ddim.models.UNet, got {type(unet).__name__}")
@@ -32,6 +34,8 @@ class DeepCache(nn.Module):
         if isinstance(branch, bool) or not isinstance(branch, int) or not 0 <= branch <= nrb:
             raise DDIMError(f"cache_branch must be an integer in [0, num_res_blocks = {nrb}], got {branch!r}")
         self.unet, self.interval, self.branch = unet, interval, branch
+        # compiled at the first call, not here: the wrapper may still be copied or cast before sampling
+        self.compile, self._features = compile, None
         self.reset_cache()
 
     def reset_cache(self) -> None:
@@ -40,12 +44,15 @@ class DeepCache(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         fresh = self._deep is None or self._deep.shape[0] != x.shape[0] or self.calls % self.interval == 0
+        if self._features is None:
+            self._features = (torch.compile(self.unet.forward_features, dynamic=False) if self.compile
+                              else self.unet.forward_features)
         if self.interval == 1:
-            eps, deep = self.unet(x, t, y), None
+            eps, deep = self._features(x, t, y)
         elif fresh:
-            eps, deep = self.unet.forward_features(x, t, y, branch=self.branch)
+            eps, deep = self._features(x, t, y, branch=self.branch)
         else:
-            eps, deep = self.unet.forward_features(x, t, y, branch=self.branch, deep=self._deep)
+            eps, deep = self._features(x, t, y, branch=self.branch, deep=self._deep)
         self.full_calls += fresh
         self.calls += 1
         self._deep = deep
