@@ -72,7 +72,6 @@ def test_the_config_switches_it_on_and_refuses_bad_settings(unet):
 def test_compiled_cache_gives_the_eager_cache_images(unet):
     # the cache compiles the U-Net's two passes (full, shallow); its bookkeeping stays in Python
     from ddim.checkpoint import LoadedModel
-    from ddim.images import to_uint8
     loaded = LoadedModel(unet, SCHED, "eps", unet.config)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -80,5 +79,6 @@ def test_compiled_cache_gives_the_eager_cache_images(unet):
         compiled = make_sampler(loaded, SampleConfig(cache_interval=2, compile=True))
         out = compiled.sample(x_T, steps=6)
         again = compiled.sample(x_T, steps=6)                    # a second walk: the cache was reset
-    assert (to_uint8(eager).int() - to_uint8(out).int()).abs().max() <= 1
+    # this random network's outputs reach |x| ~ 100: compare relative to that scale
+    assert (out - eager).abs().max() <= 1e-4 * eager.abs().max()
     assert torch.equal(out, again)
