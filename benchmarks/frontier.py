@@ -61,8 +61,16 @@ OUR_METHODS: dict[tuple[str, str, int], tuple[int, ...]] = {
     **{(s, g, 1): FEW for s in ("dpm++2m", "dpm++3m", "unipc") for g in ("trailing", "logsnr")},
     **{(s, "logsnr", 2): (8, 10, 15, 20) for s in ("dpm++2m", "dpm++3m", "unipc")},
 }
-PEER_SWITCHES = ("float32", "bf16 autocast + channels_last", "bf16 weights + channels_last", "compile")
-OUR_SWITCHES = ("float32", "bf16 + channels_last", "compile")
+PEER_SWITCHES = ("float32", "bf16 autocast + channels_last", "bf16 weights + channels_last", "compile float32",
+                 "compile bf16")
+OUR_SWITCHES = ("float32", "bf16 + channels_last", "compile float32", "compile bf16")
+
+
+def our_config(switches: str, **options) -> SampleConfig:
+    """Our SampleConfig for a switch set: compile bf16 is bf16 + channels_last + torch.compile."""
+    low = switches in ("bf16 + channels_last", "compile bf16")
+    return SampleConfig(dtype="bfloat16" if low else "float32", channels_last=low,
+                        compile=switches.startswith("compile"), **options)
 
 
 # ---- the peer ------------------------------------------------------------------------------------------------
@@ -72,10 +80,10 @@ def peer_network(folder: str, switches: str) -> tuple[Callable, torch.dtype]:
     from diffusers import UNet2DModel
     pure = switches == "bf16 weights + channels_last"
     unet = UNet2DModel.from_pretrained(folder, torch_dtype=torch.bfloat16 if pure else None).eval()
-    if switches != "float32":
+    if switches not in ("float32", "compile float32"):
         unet = unet.to(memory_format=torch.channels_last)
-    fn = torch.compile(unet, dynamic=False) if switches == "compile" else unet
-    amp = switches in ("bf16 autocast + channels_last", "compile")
+    fn = torch.compile(unet, dynamic=False) if switches.startswith("compile") else unet
+    amp = switches in ("bf16 autocast + channels_last", "compile bf16")
 
     def call(x, t):
         with torch.autocast("cpu", dtype=torch.bfloat16) if amp else nullcontext():
@@ -165,6 +173,8 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md and the figure")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
+    import diffusers
+    diffusers.utils.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     import torch._inductor.config as inductor_config
     inductor_config.freezing = True           # both sides' compiled networks: weights folded in as constants
@@ -181,12 +191,10 @@ def main() -> None:
     # Phase 1: each side's fastest switches, one network call at the sampling batch.
     xb, tb = x_T[0][:args.batch], torch.full((args.batch,), 500)
     peers = {s: peer_network(folder, s) for s in PEER_SWITCHES}
-    ours = {s: make_sampler(loaded, SampleConfig(dtype="float32" if s == "float32" else "bfloat16",
-                                                 channels_last=s != "float32", compile=s == "compile"))
-            for s in OUR_SWITCHES}
+    ours = {(s, 1): make_sampler(loaded, our_config(s)) for s in OUR_SWITCHES}
     with torch.no_grad():
         calls = {("diffusers", s): (lambda c=c, d=d: c(xb.to(d), tb)) for s, (c, d) in peers.items()}
-        calls.update({("ddim", s): (lambda m=m.model: m(xb, tb)) for s, m in ours.items()})
+        calls.update({("ddim", s): (lambda m=m.model: m(xb, tb)) for (s, _), m in ours.items()})
         t0 = time.perf_counter()
         call_s = fastest(calls, args.rounds)
     print(f"switch timing {time.perf_counter() - t0:.0f} s:", {f"{k[0]} {k[1]}": f"{v * 1e3:.1f} ms"
@@ -197,9 +205,7 @@ def main() -> None:
     # Phase 2: every method and NFE on each side, with that side's fastest switches.
     todo = [dict(side="diffusers", method=m, nfe=k, switches=best["diffusers"], cache=1, seed=0)
             for m, (_, _, nfes) in PEER_METHODS.items() for k in nfes]
-    # the cache runs eager (cache + compile is refused): with compile fastest, it gets the eager fast path
-    eager = best["ddim"] if best["ddim"] != "compile" else "bf16 + channels_last"
-    todo += [dict(side="ddim", solver=s, skip=g, cache=c, nfe=k, switches=best["ddim"] if c == 1 else eager, seed=0)
+    todo += [dict(side="ddim", solver=s, skip=g, cache=c, nfe=k, switches=best["ddim"], seed=0)
              for (s, g, c), nfes in OUR_METHODS.items() for k in nfes]
     todo.append(dict(side="ddim", solver="ddim", skip="uniform", cache=1, nfe=50, switches=best["ddim"], seed=1))
     key = lambda c: json.dumps({k: c[k] for k in sorted(c) if k not in ("fd", "seconds", "s_per_1000", "n")})  # noqa: E731
@@ -213,12 +219,14 @@ def main() -> None:
                 call, dtype = peers[cell["switches"]]
                 run = lambda xb: peer_sample(call, dtype, cell["method"], cell["nfe"], xb)  # noqa: E731
             else:
-                cfg = SampleConfig(steps=cell["nfe"], skip=cell["skip"], solver=cell["solver"],
-                                   dtype="float32" if cell["switches"] == "float32" else "bfloat16",
-                                   channels_last=cell["switches"] != "float32", cache_interval=cell["cache"])
-                # the compiled network is built once per switch set and reused (no recompiling per cell)
-                sampler = ours[cell["switches"]] if cell["cache"] == 1 else make_sampler(loaded, cfg)
+                cfg = our_config(cell["switches"], steps=cell["nfe"], skip=cell["skip"], solver=cell["solver"],
+                                 cache_interval=cell["cache"])
+                # one sampler per (switches, cache), reused across cells: a compiled network is compiled once
+                if (cell["switches"], cell["cache"]) not in ours:
+                    ours[cell["switches"], cell["cache"]] = make_sampler(loaded, cfg)
+                sampler = ours[cell["switches"], cell["cache"]]
                 run = lambda xb: sample_batch(sampler, xb, cfg)  # noqa: E731
+            run(x[:args.batch])                 # warm-up, untimed: first calls of a call pattern (compilation)
             t0 = time.perf_counter()
             images = torch.cat([run(x[i:i + args.batch]) for i in range(0, args.n, args.batch)])
             seconds = time.perf_counter() - t0
