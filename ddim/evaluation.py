@@ -472,47 +472,55 @@ def solvers_table(loaded: LoadedModel, config: SampleConfig = SampleConfig(skip=
 
 
 # --- Table 2 -----------------------------------------------------------------------------------------------------
-T2_FIELDS = ("steps", "n", "mse", "seconds")
+T2_FIELDS = ("solver", "steps", "n", "mse", "seconds")
 
 
 def table2(loaded: LoadedModel, config: SampleConfig = SampleConfig(batch_size=256), *,
            steps: Sequence[int] = TABLE2_STEPS, images: str | Tensor = "digits", n: int = 256,
-           device: str | torch.device = "cpu", out: str | os.PathLike | None = None, overwrite: bool = False,
-           progress: bool = True) -> list[dict]:
+           solvers: Sequence[str] | None = None, device: str | torch.device = "cpu",
+           out: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True) -> list[dict]:
     """Table 2's shape: encode the first n images with S deterministic steps (eq. 13), decode with S steps, and
-    report the per-dimension MSE with pixels in [0, 1]. images: a tensor [N, C, H, W] in [-1, 1] or an image
-    spec (`ddim.images.load_images`); `config` gives skip, solver, dtype and batch size. Returns rows
-    dict(steps, n, mse, seconds); with `out`, writes table2.md, table2.csv, table2.png (log-log), table2.json."""
+    report the per-dimension MSE with pixels in [0, 1], for each solver (default: the config's) and S.
+    images: a tensor [N, C, H, W] in [-1, 1] or an image spec (`ddim.images.load_images`); `config` gives
+    skip, dtype and batch size. Returns rows dict(solver, steps, n, mse, seconds); with `out`, writes
+    table2.md (a row per solver, a column per S), table2.csv, table2.png (log-log) and table2.json. A rerun
+    with the same settings reuses the finished cells, also when it asks for more solvers or S."""
     steps = check_steps(steps, loaded.schedule.T)
     n = check_int(n, "n")
+    configs = {name: config.replace(solver=name) for name in (solvers or [config.solver])}  # validates the names
     if config.batch_size == "auto":
-        config = config.replace(batch_size=256)
+        configs = {name: c.replace(batch_size=256) for name, c in configs.items()}
     x0 = load_images(images, *image_shape(loaded)[:2], n=n, what="images")
-    sampler = make_sampler(loaded, config, device)
-    for S in steps:
-        check_plan(sampler, config.replace(steps=S))
+    sampler = make_sampler(loaded, config, device)           # the solver is a walk option: one sampler serves all
+    for c in configs.values():
+        for S in steps:
+            check_plan(sampler, c.replace(steps=S))
     out = Path(out) if out is not None else None
     done = {}
     if out is not None:
         settings = {"model": weights_fingerprint(loaded.model),
                     "images": images if isinstance(images, str) else f"{len(images)} given images",
-                    "n": len(x0), "skip": config.manifest()["skip"], "solver": config.solver, "dtype": config.dtype}
-        done = {int(r["steps"]): r for r in _start_run(out, "table2", settings, overwrite)}
+                    "n": len(x0), "skip": config.manifest()["skip"], "dtype": config.dtype}
+        done = {(r["solver"], int(r["steps"])): r for r in _start_run(out, "table2", settings, overwrite)}
     rows: list[dict] = []
-    for S in steps:
-        if S in done:
-            r = done[S]
-            rows.append(dict(steps=S, n=int(r["n"]), mse=float(r["mse"]), seconds=float(r["seconds"])))
-            _log(progress, f"table2: S={S:<5d} MSE {rows[-1]['mse']:.3g} (reused)")
-        else:
-            t0 = time.perf_counter()
-            cfg = config.replace(steps=S)
-            x = x0.to(device)
-            rec = decode(sampler, encode(sampler, x, cfg), cfg)
-            rows.append(dict(steps=S, n=len(x0), mse=reconstruction_mse(x, rec), seconds=time.perf_counter() - t0))
-            _log(progress, f"table2: S={S:<5d} MSE {rows[-1]['mse']:.3g} ({rows[-1]['seconds']:.1f} s)")
-        if out is not None:
-            _write_csv(out / "table2.csv", rows, T2_FIELDS)
+    for name, c in configs.items():
+        for S in steps:
+            if (name, S) in done:
+                r = done[name, S]
+                rows.append(dict(solver=name, steps=S, n=int(r["n"]), mse=float(r["mse"]), seconds=float(r["seconds"])))
+                _log(progress, f"table2: {name} S={S:<5d} MSE {rows[-1]['mse']:.3g} (reused)")
+            else:
+                t0 = time.perf_counter()
+                cfg = c.replace(steps=S)
+                x = x0.to(device)
+                rec = decode(sampler, encode(sampler, x, cfg), cfg)
+                rows.append(dict(solver=name, steps=S, n=len(x0), mse=reconstruction_mse(x, rec),
+                                 seconds=time.perf_counter() - t0))
+                _log(progress, f"table2: {name} S={S:<5d} MSE {rows[-1]['mse']:.3g} ({rows[-1]['seconds']:.1f} s)")
+            if out is not None:
+                # the cells of other solvers or S from an earlier run stay in the CSV for a later rerun
+                kept = [r for k, r in done.items() if k not in {(q["solver"], q["steps"]) for q in rows}]
+                _write_csv(out / "table2.csv", kept + rows, T2_FIELDS)
     if out is not None:
         _write_text(out / "table2.md", table2_markdown(rows, str(config.skip)))
         _plot_table2(rows, out / "table2.png")
@@ -520,10 +528,15 @@ def table2(loaded: LoadedModel, config: SampleConfig = SampleConfig(batch_size=2
 
 
 def table2_markdown(rows: list[dict], skip: str = "uniform") -> str:
-    """Rows of `table2` as a markdown table, one column per S (the paper's layout)."""
+    """Rows of `table2` as a markdown table: a row per solver, one column per S (the paper's layout)."""
+    steps = list(dict.fromkeys(r["steps"] for r in rows))
+    mse = {(r["solver"], r["steps"]): r["mse"] for r in rows}
     lines = [f"Reconstruction error (per-dimension MSE, pixels in [0, 1]) of {rows[0]['n'] if rows else 0} images "
-             f"encoded and decoded with S eta = 0 steps, {skip} tau", "",
-             *_columns_by_s(rows, "MSE", [f"{r['mse']:.2g}" for r in rows])]
+             f"encoded and decoded with S deterministic steps, {skip} tau", "",
+             "| solver | " + " | ".join(f"S = {S}" for S in steps) + " |", "|---|" + "---:|" * len(steps)]
+    for name in dict.fromkeys(r["solver"] for r in rows):
+        lines.append(f"| {name} | " + " | ".join(f"{mse[name, S]:.2g}" if (name, S) in mse else "-" for S in steps)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -535,12 +548,15 @@ def _columns_by_s(rows: list[dict], name: str, cells: list[str]) -> list[str]:
 
 def _plot_table2(rows: list[dict], path: Path) -> None:
     fig, ax = _figure()
-    ax.plot([r["steps"] for r in rows], [max(r["mse"], 1e-12) for r in rows], marker="o")
+    for name in dict.fromkeys(r["solver"] for r in rows):
+        mine = [r for r in rows if r["solver"] == name]
+        ax.plot([r["steps"] for r in mine], [max(r["mse"], 1e-12) for r in mine], marker="o", label=name)
     _log_axes(ax, [r["steps"] for r in rows], True)
     ax.set_xlabel("S (encoding and decoding steps)")
     ax.set_ylabel("per-dimension MSE (pixels in [0, 1])")
     ax.set_title("Table 2: reconstruction error vs S")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     _save_figure(fig, path)
 
 

@@ -12,7 +12,7 @@ from ddim import evaluation as ev
 from ddim.checkpoint import save
 from ddim.commands import build_parser
 from ddim.config import SampleConfig
-from ddim.evaluation import reconstruction_mse
+from ddim.evaluation import encode as ev_encode, reconstruction_mse
 from ddim.data import digits
 from ddim.generate import load_model
 from ddim.models import UNet, UNetConfig
@@ -118,7 +118,23 @@ def test_table2_rows_files_and_value(loaded, real, tmp_path):
     s = DDIMSampler(loaded.model, loaded.schedule)
     x0 = real[:3]
     assert rows[1]["mse"] == pytest.approx(reconstruction_mse(x0, s.sample(s.invert(x0, 2), 2, 0.0)), rel=1e-5)
-    assert "| MSE |" in (tmp_path / "table2.md").read_text()
+    assert "| ddim | " in (tmp_path / "table2.md").read_text()
+
+
+def test_table2_has_a_row_per_solver_and_reuses_finished_cells(loaded, real, tmp_path, monkeypatch):
+    kw = dict(steps=(2, 3), images=real, n=3, out=tmp_path, progress=False)
+    first = ev.table2(loaded, SampleConfig(batch_size=3), solvers=["ddim"], **kw)
+    calls = []
+    monkeypatch.setattr(ev, "encode", lambda *a, **k: calls.append(a[2].solver) or ev_encode(*a, **k))
+    both = ev.table2(loaded, SampleConfig(batch_size=3), solvers=["ddim", "dpm++2m"], **kw)
+    assert calls == ["dpm++2m", "dpm++2m"]                          # ddim's cells came from the CSV
+    assert [(r["solver"], r["steps"]) for r in both] == [("ddim", 2), ("ddim", 3), ("dpm++2m", 2), ("dpm++2m", 3)]
+    assert [r["mse"] for r in both[:2]] == pytest.approx([r["mse"] for r in first])
+    assert both[2]["mse"] != both[0]["mse"]                          # another solver, another error
+    text = (tmp_path / "table2.md").read_text()
+    assert "| solver | S = 2 | S = 3 |" in text and "| ddim | " in text and "| dpm++2m | " in text
+    with pytest.raises(ValueError, match="solver must be one of"):
+        ev.table2(loaded, solvers=["euler"], steps=(2,), images=real, n=3, progress=False)
 
 
 def test_timing_rows_files_and_fit(loaded, tmp_path):
@@ -196,7 +212,7 @@ def test_cli_commands_run_and_have_examples(loaded, real, tmp_path, monkeypatch,
         args.fn(args)
         assert (tmp_path / "eval" / f"{argv[1]}.png").exists()
     out = capsys.readouterr().out
-    assert "sigma-hat" in out and "| MSE |" in out and "R^2" in out
+    assert "sigma-hat" in out and "| ddim |" in out and "R^2" in out
 
 
 def _save(loaded, tmp_path):

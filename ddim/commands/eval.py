@@ -73,11 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = evals.add_parser("table2", help="reconstruction error vs S (Table 2)", formatter_class=Formatter,
                          epilog="example: ddim eval table2 --input digits --n 256 --steps 10 20 50 100 200 500 1000 "
-                                "--out eval")
+                                "--solvers ddim dpm++2m unipc --skip logsnr --out eval")
     common(p, ev.TABLE2_STEPS, 256, stochastic=False, seed=False)
     g = p.add_argument_group("table 2")
     g.add_argument("--input", default="digits", help="images to encode: 'digits', a folder, an image or an .npz")
     g.add_argument("--n", type=int, default=256, help="use the first n images")
+    g.add_argument("--solvers", nargs="+", default=None, choices=tuple(SOLVERS),
+                   help="solvers, a row each (default: --solver)")
     p.set_defaults(fn=run_table2)
 
     p = evals.add_parser("timing", help="seconds per image vs S, with a linear fit (Figure 4)",
@@ -114,8 +116,8 @@ def run_solvers(args: argparse.Namespace) -> None:
 
 def run_table2(args: argparse.Namespace) -> None:
     config = _config(args)
-    rows = ev.table2(load(args), config, steps=args.steps, images=args.input, n=args.n, device=args.device,
-                     out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    rows = ev.table2(load(args), config, steps=args.steps, images=args.input, n=args.n, solvers=args.solvers,
+                     device=args.device, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     print((Path(args.out) / "table2.md").read_text())
     print(f"wrote {args.out}/table2.md, table2.csv, table2.png ({len(rows)} rows)")
 
