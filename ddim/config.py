@@ -362,8 +362,9 @@ def load_yaml(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
 
 
 # What `ddim train` records in a run's config.json beside the config itself: the resolved U-Net, the number of
-# processes and the device. They describe the run, not a setting, so reading the config back skips them.
-RUN_RECORD_KEYS = ("unet", "world_size", "device")
+# processes and the device it ran on. They describe the run, not a setting, so reading the config back skips
+# them (the config's own `device` field, None for "pick one", is kept as given).
+RUN_RECORD_KEYS = ("unet", "world_size", "resolved_device")
 
 
 def load_json(path: str | Path) -> TrainConfig:

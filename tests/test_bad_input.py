@@ -46,7 +46,7 @@ CASES = [
     ("sample --dtype float8", "--dtype"), ("sample --batch-size 0", "--batch-size"),
     ("sample --batch-size big", "--batch-size"), ("sample --cache-interval 0", "--cache-interval"),
     ("sample --cache-branch -1", "--cache-branch"), ("sample --cache-interval 2 --cache-branch 9", "cache_branch"),
-("sample --bogus-flag", "unrecognized arguments"),
+    ("sample --bogus-flag", "unrecognized arguments"),
     # --- sample: files, devices, outputs
     ("sample --ckpt {d}/missing.safetensors", "missing.safetensors"),
     ("sample --ckpt {d}/garbage.safetensors", "garbage.safetensors"),

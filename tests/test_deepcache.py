@@ -82,3 +82,18 @@ def test_compiled_cache_gives_the_eager_cache_images(unet):
     # this random network's outputs reach |x| ~ 100: compare relative to that scale
     assert (out - eager).abs().max() <= 1e-4 * eager.abs().max()
     assert torch.equal(out, again)
+
+
+@pytest.mark.slow
+def test_a_copy_of_a_used_compiled_cache_runs_its_own_weights(unet):
+    # a compiled pass stays bound to the U-Net it was made from; the copy must make its own
+    import copy
+    net = DeepCache(copy.deepcopy(unet), interval=2, compile=True)
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
+    with torch.no_grad():
+        net(x, t)
+        twin = copy.deepcopy(net)
+        twin.unet.conv_out.bias.data += 1.0          # only the copy's weights change
+        twin.reset_cache()
+        net.reset_cache()
+        assert torch.allclose(twin(x, t), net(x, t) + 1.0, atol=1e-5)

@@ -122,7 +122,9 @@ def _metrics(run):
 
 
 def test_train_writes_run_dir(tmp_path):
-    run = tr.train(_cfg(tmp_path), progress=False)
+    cfg = _cfg(tmp_path)
+    cfg.device = "cpu"                       # a setting the run record must not shadow
+    run = tr.train(cfg, progress=False)
     names = sorted(p.name for p in run.iterdir())
     assert names == ["ckpt-0000004.pt", "ckpt-0000006.pt", "config.json", "metrics.jsonl", "model.safetensors",
                      "samples"]                                       # keep_last=2
@@ -131,9 +133,10 @@ def test_train_writes_run_dir(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert set(rows[0]) >= {"step", "loss", "lr", "grad_norm", "it_per_s", "img_per_s"}
     assert rows[0]["lr"] == pytest.approx(1e-3 / 3) and all(math.isfinite(r["loss"]) for r in rows)
-    cfg = json.loads((run / "config.json").read_text())
-    assert cfg["training"]["batch_size"] == 4 and cfg["unet"]["image_size"] == 8
-    assert load_json(run / "config.json") == _cfg(tmp_path)          # the run's own record reads back
+    record = json.loads((run / "config.json").read_text())
+    assert record["training"]["batch_size"] == 4 and record["unet"]["image_size"] == 8
+    assert record["resolved_device"] == "cpu"
+    assert load_json(run / "config.json") == cfg                     # the run's own record reads back
     state = torch.load(run / "ckpt-0000006.pt", weights_only=True)
     assert state["step"] == 6 and set(state) >= {"model", "ema", "optimizer", "scaler", "rng_gen", "rng_torch"}
     from ddim import checkpoint

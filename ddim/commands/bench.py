@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--paths", nargs="+", default=list(bench.PATHS), choices=bench.PATHS, help="which paths to run")
     s.add_argument("--repeats", type=positive_int, default=1,
                    help="runs per cell, in alternating order; the table reports the median")
+    # cpu by default, unlike the sampling commands: the CPU cells are the measured ones, the CUDA branch is new
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (GPU cells synchronize around the timed "
                    "regions and report max_memory_allocated)")
     s.add_argument("--threads", type=positive_int, default=torch.get_num_threads(), help="CPU threads per cell")
@@ -29,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     results, peaks, flops = bench.run_bench(args.batches, args.steps, args.paths, args.repeats, args.threads,
-                                                   args.device)
-    text = bench.markdown(results, peaks, flops, bench.machine(), args.steps)
+                                            args.device)
+    text = bench.markdown(results, peaks, flops, bench.machine(args.device), args.steps)
     print(text)
     if args.write:
         bench.write_section(args.write, "bench_sampling", text)

@@ -35,8 +35,12 @@ class DeepCache(nn.Module):
             raise DDIMError(f"cache_branch must be an integer in [0, num_res_blocks = {nrb}], got {branch!r}")
         self.unet, self.interval, self.branch = unet, interval, branch
         # compiled at the first call, not here: the wrapper may still be copied or cast before sampling
-        self.compile, self._features = compile, None
+        self.compile_passes, self._features = compile, None
         self.reset_cache()
+
+    def __getstate__(self) -> dict:
+        # a copy (deepcopy, pickle) must bind its own U-Net: drop the pass bound (or compiled) to this one's
+        return {**self.__dict__, "_features": None}
 
     def reset_cache(self) -> None:
         """Forget the cached features: the next call is a full pass."""
@@ -45,7 +49,7 @@ class DeepCache(nn.Module):
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         fresh = self._deep is None or self._deep.shape[0] != x.shape[0] or self.calls % self.interval == 0
         if self._features is None:
-            self._features = (torch.compile(self.unet.forward_features, dynamic=False) if self.compile
+            self._features = (torch.compile(self.unet.forward_features, dynamic=False) if self.compile_passes
                               else self.unet.forward_features)
         if self.interval == 1:
             eps, deep = self._features(x, t, y)
