@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,6 +14,7 @@ from ddim import train as tr
 from ddim.config import config_from_dict
 from ddim.errors import DDIMError
 from ddim.schedule import NoiseSchedule
+from tiny_runs import tiny_run_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,17 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _cfg_dict(tmp_path, out="run", **training):
-    """Tiny 8x8 grey data (24 images) and the 'tiny' U-Net, as tests/test_train.py builds them."""
-    npz = tmp_path / "tiny.npz"
-    if not npz.exists():
-        np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (24, 8, 8), dtype=np.uint8))
-    return {"data": {"dataset": "npz", "root": str(npz), "image_size": 8, "channels": 1, "random_flip": True},
-            "model": {"preset": "tiny", "dropout": 0.1, "ema_rate": 0.9, "ema_warmup": True},
-            "diffusion": {"num_diffusion_timesteps": 100, "antithetic": True},
-            "training": {"batch_size": 4, "n_iters": 3, "snapshot_freq": 3, "keep_last": 2, "log_freq": 1,
-                         "sample_freq": 0, "sample_steps": 5, "n_samples": 4, **training},
-            "optim": {"lr": 1e-3, "warmup": 3},
-            "out_dir": str(tmp_path / out)}
+    """tests/tiny_runs.py's run, 3 steps with one checkpoint at the end."""
+    return tiny_run_dict(tmp_path, out, **{"n_iters": 3, "snapshot_freq": 3, **training})
 
 
 def _cfg(tmp_path, out="run", **training):

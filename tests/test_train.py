@@ -13,6 +13,7 @@ from torch import nn
 from ddim import train as tr
 from ddim.config import TrainConfig, add_train_arguments, config_from_args, config_from_dict, load_json, load_yaml
 from ddim.schedule import NoiseSchedule
+from tiny_runs import tiny_run_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,19 +103,7 @@ def test_loss_decreases_on_fixed_batch():
 
 # --- the loop ---------------------------------------------------------------------------------------------
 def _cfg(tmp_path, out="run", **training):
-    """Tiny 8x8 grey data (24 images) and the 'tiny' U-Net: a step takes a few milliseconds."""
-    npz = tmp_path / "tiny.npz"
-    if not npz.exists():
-        rng = np.random.default_rng(0)
-        np.savez(npz, images=rng.integers(0, 256, (24, 8, 8), dtype=np.uint8))
-    d = {"data": {"dataset": "npz", "root": str(npz), "image_size": 8, "channels": 1, "random_flip": True},
-         "model": {"preset": "tiny", "dropout": 0.1, "ema_rate": 0.9, "ema_warmup": True},
-         "diffusion": {"num_diffusion_timesteps": 100, "antithetic": True},
-         "training": {"batch_size": 4, "n_iters": 6, "snapshot_freq": 2, "keep_last": 2, "log_freq": 1,
-                      "sample_freq": 0, "sample_steps": 5, "n_samples": 4, **training},
-         "optim": {"lr": 1e-3, "warmup": 3},
-         "out_dir": str(tmp_path / out)}
-    return config_from_dict(d)
+    return config_from_dict(tiny_run_dict(tmp_path, out, **training))
 
 
 def _metrics(run):
