@@ -487,9 +487,9 @@ def table2(loaded: LoadedModel, config: SampleConfig = SampleConfig(batch_size=2
     with the same settings reuses the finished cells, also when it asks for more solvers or S."""
     steps = check_steps(steps, loaded.schedule.T)
     n = check_int(n, "n")
-    configs = {name: config.replace(solver=name) for name in (solvers or [config.solver])}  # validates the names
     if config.batch_size == "auto":
-        configs = {name: c.replace(batch_size=256) for name, c in configs.items()}
+        config = config.replace(batch_size=256)
+    configs = {name: config.replace(solver=name) for name in (solvers or [config.solver])}  # validates the names
     x0 = load_images(images, *image_shape(loaded)[:2], n=n, what="images")
     sampler = make_sampler(loaded, config, device)           # the solver is a walk option: one sampler serves all
     for c in configs.values():
@@ -502,6 +502,9 @@ def table2(loaded: LoadedModel, config: SampleConfig = SampleConfig(batch_size=2
                     "images": images if isinstance(images, str) else f"{len(images)} given images",
                     "n": len(x0), "skip": config.manifest()["skip"], "dtype": config.dtype}
         done = {(r["solver"], int(r["steps"])): r for r in _start_run(out, "table2", settings, overwrite)}
+    # an earlier run's cells that this one does not ask for stay in the CSV, for a later rerun
+    others = [r for (name, S), r in done.items() if name not in configs or S not in steps]
+    x = x0.to(device)
     rows: list[dict] = []
     for name, c in configs.items():
         for S in steps:
@@ -512,15 +515,12 @@ def table2(loaded: LoadedModel, config: SampleConfig = SampleConfig(batch_size=2
             else:
                 t0 = time.perf_counter()
                 cfg = c.replace(steps=S)
-                x = x0.to(device)
                 rec = decode(sampler, encode(sampler, x, cfg), cfg)
                 rows.append(dict(solver=name, steps=S, n=len(x0), mse=reconstruction_mse(x, rec),
                                  seconds=time.perf_counter() - t0))
                 _log(progress, f"table2: {name} S={S:<5d} MSE {rows[-1]['mse']:.3g} ({rows[-1]['seconds']:.1f} s)")
             if out is not None:
-                # the cells of other solvers or S from an earlier run stay in the CSV for a later rerun
-                kept = [r for k, r in done.items() if k not in {(q["solver"], q["steps"]) for q in rows}]
-                _write_csv(out / "table2.csv", kept + rows, T2_FIELDS)
+                _write_csv(out / "table2.csv", others + rows, T2_FIELDS)
     if out is not None:
         _write_text(out / "table2.md", table2_markdown(rows, str(config.skip)))
         _plot_table2(rows, out / "table2.png")
