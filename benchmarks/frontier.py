@@ -112,9 +112,10 @@ def peer_sample(call: Callable, dtype: torch.dtype, method: str, nfe: int, x_T: 
 
 # ---- timing the switch sets ----------------------------------------------------------------------------------
 
-def fastest(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each call over interleaved rounds (after one warm-up call each)."""
-    times: dict[str, list[float]] = {k: [] for k in calls}
+def interleaved(calls: dict, rounds: int) -> dict:
+    """Seconds of each call in every one of `rounds` rounds (after one warm-up call each); odd rounds run the
+    calls in reverse order, so that a drift of the machine's speed falls on all of them."""
+    times: dict = {k: [] for k in calls}
     for fn in calls.values():
         fn()
     for r in range(rounds):
@@ -122,7 +123,7 @@ def fastest(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, fl
             t0 = time.perf_counter()
             calls[k]()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def pareto(cells: list[dict]) -> list[dict]:
@@ -205,7 +206,7 @@ def main() -> None:
         calls = {("diffusers", s): (lambda c=c, d=d: c(xb.to(d), tb)) for s, (c, d) in peers.items()}
         calls.update({("ddim", s): (lambda m=m.model: m(xb, tb)) for (s, _), m in ours.items()})
         t0 = time.perf_counter()
-        call_s = fastest(calls, args.rounds)
+        call_s = {k: statistics.median(v) for k, v in interleaved(calls, args.rounds).items()}
     print(f"switch timing {time.perf_counter() - t0:.0f} s:", {f"{k[0]} {k[1]}": f"{v * 1e3:.1f} ms"
                                                                for k, v in call_s.items()}, flush=True)
     best = {side: min((k for k in call_s if k[0] == side), key=call_s.get)[1] for side in ("diffusers", "ddim")}
@@ -265,14 +266,9 @@ def main() -> None:
     if at_bar["ddim"] is None:
         raise SystemExit(f"no cell of ours reaches the bar (FD {bar:.2f}); the cells are in {cells_path}")
     # The two winners again, in alternating rounds: the headline ratio does not rest on one run per side.
-    winners = {side: runner(c) for side, c in at_bar.items()}
-    final: dict[str, list[float]] = {side: [] for side in winners}
+    winners = {side: (lambda run=runner(c): timed(run, x_T[0])) for side, c in at_bar.items()}
     with torch.no_grad():
-        for run in winners.values():
-            run(x_T[0][:args.batch])
-        for r in range(args.final_rounds):
-            for side in (list(winners) if r % 2 == 0 else list(winners)[::-1]):
-                final[side].append(1000 * timed(winners[side], x_T[0])[1] / args.n)
+        final = {side: [1000 * t / args.n for t in ts] for side, ts in interleaved(winners, args.final_rounds).items()}
     final_s = {side: statistics.median(v) for side, v in final.items()}
     ratio = final_s["diffusers"] / final_s["ddim"]
     print("winners re-timed (s per 1000):", final, flush=True)
