@@ -102,6 +102,8 @@ class OptimConfig:
     amsgrad: bool = False
     grad_clip: float = 1.0            # max global grad norm (0: no clipping, norm still logged)
     warmup: int = 0                   # linear LR warmup steps
+    lr_schedule: str = "constant"     # after warm-up: constant | cosine (decays to min_lr at n_iters)
+    min_lr: float = 0.0               # the cosine schedule's final learning rate
 
 
 @dataclass
@@ -150,6 +152,9 @@ class TrainConfig:
             (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
             (o.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {o.grad_clip}"),
             (o.warmup >= 0, f"optim.warmup must be >= 0, got {o.warmup}"),
+            (o.lr_schedule in ("constant", "cosine"),
+             f"optim.lr_schedule must be constant or cosine, got {o.lr_schedule!r}"),
+            (0.0 <= o.min_lr <= o.lr, f"optim.min_lr must lie in [0, optim.lr = {o.lr}], got {o.min_lr}"),
             (o.optimizer.lower() in ("adam", "adamw"), f"optim.optimizer must be Adam or AdamW, got {o.optimizer!r}"),
             (0.0 <= m.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1), got {m.ema_rate}"),
             (m.dropout is None or 0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}"),

@@ -106,9 +106,16 @@ def ema_decay(step: int, rate: float, warmup: bool = False) -> float:
     return min(rate, (1 + step) / (10 + step)) if warmup else rate
 
 
-def lr_at(step: int, lr: float, warmup: int) -> float:
-    """Linear warmup from lr / warmup to lr over the first `warmup` steps (step counts from 0), then constant."""
-    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+def lr_at(step: int, lr: float, warmup: int, schedule: str = "constant", total: int = 0,
+          min_lr: float = 0.0) -> float:
+    """Linear warmup from lr / warmup to lr over the first `warmup` steps (step counts from 0); then constant, or
+    (schedule="cosine") a half cosine from lr down to min_lr at step `total`."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return lr
+    frac = min(1.0, (step - warmup) / (total - warmup))
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def build_unet_config(cfg: TrainConfig):
@@ -486,7 +493,7 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
         try:
             with _StopOnSignal(handle_signals) as stop:
                 for step, micros in zip(range(start, tc.n_iters), batches):
-                    lr = lr_at(step, oc.lr, oc.warmup)
+                    lr = lr_at(step, oc.lr, oc.warmup, oc.lr_schedule, tc.n_iters, oc.min_lr)
                     for g in opt.param_groups:
                         g["lr"] = lr
                     # One global batch of randomness, the same on every rank; each rank keeps its rows.

@@ -260,3 +260,10 @@ def test_train_on_image_folder_with_a_corrupt_file(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         run = tr.train(cfg, progress=False)
     assert [r["step"] for r in _metrics(run)] == [1, 2, 3]
+
+
+def test_cosine_lr_decays_from_lr_to_min_lr_after_warmup():
+    lrs = [tr.lr_at(k, 1.0, 10, "cosine", 110, 0.01) for k in range(111)]
+    assert lrs[:10] == [tr.lr_at(k, 1.0, 10) for k in range(10)]     # the same warm-up as the constant schedule
+    assert lrs[10] == 1.0 and abs(lrs[60] - 0.505) < 1e-12 and abs(lrs[110] - 0.01) < 1e-12
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))              # monotone after warm-up
