@@ -84,3 +84,25 @@ def test_solver_names_and_instances():
         make_solver(DDIM(), eta=0.5)
     with pytest.raises(ValueError, match="inversion needs a deterministic solver"):
         DDIMSampler(lambda x, t: x, SCHED).invert(torch.randn(1, 2), steps=3, solver=DDIM(1.0))
+
+
+def test_last_nfe_counts_the_calls_of_a_two_call_solver():
+    import torch
+    from ddim import DDIMSampler, NoiseSchedule
+    from ddim.sampling.solvers import Solver
+    from ddim.sampling.steps import ddim_step
+
+    class TwoCalls(Solver):
+        def step(self, denoise, x, i, noise):
+            s = self.plan[i]
+            denoise(x, s.t, s.a_t)
+            eps, x0 = denoise(x, s.t, s.a_t)
+            return ddim_step(x0, eps, s.a_s, 0.0, None), x0
+
+    calls = []
+    model = lambda x, t: (calls.append(1), torch.zeros_like(x))[1]      # noqa: E731
+    sampler = DDIMSampler(model, NoiseSchedule.linear(100))
+    sampler.sample(torch.randn(2, 1, 4, 4), steps=5, solver=TwoCalls())
+    assert sampler.last_nfe == len(calls) == 10
+    sampler.invert(torch.randn(2, 1, 4, 4), steps=3)
+    assert sampler.last_nfe == 3

@@ -30,8 +30,11 @@ class DDIMSampler:
     """Sampling (eq. 12) and deterministic encoding (eq. 13) with a trained network.
 
     model(x [B, ...], t LongTensor [B]) returns the prediction named by `prediction` ("eps", "x0" or "v"),
-    same shape as x. The sampler keeps no state between calls.
+    same shape as x. The sampler keeps no state between calls, except `last_nfe`: the network calls the most
+    recently finished walk made (a guided call of 2B counts as one), as its denoiser counted them.
     """
+
+    last_nfe: int | None = None
 
     def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps") -> None:
         if prediction not in PREDICTIONS:
@@ -65,6 +68,12 @@ class DDIMSampler:
         """The levels `invert` walks: alpha = 1 -> tau_1 -> ... -> tau_S."""
         return invert_plan(self.schedule, self.taus(steps, skip, steps_offset))
 
+    def _walk(self, x: Tensor, plan: Sequence[Step], denoise: Denoiser, solver: Solver, generator: Generator = None,
+              progress: bool = False, desc: str = "sampling") -> Iterator[tuple[int, Tensor, Tensor]]:
+        """`walk`, recording the denoiser's call count in `last_nfe` once the walk has finished."""
+        yield from walk(x, plan, denoise, solver, generator, progress, desc)
+        self.last_nfe = denoise.nfe
+
     # -- public API
     def iter_sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                     variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
@@ -75,7 +84,7 @@ class DDIMSampler:
         template = make_solver(solver, eta, variance)        # everything is validated before the first next()
         plan = self.sample_plan(steps, skip, final_alpha, steps_offset)
         denoise = self.denoiser(clip_denoised, y, guidance)
-        return walk(x_T, plan, denoise, template.fresh(plan), generator, progress)
+        return self._walk(x_T, plan, denoise, template.fresh(plan), generator, progress)
 
     def sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
@@ -116,8 +125,8 @@ class DDIMSampler:
         if not template.deterministic:
             raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
         plan = self.invert_plan(steps, skip, steps_offset)
-        return walk(x_0, plan, self.denoiser(False, y, guidance), template.fresh(plan), progress=progress,
-                    desc="encoding")
+        return self._walk(x_0, plan, self.denoiser(False, y, guidance), template.fresh(plan), progress=progress,
+                          desc="encoding")
 
     def invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
                progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
