@@ -12,7 +12,7 @@ from ddim import evaluation as ev
 from ddim.checkpoint import save
 from ddim.commands import build_parser
 from ddim.config import SampleConfig
-from ddim.evaluation import encode as ev_encode, reconstruction_mse
+from ddim.evaluation import encode as ev_encode, reconstruction_mse, table_quality, table_reconstruction
 from ddim.data import digits
 from ddim.generate import load_model
 from ddim.models import UNet, UNetConfig
@@ -101,7 +101,7 @@ def test_table1_rows_files_and_resume(loaded, real, tmp_path, monkeypatch):
     assert rows[3]["distance"] == pytest.approx(m.distance(x), rel=1e-9)
 
     # A rerun with the same settings reuses every cell without sampling; other settings need overwrite.
-    monkeypatch.setattr(ev, "generate_samples", lambda *a, **k: pytest.fail("resumed run sampled again"))
+    monkeypatch.setattr(loaded.model, "forward", lambda *a, **k: pytest.fail("resumed run sampled again"))
     again = ev.table1(loaded, steps=(1, 3), etas=(0.0, 1.0), n=4, metric=m, out=tmp_path, progress=False)
     assert [r["distance"] for r in again] == pytest.approx([r["distance"] for r in rows])
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -125,7 +125,7 @@ def test_table2_has_a_row_per_solver_and_reuses_finished_cells(loaded, real, tmp
     kw = dict(steps=(2, 3), images=real, n=3, out=tmp_path, progress=False)
     first = ev.table2(loaded, SampleConfig(batch_size=3), solvers=["ddim"], **kw)
     calls = []
-    monkeypatch.setattr(ev, "encode", lambda *a, **k: calls.append(a[2].solver) or ev_encode(*a, **k))
+    monkeypatch.setattr(table_reconstruction, "encode", lambda *a, **k: calls.append(a[2].solver) or ev_encode(*a, **k))
     both = ev.table2(loaded, SampleConfig(batch_size=3), solvers=["ddim", "dpm++2m"], **kw)
     assert calls == ["dpm++2m", "dpm++2m"]                          # ddim's cells came from the CSV
     assert [(r["solver"], r["steps"]) for r in both] == [("ddim", 2), ("ddim", 3), ("dpm++2m", 2), ("dpm++2m", 3)]
@@ -207,7 +207,7 @@ def test_cli_commands_run_and_have_examples(loaded, real, tmp_path, monkeypatch,
         assert f"example: ddim eval {name}" in capsys.readouterr().out
     ckpt = ["--ckpt", str(loaded.metadata.get("path", "")) or _save(loaded, tmp_path), "--device", "cpu"]
     # the CLI's metric is a name; give table1 the independent projection metric instead of the classifier
-    monkeypatch.setattr(ev, "make_metric", lambda *a, **k: _projection_metric(real))
+    monkeypatch.setattr(table_quality, "make_metric", lambda *a, **k: _projection_metric(real))
     for argv in (["eval", "table1", "--steps", "1", "2", "--etas", "0", "--n", "3", "--quiet"],
                  ["eval", "table2", "--steps", "1", "--n", "2", "--quiet"],
                  ["eval", "timing", "--steps", "1", "2", "--batch-size", "1", "--repeats", "1", "--quiet"]):
@@ -232,7 +232,7 @@ def test_solvers_table_rows_files_and_resume(loaded, real, tmp_path, monkeypatch
     assert "| dpm++2m |" in (tmp_path / "solvers.md").read_text() and (tmp_path / "solvers.png").exists()
     x = ev.generate_samples(loaded, 4, SampleConfig(steps=3, skip="trailing", solver="dpm++2m"))
     assert rows[3]["distance"] == pytest.approx(m.distance(x), rel=1e-9)
-    monkeypatch.setattr(ev, "generate_samples", lambda *a, **k: pytest.fail("resumed run sampled again"))
+    monkeypatch.setattr(loaded.model, "forward", lambda *a, **k: pytest.fail("resumed run sampled again"))
     again = ev.solvers_table(loaded, SampleConfig(skip="trailing", batch_size=4), solvers=("ddim", "dpm++2m"),
                              nfes=(2, 3), n=4, metric=m, out=tmp_path, progress=False)
     assert [r["distance"] for r in again] == pytest.approx([r["distance"] for r in rows])

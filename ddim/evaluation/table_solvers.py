@@ -1,0 +1,117 @@
+"""The solver table: sample quality (a Frechet distance) vs network calls, for each solver (`ddim eval solvers`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddim.checkpoint import LoadedModel
+from ddim.config import SampleConfig, check_int, check_steps
+from ddim.errors import DDIMError
+from ddim.evaluation.metric import FeatureMetric, make_metric
+from ddim.evaluation.plots import figure, log_axes, save_figure
+from ddim.evaluation.runner import Table, fmt, run_table
+from ddim.evaluation.samples import generate_samples_with_nfe
+from ddim.generate import check_plan, make_sampler, weights_fingerprint
+
+__all__ = ["solvers_table", "SOLVER_NFES", "TS_FIELDS"]
+
+SOLVER_NFES: tuple[int, ...] = (5, 8, 10, 15, 20, 50)
+TS_FIELDS = ("solver", "nfe", "steps", "n", "distance", "metric", "seconds")
+
+
+class SolversTable(Table):
+    name, fields, key_fields = "solvers", TS_FIELDS, ("solver", "steps")
+    types = dict(nfe=int, steps=int, n=int, distance=float, seconds=float)
+
+    def __init__(self, loaded: LoadedModel, config: SampleConfig, solvers: Sequence[str], steps: Sequence[int],
+                 n: int, metric: str | FeatureMetric, reference: Any, inception_weights: Any,
+                 device: str | torch.device, cache: Path | None, progress: bool) -> None:
+        from ddim.sampling import SOLVERS
+        self.loaded, self.config, self.device, self.progress = loaded, config, device, progress
+        self.n = check_int(n, "n", 2)
+        self.steps = check_steps(steps, loaded.schedule.T, "nfes")
+        for name in solvers:
+            if name not in SOLVERS:
+                raise DDIMError(f"solvers: {name!r} is not one of {', '.join(SOLVERS)}")
+        self.solvers = list(solvers)
+        self.metric_spec, self.reference, self.inception_weights, self.cache = metric, reference, inception_weights, cache
+
+    def _config(self, cell: tuple) -> SampleConfig:
+        solver, steps = cell
+        return self.config.replace(solver=solver, steps=steps, eta=0.0, variance="eta")
+
+    def cells(self) -> list[tuple]:
+        return [(name, k) for name in self.solvers for k in self.steps]
+
+    def check(self) -> None:
+        sampler = make_sampler(self.loaded, self.config, self.device)
+        for cell in self.cells():
+            check_plan(sampler, self._config(cell))
+
+    def prepare(self) -> None:
+        self.metric = make_metric(self.metric_spec, self.loaded, self.reference, self.inception_weights,
+                                  self.device, cache=self.cache)
+
+    def settings(self) -> dict[str, Any]:
+        m = self.metric
+        settings = {"model": weights_fingerprint(self.loaded.model), "n": self.n, **self.config.manifest(),
+                    "metric": m.label, "features": m.fingerprint, "reference": m.reference_name}
+        for k in ("steps", "solver", "eta", "variance"):
+            settings.pop(k)
+        return settings
+
+    def compute(self, cell: tuple) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        images, nfe = generate_samples_with_nfe(self.loaded, self.n, self._config(cell), self.device, self.progress)
+        return dict(solver=cell[0], nfe=nfe, steps=cell[1], n=self.n, distance=self.metric.distance(images),
+                    metric=self.metric.label, seconds=time.perf_counter() - t0)
+
+    def describe(self, row: dict[str, Any]) -> str:
+        return f"solvers: {row['solver']:>10} NFE={row['nfe']:<4d} {row['metric']} {row['distance']:.4g}"
+
+    def markdown(self, rows: list[dict[str, Any]]) -> str:
+        """A row per solver, a column per number of network calls made ("-" where a solver made other counts)."""
+        nf = sorted({r["nfe"] for r in rows})
+        cell = {(r["solver"], r["nfe"]): r["distance"] for r in rows}
+        lines = [f"{self.metric.label} to {self.metric.reference_name} (lower is better) vs network calls; "
+                 f"n = {self.n} per cell, {self.config.skip} grid, seed {self.config.seed}", "",
+                 "| solver | " + " | ".join(f"NFE {k}" for k in nf) + " |", "|---|" + "---:|" * len(nf)]
+        for name in self.solvers:
+            lines.append(f"| {name} | " + " | ".join(fmt(cell[name, k]) if (name, k) in cell else "-" for k in nf)
+                         + " |")
+        return "\n".join(lines) + "\n"
+
+    def plot(self, rows: list[dict[str, Any]], path: Path) -> None:
+        fig, ax = figure()
+        for name in self.solvers:
+            pts = sorted((r["nfe"], r["distance"]) for r in rows if r["solver"] == name)
+            ax.plot(*zip(*pts), marker="o", label=name)
+        log_axes(ax, [r["nfe"] for r in rows], all(r["distance"] > 0 for r in rows))
+        ax.set_xlabel("network calls (NFE)")
+        ax.set_ylabel(self.metric.label)
+        ax.set_title("solvers: quality vs network calls")
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        save_figure(fig, path)
+
+
+def solvers_table(loaded: LoadedModel, config: SampleConfig = SampleConfig(skip="trailing", batch_size=250), *,
+                  solvers: Sequence[str] = ("ddim", "plms", "dpm++2m", "dpm++3m", "unipc"),
+                  nfes: Sequence[int] = SOLVER_NFES, n: int = 1000, metric: str | FeatureMetric = "classifier",
+                  reference: Any = None, inception_weights: str | os.PathLike | None = None,
+                  device: str | torch.device = "cpu", out: str | os.PathLike | None = None,
+                  overwrite: bool = False, progress: bool = True) -> list[dict]:
+    """The Frechet distance of n samples per (solver, steps) cell, every cell from the same per-sample x_T
+    (`ddim eval solvers`). `nfes` are the step counts to run; each row's `nfe` is the network calls one sample
+    actually took, as the sampler counted them (a one-call solver's NFE is its steps; Heun's at 10 steps is 19),
+    and the table and plot are laid out by it. With `out`, writes solvers.md, solvers.csv, solvers.png
+    (distance vs NFE) and solvers.json; a rerun resumes like table1."""
+    out = Path(out) if out is not None else None
+    table = SolversTable(loaded, config, solvers, nfes, n, metric, reference, inception_weights, device, out, progress)
+    return run_table(table, out, overwrite, progress)
