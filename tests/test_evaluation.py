@@ -2,6 +2,8 @@
 independent truths (a perfect generator scores ~0, noise scores high), and clear errors for bad input."""
 
 import csv
+import math
+import re
 
 import numpy as np
 import pytest
@@ -12,11 +14,12 @@ from ddim import evaluation as ev
 from ddim.checkpoint import save
 from ddim.commands import build_parser
 from ddim.config import SampleConfig
-from ddim.evaluation import encode as ev_encode, reconstruction_mse, table_quality, table_reconstruction
+from ddim.evaluation import encode as ev_encode, reconstruction_mse, table_quality, table_reconstruction, table_solvers
 from ddim.data import digits
 from ddim.generate import load_model
 from ddim.models import UNet, UNetConfig
-from ddim.sampling import DDIMSampler
+from ddim.sampling import SOLVERS, DDIMSampler, Solver
+from ddim.sampling.steps import ddim_step
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -236,3 +239,40 @@ def test_solvers_table_rows_files_and_resume(loaded, real, tmp_path, monkeypatch
     again = ev.solvers_table(loaded, SampleConfig(skip="trailing", batch_size=4), solvers=("ddim", "dpm++2m"),
                              nfes=(2, 3), n=4, metric=m, out=tmp_path, progress=False)
     assert [r["distance"] for r in again] == pytest.approx([r["distance"] for r in rows])
+
+
+class _Heun(Solver):
+    """Heun's method on the DDIM ODE (eq. 14), written here, outside the package: an Euler step, then the mean of
+    the eps at both ends. Two network calls per step, one on the last (its end, alpha = 1, has no level)."""
+
+    def step(self, denoise, x, i, noise):
+        s = self.plan[i]
+        eps, x0 = denoise(x, s.t, s.a_t)
+        x_s = ddim_step(x0, eps, s.a_s)
+        if i + 1 == len(self.plan):
+            return x_s, x0
+        eps_s, _ = denoise(x_s, self.plan[i + 1].t, s.a_s)
+        e = (eps + eps_s) / 2
+        return ddim_step((x - math.sqrt(1 - s.a_t) * e) / math.sqrt(s.a_t), e, s.a_s), x0
+
+
+def test_eval_solvers_reports_the_network_calls_a_two_call_solver_made(loaded, real, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(SOLVERS, "heun", lambda eta, variance: _Heun())   # how a new solver is added
+    calls = []
+    forward = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, x, t, *a: calls.append(len(x)) or forward(self, x, t, *a))
+    monkeypatch.setattr(table_solvers, "make_metric", lambda *a, **k: _projection_metric(real))
+    out = tmp_path / "eval"
+    args = _parser().parse_args(["eval", "solvers", "--solvers", "ddim", "heun", "--nfes", "2", "3", "--n", "4",
+                                 "--batch-size", "4", "--quiet", "--ckpt", _save(loaded, tmp_path), "--out", str(out)])
+    args.fn(args)
+    with open(out / "solvers.csv") as f:
+        rows = list(csv.DictReader(f))
+    # one batch per cell, so the network's own count of batched calls is the calls one sample took
+    assert [(r["solver"], int(r["steps"]), int(r["nfe"])) for r in rows] == [
+        ("ddim", 2, 2), ("ddim", 3, 3), ("heun", 2, 3), ("heun", 3, 5)]
+    assert len(calls) == 2 + 3 + 3 + 5
+    md = (out / "solvers.md").read_text()
+    assert "| solver | NFE 2 | NFE 3 | NFE 5 |" in md
+    assert re.search(r"\| ddim \| [^-|]+ \| [^-|]+ \| - \|", md) and re.search(r"\| heun \| - \| [^-|]+ \| [^-|]+ \|", md)
+    assert "heun" in capsys.readouterr().out

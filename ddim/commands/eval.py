@@ -1,4 +1,5 @@
-"""`ddim eval table1 | table2 | timing`: the paper's Table 1, Table 2 and Figure 4 as markdown, CSV and a plot."""
+"""`ddim eval table1 | solvers | table2 | timing`: the paper's Table 1, Table 2 and Figure 4, and the solver table,
+as markdown, CSV and a plot (`ddim.evaluation`)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("solvers")
     g.add_argument("--solvers", nargs="+", default=["ddim", "plms", "dpm++2m", "dpm++3m", "unipc"],
                    choices=tuple(SOLVERS), help="solvers, one row each")
-    g.add_argument("--nfes", type=positive_int, nargs="+", default=list(ev.SOLVER_NFES), help="network calls")
+    g.add_argument("--nfes", type=positive_int, nargs="+", default=list(ev.SOLVER_NFES), help="steps per "
+                   "solver (= network calls for one-call solvers; the table reports the calls each sample made)")
     g.add_argument("--skip", default="trailing", choices=SKIPS, help="the timestep grid")
     g.add_argument("--seed", type=int, default=0, help="sample i of every cell starts from the x_T of (seed, i)")
     g.add_argument("--n", type=int, default=1000, help="samples per cell")
