@@ -13,19 +13,13 @@ batch 8 and sets each solver's overhead against one forward of the `cifar10` U-N
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # _report, and ddim from a checkout
-from _report import machine, write_section  # noqa: E402
-
-from ddim import DDIMSampler, NoiseSchedule  # noqa: E402
-from ddim.sampling import SOLVERS  # noqa: E402
+from ddim import DDIMSampler, NoiseSchedule
+from ddim.benchmarking import interleaved, machine, median_seconds, medians, write_report
+from ddim.sampling import SOLVERS
 
 
 def trivial_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -67,26 +61,6 @@ def network_ms(batch: int, repeats: int = 5) -> float:
         return 1e3 * median_seconds(lambda: net(x, t), repeats)
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function, timed round after round so that machine noise hits all alike."""
-    for fn in fns.values():      # warm up
-        fn()
-    samples = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            samples[k].append(median_seconds(fn, 1))
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=30, help="timed repetitions of each loop (median reported)")
@@ -104,7 +78,7 @@ def main() -> None:
             x_T = torch.randn(batch, 3, 32, 32)
             fns = {"ddim": lambda: ours(x_T, S, eta), "diffusers": lambda: diffusers_loop(x_T, S, eta),
                    "model": lambda: model_only(x_T, S)}
-            med = interleaved(fns, args.repeats)
+            med = medians(interleaved(fns, args.repeats))
             per_step = {k: (med[k] - med["model"]) / S * 1e6 for k in ("ddim", "diffusers")}
             rows.append((batch, eta, per_step["ddim"], per_step["diffusers"], per_step["ddim"] / per_step["diffusers"]))
             print(f"batch {batch:3d} eta {eta}: ddim {per_step['ddim']:8.1f} us/step, "
@@ -112,7 +86,7 @@ def main() -> None:
     B = args.solver_batch
     x_T = torch.randn(B, 3, 32, 32)
     fns = {name: (lambda name=name: ours(x_T, S, 0.0, name)) for name in SOLVERS}
-    med = interleaved({**fns, "model": lambda: model_only(x_T, S)}, args.repeats)
+    med = medians(interleaved({**fns, "model": lambda: model_only(x_T, S)}, args.repeats))
     net = None if args.no_network else network_ms(B)
     solver_rows = []
     for name in SOLVERS:
@@ -139,7 +113,7 @@ def main() -> None:
         "|---|---:|---:|",
     ] + [f"| {n} | {us:.1f} | {'-' if sh is None else f'{sh:.3f}%'} |" for n, us, sh in solver_rows]
     if not args.no_write:
-        write_section("bench_sampler", "\n".join(body))
+        write_report(__file__, "bench_sampler", "\n".join(body))
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # _report, ddim
-from _report import machine, write_section  # noqa: E402
-
-from ddim.config import config_from_dict  # noqa: E402
+from ddim.benchmarking import machine, write_report
+from ddim.config import config_from_dict
 from ddim.models import PRESETS, UNet
 from ddim.schedule import NoiseSchedule
 from ddim.train import save_checkpoint, train
@@ -137,7 +135,7 @@ def main() -> None:
     print(section)
     if args.no_write:
         return
-    write_section("bench_train", section)
+    write_report(__file__, "bench_train", section)
 
 
 if __name__ == "__main__":

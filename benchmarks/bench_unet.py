@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # _report, and ddim from a checkout
-from _report import machine, write_section  # noqa: E402
-
-from ddim.checkpoint import export_diffusers  # noqa: E402
-from ddim.models import PRESETS, UNet  # noqa: E402
+from ddim.benchmarking import interleaved, machine, write_report
+from ddim.checkpoint import export_diffusers
+from ddim.models import PRESETS, UNet
 
 
 def build(threads: int):
@@ -91,15 +87,9 @@ def main() -> None:
                 err[name] = (fn(x, t) - ref).abs().max().item()
                 if name == "ddim compile":
                     compile_s[batch] = time.perf_counter() - t0
-            times: dict[str, list[float]] = {name: [] for name in variants}
-            t_round = time.perf_counter()
-            rounds = 0
-            while rounds < args.min_rounds or time.perf_counter() - t_round < args.seconds:
-                for name, fn in variants.items():
-                    t0 = time.perf_counter()
-                    fn(x, t)
-                    times[name].append(time.perf_counter() - t0)
-                rounds += 1
+            times = interleaved({name: (lambda fn=fn: fn(x, t)) for name, fn in variants.items()}, args.min_rounds,
+                                seconds=args.seconds, warmup=False)     # warmed up above
+            rounds = len(times["ddim"])
         med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
         # Best-of ratio too: on a shared machine the fastest round is the one least disturbed by others.
         best = min(times["ddim"]) / min(times["diffusers"])
@@ -136,7 +126,7 @@ def main() -> None:
                     + " | ".join(("-" if r != r else f"{r:.2f}") for r in ratios) + f" | {max(err.values()):.1e} |")
     print(f"total {time.perf_counter() - start:.0f} s\n\n" + "\n".join(body))
     if not args.no_write:
-        write_section("bench_unet", "\n".join(body))
+        write_report(__file__, "bench_unet", "\n".join(body))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-from _report import machine, write_section
 
+from ddim.benchmarking import machine, write_report
 from ddim.config import SampleConfig
 from ddim.evaluation import classifier_metric, generate_samples
 from ddim.generate import load_model
@@ -98,7 +98,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         plot(rows, FIGURE)
-        write_section("deepcache", text)
+        write_report(__file__, "deepcache", text)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import statistics
 import time
 
 import torch
-from _report import machine, write_section
 
 from ddim import NoiseSchedule
+from ddim.benchmarking import interleaved, machine, write_report
 from ddim.checkpoint import LoadedModel
 from ddim.config import SampleConfig
 from ddim.generate import make_sampler, sample_batch
@@ -45,17 +45,11 @@ def main() -> None:
         for N in args.intervals:
             cfg = SampleConfig(steps=args.steps, cache_interval=N, **switches)
             runs[name, N] = (make_sampler(loaded, cfg), cfg)
-    times: dict[tuple, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         for sampler, cfg in runs.values():                       # warm-up: first calls, allocations
             sample_batch(sampler, x_T, SampleConfig(steps=2, cache_interval=cfg.cache_interval))
-        for r in range(args.rounds):
-            for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-                sampler, cfg = runs[k]
-                t0 = time.perf_counter()
-                sample_batch(sampler, x_T, cfg)
-                times[k].append(time.perf_counter() - t0)
-                print(k, f"{times[k][-1]:.2f} s", flush=True)
+        times = interleaved({k: (lambda s=s, c=c: sample_batch(s, x_T, c)) for k, (s, c) in runs.items()},
+                            args.rounds, warmup=False, on_time=lambda k, s: print(k, f"{s:.2f} s", flush=True))
     lines = ["## DeepCache speed on the cifar10 network (`benchmarks/deepcache_speed.py`)", "",
              f"Machine: {machine()}. `cifar10` preset, seeded random weights (speed only), batch {args.batch}, "
              f"S = {args.steps} DDIM steps, median of {args.rounds} interleaved rounds. Total run "
@@ -69,7 +63,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section("deepcache_speed", text)
+        write_report(__file__, "deepcache_speed", text)
 
 
 if __name__ == "__main__":

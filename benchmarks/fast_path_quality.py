@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # _report, ddim
-from _report import machine, write_section  # noqa: E402
-
-from ddim.images import to_uint8  # noqa: E402
-from ddim.generate import initial_noise, load_model, network, sample_generators  # noqa: E402
-from ddim.metrics.classifier import evaluate_digits, load_digits_classifier  # noqa: E402
-from ddim.sampling import DDIMSampler  # noqa: E402
+from ddim.benchmarking import machine, write_report
+from ddim.generate import initial_noise, load_model, network, sample_generators
+from ddim.images import to_uint8
+from ddim.metrics.classifier import evaluate_digits, load_digits_classifier
+from ddim.sampling import DDIMSampler
 
 VARIANTS = {  # name: network() arguments
     "float32 channels_last": dict(dtype="float32", channels_last=True),
@@ -105,7 +102,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section("fast_path_quality", text)
+        write_report(__file__, "fast_path_quality", text)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -33,14 +32,11 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # ddim from a checkout
-
-from _report import machine, write_section  # noqa: E402
-
-from ddim.checkpoint import export_diffusers  # noqa: E402
-from ddim.config import SampleConfig  # noqa: E402
-from ddim.evaluation import classifier_metric  # noqa: E402
-from ddim.generate import load_model, make_sampler, sample_batch  # noqa: E402
+from ddim.benchmarking import interleaved, machine, write_report
+from ddim.checkpoint import export_diffusers
+from ddim.config import SampleConfig
+from ddim.evaluation import classifier_metric
+from ddim.generate import load_model, make_sampler, sample_batch
 
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "frontier.png"
 FEW = (4, 5, 6, 7, 8, 10, 15, 20)          # NFE for the multistep solvers
@@ -110,22 +106,6 @@ def peer_sample(call: Callable, dtype: torch.dtype, method: str, nfe: int, x_T: 
     return x.float()
 
 
-# ---- timing the switch sets ----------------------------------------------------------------------------------
-
-def interleaved(calls: dict, rounds: int) -> dict:
-    """Seconds of each call in every one of `rounds` rounds (after one warm-up call each); odd rounds run the
-    calls in reverse order, so that a drift of the machine's speed falls on all of them."""
-    times: dict = {k: [] for k in calls}
-    for fn in calls.values():
-        fn()
-    for r in range(rounds):
-        for k in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
-            t0 = time.perf_counter()
-            calls[k]()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
 def pareto(cells: list[dict]) -> list[dict]:
     """The cells no other cell beats on both time and quality, fastest first."""
     out, best = [], float("inf")
@@ -162,6 +142,12 @@ def plot(cells: list[dict], bar: float, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+
+
+def nfe_made(c: dict) -> int:
+    """The network calls per image a cell made (cells finished before they were counted: the steps asked for,
+    which is what every method here makes: one call per step)."""
+    return c.get("calls", c["nfe"])
 
 
 def label(c: dict) -> str:
@@ -218,22 +204,32 @@ def main() -> None:
     todo += [dict(side="ddim", solver=s, skip=g, cache=c, nfe=k, switches=best["ddim"], seed=0)
              for (s, g, c), nfes in OUR_METHODS.items() for k in nfes]
     todo.append(dict(side="ddim", solver="ddim", skip="uniform", cache=1, nfe=50, switches=best["ddim"], seed=1))
-    results = ("fd", "seconds", "s_per_1000", "n", "batch", "threads")
+    results = ("fd", "seconds", "s_per_1000", "n", "batch", "threads", "calls")
     key = lambda c: json.dumps({k: c[k] for k in sorted(c) if k not in results})  # noqa: E731
     finished = {key(c) for c in done}
 
-    def runner(cell: dict) -> Callable[[torch.Tensor], torch.Tensor]:
-        """x_T batch -> images with the cell's method, NFE and switches."""
+    def runner(cell: dict) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], int]]:
+        """(x_T batch -> images with the cell's method, steps and switches; the network calls the last batch
+        took, counted, not assumed)."""
         if cell["side"] == "diffusers":
             call, dtype = peers[cell["switches"]]
-            return lambda xb: peer_sample(call, dtype, cell["method"], cell["nfe"], xb)
+            made = [0]
+
+            def counted(x, t):
+                made[0] += 1
+                return call(x, t)
+
+            def run(xb):
+                made[0] = 0
+                return peer_sample(counted, dtype, cell["method"], cell["nfe"], xb)
+            return run, lambda: made[0]
         cfg = our_config(cell["switches"], steps=cell["nfe"], skip=cell["skip"], solver=cell["solver"],
                          cache_interval=cell["cache"])
         # one sampler per (switches, cache), reused across cells: a compiled network is compiled once
         if (cell["switches"], cell["cache"]) not in ours:
             ours[cell["switches"], cell["cache"]] = make_sampler(loaded, cfg)
         sampler = ours[cell["switches"], cell["cache"]]
-        return lambda xb: sample_batch(sampler, xb, cfg)
+        return (lambda xb: sample_batch(sampler, xb, cfg)), lambda: sampler.last_nfe
 
     def timed(run: Callable, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         t0 = time.perf_counter()
@@ -244,15 +240,15 @@ def main() -> None:
         if key(cell) in finished:
             continue
         with torch.no_grad():
-            run = runner(cell)
+            run, made = runner(cell)
             run(x_T[cell["seed"]][:args.batch])     # warm-up, untimed: first calls of a call pattern (compilation)
             images, seconds = timed(run, x_T[cell["seed"]])
-        cell.update(n=args.n, batch=args.batch, threads=args.threads, seconds=seconds,
+        cell.update(n=args.n, batch=args.batch, threads=args.threads, seconds=seconds, calls=made(),
                     s_per_1000=1000 * seconds / args.n, fd=metric.distance(images.float().clamp(-1, 1)))
         with cells_path.open("a") as f:
             f.write(json.dumps(cell) + "\n")
         done.append(cell)
-        print(f"{label(cell):45s} NFE {cell['nfe']:3d} seed {cell['seed']}: FD {cell['fd']:7.2f}, "
+        print(f"{label(cell):45s} NFE {nfe_made(cell):3d} seed {cell['seed']}: FD {cell['fd']:7.2f}, "
               f"{cell['s_per_1000']:6.1f} s/1000  [{time.perf_counter() - start:.0f} s]", flush=True)
 
     wanted = {key(c) for c in todo}
@@ -266,7 +262,7 @@ def main() -> None:
     if at_bar["ddim"] is None:
         raise SystemExit(f"no cell of ours reaches the bar (FD {bar:.2f}); the cells are in {cells_path}")
     # The two winners again, in alternating rounds: the headline ratio does not rest on one run per side.
-    winners = {side: (lambda run=runner(c): timed(run, x_T[0])) for side, c in at_bar.items()}
+    winners = {side: (lambda run=runner(c)[0]: timed(run, x_T[0])) for side, c in at_bar.items()}
     with torch.no_grad():
         final = {side: [1000 * t / args.n for t in ts] for side, ts in interleaved(winners, args.final_rounds).items()}
     final_s = {side: statistics.median(v) for side, v in final.items()}
@@ -292,7 +288,7 @@ def main() -> None:
               "|---|---|---:|---:|---:|---:|"]
     for side in ("diffusers", "ddim"):
         c = at_bar[side]
-        lines.append(f"| {side} | {label(c)} | {c['nfe']} | {c['fd']:.2f} | {c['s_per_1000']:.1f} | "
+        lines.append(f"| {side} | {label(c)} | {nfe_made(c)} | {c['fd']:.2f} | {c['s_per_1000']:.1f} | "
                      f"{final_s[side]:.2f} ({max(final[side]):.2f}-{min(final[side]):.2f}) |")
     lines += ["", f"**At equal quality (DDIM-50's), ddim's best configuration is {ratio:.2f}x as fast as "
               f"diffusers' best** (the re-timed medians) on the same weights and machine; against diffusers' "
@@ -302,12 +298,12 @@ def main() -> None:
               "| side | configuration | NFE | classifier FD | s per 1000 images |", "|---|---|---:|---:|---:|"]
     for side in ("diffusers", "ddim"):
         for c in pareto([c for c in cells if c["side"] == side and c["seed"] == 0]):
-            lines.append(f"| {side} | {label(c)} | {c['nfe']} | {c['fd']:.2f} | {c['s_per_1000']:.1f} |")
+            lines.append(f"| {side} | {label(c)} | {nfe_made(c)} | {c['fd']:.2f} | {c['s_per_1000']:.1f} |")
     lines += ["", "Every cell:", "", "| side | configuration | NFE | classifier FD | s per 1000 images |",
               "|---|---|---:|---:|---:|"]
     for c in sorted(cells, key=lambda c: (c["side"], label(c), c["nfe"], c["seed"])):
         seed = " (seed 1)" if c["seed"] else ""
-        lines.append(f"| {c['side']} | {label(c)}{seed} | {c['nfe']} | {c['fd']:.2f} | {c['s_per_1000']:.1f} |")
+        lines.append(f"| {c['side']} | {label(c)}{seed} | {nfe_made(c)} | {c['fd']:.2f} | {c['s_per_1000']:.1f} |")
     lines += ["", "![frontier](docs/figures/frontier.png)", "",
               f"This invocation took {time.perf_counter() - start:.0f} s (cells finished by an earlier one were "
               f"reused from {cells_path})."]
@@ -315,7 +311,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         plot(cells, bar, FIGURE)
-        write_section("frontier", text)
+        write_report(__file__, "frontier", text)
         print(f"wrote the frontier section of BENCHMARKS.md and {FIGURE}")
 
 

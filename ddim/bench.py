@@ -32,10 +32,10 @@ import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
+from ddim.benchmarking import synchronize
 from ddim.errors import DDIMError
 
 PATHS = ("diffusers", "diffusers-fast", "diffusers-bf16", "diffusers-compile", "ddim-fp32", "ddim-fast",
@@ -44,12 +44,6 @@ PATHS = ("diffusers", "diffusers-fast", "diffusers-bf16", "diffusers-compile", "
 PEER = {"ddim-fp32": ("diffusers",), "ddim-fast": ("diffusers-fast", "diffusers-bf16"),
         "ddim-compile": ("diffusers-compile",)}
 FP32_PATHS = ("diffusers", "ddim-fp32")
-
-
-def synchronize(device: str) -> None:
-    """Wait for the device's queued work (a no-op on the CPU, whose ops are synchronous)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_device(device: str) -> None:
@@ -283,38 +277,6 @@ def run_bench(batches: list[int], steps: int, paths: list[str], repeats: int, th
                     print(json.dumps(r), flush=True)
             results += [combine(runs[path]) for path in paths]
     return results, peaks, flops
-
-
-def machine(device: str = "cpu") -> str:
-    """One line naming the hardware and software the numbers were taken on (the GPU's name when `device` is one)."""
-    import platform
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.device(device).type == "cuda"
-    dev = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
-    return f"{cpu}; {os.cpu_count()} cores; {dev}; torch {torch.__version__}; Python {platform.python_version()}"
-
-
-BENCHMARKS_HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
-
-
-def write_section(path: str | os.PathLike, name: str, body: str) -> None:
-    """Put `body` between the markers of section `name` in the markdown file `path` (atomically), leaving the
-    other sections alone."""
-    from ddim.io import write_text_atomic
-    path = Path(path)
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else BENCHMARKS_HEADER
-    block = f"{start}\n{body.strip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(path, text)
 
 
 if __name__ == "__main__":       # one cell, in its own process: `python -m ddim.bench '[path, batch, ...]'`

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 __all__ = ["synchronize", "time_call", "median_seconds", "interleaved", "medians", "machine", "write_section",
-           "BENCHMARKS_HEADER"]
+           "write_report", "BENCHMARKS_HEADER"]
 
 
 def synchronize(device: str | torch.device = "cpu") -> None:
@@ -96,3 +96,11 @@ def write_section(path: str | os.PathLike, name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     write_text_atomic(path, text)
+
+
+def write_report(script: str | os.PathLike, name: str, body: str) -> Path:
+    """Section `name` of the BENCHMARKS.md at the root of the checkout that holds `script` (a benchmark's
+    `__file__`, in benchmarks/); returns that file."""
+    path = Path(script).resolve().parents[1] / "BENCHMARKS.md"
+    write_section(path, name, body)
+    return path

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ddim.bench import _Timed, combine, forward_flops, markdown, write_section
+from ddim.bench import _Timed, combine, forward_flops, markdown
 from ddim.commands import main
 
 
@@ -54,15 +54,6 @@ def test_counts_must_be_positive(flag, capsys):
     assert f"argument {flag}: must be a positive integer, got 0" in capsys.readouterr().err
 
 
-def test_write_section_replaces_only_its_own_section(tmp_path):
-    path = tmp_path / "B.md"
-    write_section(path, "a", "first")
-    write_section(path, "b", "other")
-    write_section(path, "a", "second")
-    text = path.read_text()
-    assert "second" in text and "first" not in text and "other" in text and text.startswith("# Benchmarks")
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_a_device_this_machine_lacks_is_refused_before_any_work(capsys):
     assert main(["bench", "--device", "cuda", "--batches", "1", "--steps", "1"]) == 2
@@ -76,6 +67,7 @@ def test_an_unknown_device_is_refused(capsys):
 
 
 def test_synchronize_and_matmul_peak_on_the_cpu():
-    from ddim.bench import matmul_peak, synchronize
+    from ddim.bench import matmul_peak
+    from ddim.benchmarking import synchronize
     synchronize("cpu")                                   # a no-op, not an error
     assert matmul_peak(torch.float32, n=64, repeats=1, device="cpu") > 0

@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from ddim import bench
+from ddim.benchmarking import machine, write_section
 from ddim.commands.common import Formatter, positive_int
 
 
@@ -31,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     results, peaks, flops = bench.run_bench(args.batches, args.steps, args.paths, args.repeats, args.threads,
                                             args.device)
-    text = bench.markdown(results, peaks, flops, bench.machine(args.device), args.steps)
+    text = bench.markdown(results, peaks, flops, machine(args.device), args.steps)
     print(text)
     if args.write:
-        bench.write_section(args.write, "bench_sampling", text)
+        write_section(args.write, "bench_sampling", text)
         print(f"wrote the bench_sampling section of {args.write}")
