@@ -40,7 +40,7 @@ class Solver:
     def fresh(self, plan: Sequence[Step]) -> "Solver":
         """A new instance for one walk over `plan`: options copied, history empty, plan checked."""
         run = copy.copy(self)
-        run.plan = Plan(plan)
+        run.plan = plan if isinstance(plan, Plan) else Plan(plan)
         run.begin()
         return run
 
