@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ddim.errors import DDIMError
