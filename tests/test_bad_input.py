@@ -53,7 +53,8 @@ CASES = [
     ("sample --ckpt {d}/missing.safetensors", "missing.safetensors"),
     ("sample --ckpt {d}/garbage.safetensors", "garbage.safetensors"),
     ("sample --ckpt {d}/empty", "empty"), ("sample --device bogus", "device"),
-    ("sample --device cuda", "CUDA"), ("sample --device meta", "device"), ("sample --eta 1e308", "eta=1e+308"), ("sample --out {d}/existing.png", "existing.png"),
+    ("sample --device cuda", "CUDA"), ("sample --device meta", "device"), ("sample --eta 1e308", "eta=1e+308"),
+    ("sample --guidance 2", "--class"), ("sample --solver plms --eta 0.5", "eta=0.5"), ("sample --out {d}/existing.png", "existing.png"),
     ("sample --out {d}/existing.png/sub", "existing.png"),
     # --- encode
     ("encode --input {d}/missing.png", "--input"), ("encode --input {d}/garbage.png", "garbage.png"),
