@@ -8,7 +8,8 @@ from torch import Tensor
 
 from ddim.checkpoint import LoadedModel
 from ddim.config import SampleConfig
-from ddim.generate import image_shape, initial_noise, make_sampler, sample_batch, sample_generators
+from ddim.generate import (image_shape, initial_noise, make_sampler, resolve_batch_size, sample_batch,
+                           sample_generators)
 
 __all__ = ["generate_samples", "generate_samples_with_nfe", "reconstruction_mse"]
 
@@ -20,7 +21,7 @@ def generate_samples_with_nfe(loaded: LoadedModel, n: int, config: SampleConfig,
     i is a function of (config.seed, i) only, so every (steps, eta) cell starts from the same x_T."""
     from tqdm.auto import tqdm
     sampler = make_sampler(loaded, config, device)
-    bs = int(config.batch_size) if config.batch_size != "auto" else 250
+    bs = resolve_batch_size(config, loaded, device, n)
     out, nfe = [], 0
     for b in tqdm(range(0, n, bs), desc=f"S={config.steps}", unit="batch", disable=not progress, leave=False):
         gens = sample_generators(config.seed, range(b, min(b + bs, n)))

@@ -17,7 +17,8 @@ from ddim.config import SampleConfig, check_int, check_steps
 from ddim.evaluation.plots import figure, log_axes, save_figure
 from ddim.evaluation.runner import Table, run_table
 from ddim.evaluation.samples import reconstruction_mse
-from ddim.generate import check_plan, decode, encode, image_shape, make_sampler, weights_fingerprint
+from ddim.generate import (check_plan, decode, encode, image_shape, make_sampler, resolve_batch_size,
+                           weights_fingerprint)
 from ddim.images import load_images
 
 __all__ = ["table2", "table2_markdown", "TABLE2_STEPS", "T2_FIELDS"]
@@ -34,8 +35,7 @@ class Table2(Table):
                  n: int, solvers: Sequence[str] | None, device: str | torch.device) -> None:
         self.steps = check_steps(steps, loaded.schedule.T)
         n = check_int(n, "n")
-        if config.batch_size == "auto":
-            config = config.replace(batch_size=256)
+        config = config.replace(batch_size=resolve_batch_size(config, loaded, device, n))
         self.configs = {name: config.replace(solver=name) for name in (solvers or [config.solver])}  # validates
         self.x0 = load_images(images, *image_shape(loaded)[:2], n=n, what="images")
         self.loaded, self.config, self.images, self.device = loaded, config, images, device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from ddim.config import SampleConfig, check_int, check_steps
 from ddim.errors import DDIMError
 from ddim.evaluation.plots import figure, save_figure
 from ddim.evaluation.runner import Table, columns_by_s, run_table
-from ddim.generate import check_plan, make_sampler, sample_batch
+from ddim.generate import check_plan, make_sampler, resolve_batch_size, sample_batch
 
 __all__ = ["timing", "timing_markdown", "linear_fit", "TIMING_STEPS", "TIMING_FIELDS"]
 
@@ -43,7 +44,7 @@ class Timing(Table):
     def __init__(self, loaded: LoadedModel, config: SampleConfig, steps: Sequence[int], device: str | torch.device,
                  repeats: int, warmup: int) -> None:
         self.steps = check_steps(steps, loaded.schedule.T)
-        self.batch_size = check_int(64 if config.batch_size == "auto" else config.batch_size, "batch_size")
+        self.batch_size = resolve_batch_size(config, loaded, device, sys.maxsize)   # "auto": the largest that fits
         self.repeats = check_int(repeats, "repeats")
         self.warmup = check_int(warmup, "warmup", 0)
         self.loaded, self.config, self.device = loaded, config, device
