@@ -39,7 +39,6 @@ __all__ = ["CheckpointError", "LoadedModel", "load", "save", "export_diffusers",
            "config_from_diffusers", "diffusers_key_map", "CLASS_CONDITIONAL_HINT"]
 
 _CARRY_CONFIG = (native.FORMAT, native.TRAIN_FORMAT, "diffusers")   # formats that hold their own UNetConfig
-_torch_load = torch_load          # the name docs/RELIABILITY.md and older callers use
 
 
 def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLike | None = None, ema: bool = True,
