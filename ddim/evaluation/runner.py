@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ from ddim.runs import open_run
 __all__ = ["Table", "run_table", "read_csv", "write_csv", "fmt", "columns_by_s", "optional_float"]
 
 
-class Table:
+class Table(ABC):
     """A table as a definition: its cells, how to compute one, its CSV columns, its markdown and its plot.
 
     Subclasses set `name` (the file stem of out/<name>.csv, .md, .png, .json), `fields` (the CSV columns, in
@@ -39,9 +40,9 @@ class Table:
     types: ClassVar[dict[str, Callable[[str], Any]]] = {}
     resumable: ClassVar[bool] = True
 
+    @abstractmethod
     def cells(self) -> Sequence[tuple]:
         """The cells asked for, in row order (tuples of the `key_fields` values)."""
-        raise NotImplementedError
 
     def check(self) -> None:
         """Refuse bad input for every cell (the sampler's plan, ...) before anything is computed or written."""
@@ -53,19 +54,21 @@ class Table:
         """What a rerun must match to reuse this folder's cells (the manifest out/<name>.json)."""
         return {}
 
+    @abstractmethod
     def compute(self, cell: tuple) -> dict[str, Any]:
         """One cell's row (a value for each of `fields`)."""
-        raise NotImplementedError
 
     def describe(self, row: dict[str, Any]) -> str:
         """One progress line for a finished row."""
         return f"{self.name}: " + ", ".join(f"{k} {row[k]}" for k in self.key_fields)
 
+    @abstractmethod
     def markdown(self, rows: list[dict[str, Any]]) -> str:
-        raise NotImplementedError
+        """The table as markdown (out/<name>.md)."""
 
+    @abstractmethod
     def plot(self, rows: list[dict[str, Any]], path: Path) -> None:
-        raise NotImplementedError
+        """The rows as a PNG at path (matplotlib imported here, not at module level)."""
 
     def key(self, row: dict[str, Any]) -> tuple:
         return tuple(row[k] for k in self.key_fields)
