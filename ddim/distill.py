@@ -42,6 +42,7 @@ from ddim.config import TrainConfig, check_int
 from ddim.data import build_dataset
 from ddim.distributed import Dist, resolve_device
 from ddim.errors import DDIMError, OutputExistsError
+from ddim.generate import DISTILLED, weights_fingerprint
 from ddim.images import save_image_grid
 from ddim.io import write_json_atomic
 from ddim.models import UNet
@@ -54,7 +55,6 @@ from ddim.schedule import SKIPS, NoiseSchedule
 __all__ = ["DISTILLED", "DistillSpec", "distill", "distill_loss", "teacher_target", "round_grids", "recorded_grid",
            "matching_error", "check_teacher", "STUDENT_PREDICTIONS"]
 
-DISTILLED = "distilled"                 # the student's metadata record: steps, skip (its taus), guidance, ...
 STUDENT_PREDICTIONS = ("v", "x0")       # the paper's stable parameterizations at few steps (eps is not)
 MANIFEST = "distill.json"
 ROUND_PREFIX = "steps-"
@@ -199,9 +199,10 @@ def _record(spec: DistillSpec, guidance: float | None, student_taus: list[int], 
 
 
 def distill(teacher: LoadedModel, spec: DistillSpec, cfg: TrainConfig, source: str = "",
-            progress: bool = True, handle_signals: bool = True) -> Path:
+            progress: bool = True, handle_signals: bool = True) -> Path | None:
     """Distill `teacher` into students of spec.steps_from / 2, ..., spec.steps_to steps under cfg.out_dir (see
-    the module docstring); returns the path of the last student. From cfg: data (the data set the teacher was
+    the module docstring); returns the path of the last student (None: a signal stopped a round, whose
+    checkpoint was written). From cfg: data (the data set the teacher was
     trained on), training (batch_size, n_iters = iterations per round, seed, log/checkpoint/sample cadence,
     p_uncond), optim (lr, Adam's betas, grad_clip, warmup, lr_schedule: cosine decays to min_lr within each
     round), model.ema / ema_rate / ema_warmup, resume, overwrite, device. Everything is checked before a
@@ -220,7 +221,6 @@ def distill(teacher: LoadedModel, spec: DistillSpec, cfg: TrainConfig, source: s
     if len(dataset) < tc.batch_size:
         raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than --batch-size ({tc.batch_size})")
     student_cfg = _student_config(teacher)
-    from ddim.generate import weights_fingerprint
     settings = {"teacher": weights_fingerprint(teacher.model), "teacher_prediction": teacher.prediction,
                 "student": student_cfg.to_dict(), "grid": taus, **{k: v for k, v in asdict(spec).items()
                                                                      if k not in ("steps_to", "steps_from")},
@@ -245,7 +245,7 @@ def distill(teacher: LoadedModel, spec: DistillSpec, cfg: TrainConfig, source: s
             student = _run_round(i, t_model, t_pred, t_guidance, grid_t, student_cfg, spec.prediction, schedule,
                                  cfg, run_dir, dataset, labels, device, record, progress, handle_signals)
             if student is None:                          # stopped by a signal: its checkpoint is written
-                return run_dir
+                return None
         t_model, t_pred, t_guidance = student.eval(), spec.prediction, None   # the student teaches next
         last = final
     from ddim import checkpoint
