@@ -216,7 +216,15 @@ def distill(teacher: LoadedModel, spec: DistillSpec, cfg: TrainConfig, source: s
         tc.p_uncond = 0.0                              # no null label to drop to
     rec = recorded_grid(teacher)
     guidance = spec.guidance if spec.guidance is not None else (rec.get("guidance") if rec else None)
-    dataset = build_dataset(cfg.data)
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {str(out)!r} exists and is not a folder")
+    try:
+        dataset = build_dataset(cfg.data)
+    except DDIMError as e:
+        raise type(e)(f"{e} (the teacher makes {teacher.config.in_channels}-channel {teacher.config.image_size}x"
+                      f"{teacher.config.image_size} images: give the data set it was trained on with --dataset and "
+                      "--data-root, or --config)") from None
     labels = tr._labels(dataset, cfg, teacher.config.num_classes, device)
     if len(dataset) < tc.batch_size:
         raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than --batch-size ({tc.batch_size})")
@@ -226,7 +234,6 @@ def distill(teacher: LoadedModel, spec: DistillSpec, cfg: TrainConfig, source: s
                                                                      if k not in ("steps_to", "steps_from")},
                 "guidance": guidance, "data": asdict(cfg.data), "training": asdict(tc), "optim": asdict(cfg.optim),
                 "ema": [cfg.model.ema, cfg.model.ema_rate, cfg.model.ema_warmup]}
-    out = Path(cfg.out_dir)
     _open_distill_run(out, settings, cfg)
     rounds = round_grids(taus, spec.steps_to)
     schedule = teacher.schedule
