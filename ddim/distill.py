@@ -57,6 +57,7 @@ __all__ = ["DISTILLED", "DistillSpec", "distill", "distill_loss", "teacher_targe
 
 STUDENT_PREDICTIONS = ("v", "x0")       # the paper's stable parameterizations at few steps (eps is not)
 MANIFEST = "distill.json"
+_CADENCE = ("snapshot_freq", "keep_last", "log_freq", "sample_freq", "n_samples", "tensorboard")  # change no weight
 ROUND_PREFIX = "steps-"
 
 
@@ -232,7 +233,8 @@ def distill(teacher: LoadedModel, spec: DistillSpec, cfg: TrainConfig, source: s
     settings = {"teacher": weights_fingerprint(teacher.model), "teacher_prediction": teacher.prediction,
                 "student": student_cfg.to_dict(), "grid": taus, **{k: v for k, v in asdict(spec).items()
                                                                      if k not in ("steps_to", "steps_from")},
-                "guidance": guidance, "data": asdict(cfg.data), "training": asdict(tc), "optim": asdict(cfg.optim),
+                "guidance": guidance, "data": asdict(cfg.data), "optim": asdict(cfg.optim),
+                "training": {k: v for k, v in asdict(tc).items() if k not in _CADENCE},
                 "ema": [cfg.model.ema, cfg.model.ema_rate, cfg.model.ema_warmup]}
     _open_distill_run(out, settings, cfg)
     rounds = round_grids(taus, spec.steps_to)

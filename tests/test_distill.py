@@ -185,6 +185,38 @@ def test_a_round_stopped_by_a_signal_resumes_bit_exactly(tmp_path, monkeypatch, 
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_a_round_killed_mid_step_resumes_from_its_last_checkpoint_bit_exactly(tmp_path, monkeypatch,
+                                                                              guarded_signals):
+    """A second Ctrl-C stops at once, as a kill does: no checkpoint of that step; --resume continues from the
+    last periodic one (step 4 of 6), drops the log lines after it, and ends as the unbroken run ends."""
+    import signal
+    spec = D.DistillSpec(steps_from=2, steps_to=1)
+    full = D.distill(_teacher("v"), spec, _cfg(tmp_path, "full", snapshot_freq=2), progress=False)
+    calls, real = [], tr.ema_update
+
+    def killed_at_5(*a, **k):
+        real(*a, **k)
+        calls.append(1)
+        if len(calls) == 5:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(tr, "ema_update", killed_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        D.distill(_teacher("v"), spec, _cfg(tmp_path, "part", snapshot_freq=2), progress=False)
+    part = tmp_path / "part"
+    assert [p.name for p in tr.list_checkpoints(part / "steps-0001")] == ["ckpt-0000002.pt", "ckpt-0000004.pt"]
+    monkeypatch.undo()
+    cfg = _cfg(tmp_path, "part", snapshot_freq=2)
+    cfg.resume = True
+    D.distill(_teacher("v"), spec, cfg, progress=False)
+    a, b = ([json.loads(ln) for ln in (r / "steps-0001" / "metrics.jsonl").read_text().splitlines()]
+            for r in (full.parent, part))
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6] and [r["loss"] for r in a] == [r["loss"] for r in b]
+    sa, sb = (checkpoint.load(p).model.state_dict() for p in (full, part / "model.safetensors"))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 # --- the student as a checkpoint, and the command line ---------------------------------------------------------
 def _save_teacher(tmp_path: Path, teacher: LoadedModel) -> Path:
     path = tmp_path / "teacher.safetensors"

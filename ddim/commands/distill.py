@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ema-rate", type=float, default=None, help="EMA decay of the student's weights (with warm-up; "
                    "default 0.999); the EMA student is the next teacher")
     s.add_argument("--seed", type=nonnegative_int, default=None, help="seed of data order and noise (default: 0)")
+    s.add_argument("--ckpt-every", type=positive_int, default=None, help="a training checkpoint every N steps "
+                   "of a round (default: 500), and at its end")
     s.add_argument("--out", default="runs/distill", help="output folder (one run folder per round)")
     s.add_argument("--resume", action="store_true", help="continue a stopped distillation in --out")
     s.add_argument("--overwrite", action="store_true", help="start again in a --out that holds another one")
@@ -73,7 +75,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     cfg = config_from_dict({}, base)
     flags = {("data", "dataset"): args.dataset, ("data", "root"): args.data_root,
              ("training", "n_iters"): args.iters_per_round, ("training", "batch_size"): args.batch_size,
-             ("training", "seed"): args.seed, ("optim", "lr"): args.lr, ("model", "ema_rate"): args.ema_rate}
+             ("training", "seed"): args.seed, ("optim", "lr"): args.lr, ("model", "ema_rate"): args.ema_rate,
+             ("training", "snapshot_freq"): args.ckpt_every}
     for (sec, key), value in flags.items():
         if value is not None:
             setattr(getattr(cfg, sec), key, value)
