@@ -217,6 +217,44 @@ def test_a_round_killed_mid_step_resumes_from_its_last_checkpoint_bit_exactly(tm
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
+def test_a_distill_process_killed_with_sigkill_resumes_bit_exactly(tmp_path):
+    """The real thing: `python -m ddim distill` killed with SIGKILL mid-round (no handler runs), then the same
+    command with --resume; the student and the log equal an unbroken run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    ckpt = _save_teacher(tmp_path, _teacher("v"))
+    argv = [sys.executable, "-m", "ddim", "distill", "--ckpt", str(ckpt), "--dataset", "npz", "--data-root",
+            str(_data(tmp_path)), "--steps-from", "2", "--iters-per-round", "40", "--batch-size", "4",
+            "--ckpt-every", "5", "--log-every", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(argv + ["--out", str(killed)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / "steps-0001" / "ckpt-0000010.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "distill did not start"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (killed / "model.safetensors").exists()
+    subprocess.run(argv + ["--out", str(killed), "--resume"], env=env, check=True, capture_output=True)
+    subprocess.run(argv + ["--out", str(tmp_path / "full")], env=env, check=True, capture_output=True)
+    a, b = ([json.loads(ln)["loss"] for ln in (r / "steps-0001" / "metrics.jsonl").read_text().splitlines()]
+            for r in (tmp_path / "full", killed))
+    assert len(a) == 40 and a == b
+    sa, sb = (checkpoint.load(r / "model.safetensors").model.state_dict() for r in (tmp_path / "full", killed))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 # --- the student as a checkpoint, and the command line ---------------------------------------------------------
 def _save_teacher(tmp_path: Path, teacher: LoadedModel) -> Path:
     path = tmp_path / "teacher.safetensors"

@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=nonnegative_int, default=None, help="seed of data order and noise (default: 0)")
     s.add_argument("--ckpt-every", type=positive_int, default=None, help="a training checkpoint every N steps "
                    "of a round (default: 500), and at its end")
+    s.add_argument("--log-every", type=positive_int, default=None, help="a metrics.jsonl line every N steps "
+                   "(default: 50)")
     s.add_argument("--out", default="runs/distill", help="output folder (one run folder per round)")
     s.add_argument("--resume", action="store_true", help="continue a stopped distillation in --out")
     s.add_argument("--overwrite", action="store_true", help="start again in a --out that holds another one")
@@ -76,7 +78,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     flags = {("data", "dataset"): args.dataset, ("data", "root"): args.data_root,
              ("training", "n_iters"): args.iters_per_round, ("training", "batch_size"): args.batch_size,
              ("training", "seed"): args.seed, ("optim", "lr"): args.lr, ("model", "ema_rate"): args.ema_rate,
-             ("training", "snapshot_freq"): args.ckpt_every}
+             ("training", "snapshot_freq"): args.ckpt_every, ("training", "log_freq"): args.log_every}
     for (sec, key), value in flags.items():
         if value is not None:
             setattr(getattr(cfg, sec), key, value)
