@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
-                                  positive_int, sample_config)
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, checkpoint_defaults,
+                                  labels, load, positive_int, sample_config)
 from ddim.distributed import setup_distributed, teardown
 from ddim.generate import generate, recorded_sampling
 
@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> None:
     try:
         args.device = str(device)
         loaded = load(args)
-        recorded = recorded_sampling(loaded)
+        config = checkpoint_defaults(args, config, loaded)     # e.g. a diffusers scheduler's clip_sample
+        recorded = recorded_sampling(loaded)                   # a distilled student's steps and grid
         if recorded is not None and not steps_given:
             config = config.replace(steps=recorded["steps"], skip=args.skip if skip_given else recorded["skip"])
         y = labels(args, loaded, args.n)
