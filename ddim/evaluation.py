@@ -44,7 +44,7 @@ from ddim.metrics import fid
 from ddim.metrics.fid import feature_statistics, frechet_distance, load_statistics, save_statistics
 from ddim.metrics.inception import resolve_inception_weights
 from ddim.runs import open_run
-from ddim.train import read_metrics as train_metrics
+from ddim.train import read_metrics_lines
 
 __all__ = ["FeatureMetric", "classifier_metric", "inception_metric", "make_metric", "generate_samples",
            "table1", "solvers_table", "table2", "timing", "linear_fit", "reconstruction_mse", "read_metrics", "plot_training",
@@ -160,7 +160,7 @@ def inception_metric(reference: str | os.PathLike | None, weights: str | os.Path
     else:
         stat = ref.stat()
         key = {"metric": "inception", "reference": str(ref.resolve()), "mtime": stat.st_mtime, "size": stat.st_size}
-        mu, sigma = _cached_statistics(cache, key, lambda: fid.feature_statistics(extract(fid.load_images(ref),
+        mu, sigma = _cached_statistics(cache, key, lambda: fid.feature_statistics(extract(fid.load_images_uint8(ref),
                                                                                           batch_size)))
     return FeatureMetric("FID", features, mu, sigma, str(reference), Path(weights).name)
 
@@ -661,7 +661,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise MissingFileError(f"run directory {str(run_dir)!r} has no metrics.jsonl (is it a `ddim train` run?)")
-    records = [rec for _, rec in train_metrics(path)[0]]
+    records = [rec for _, rec in read_metrics_lines(path)[0]]
     if not records:
         raise DDIMError(f"{path} holds no records yet")
     return records

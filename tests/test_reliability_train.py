@@ -124,7 +124,7 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
 
 def _flags(*argv):
     import argparse
-    from ddim.config import add_train_arguments, config_from_args
+    from ddim.commands.train import add_train_arguments, config_from_args
     return config_from_args(add_train_arguments(argparse.ArgumentParser()).parse_args(list(argv)))
 
 

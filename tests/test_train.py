@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ddim import train as tr
-from ddim.config import TrainConfig, add_train_arguments, config_from_args, config_from_dict, load_json, load_yaml
+from ddim.commands.train import add_train_arguments, config_from_args
+from ddim.config import TrainConfig, config_from_dict, load_json, load_yaml
 from ddim.schedule import NoiseSchedule
 from tiny_runs import tiny_run_dict
 
