@@ -238,6 +238,18 @@ def test_plot_draws_the_loss_curve_of_a_run_and_tolerates_a_torn_last_line(tmp_p
     assert "no metrics.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("logged, mean", [(10, None), (39, None), (40, "running mean of 2"), (100, "running mean of 5")])
+def test_plot_draws_a_running_mean_only_where_it_averages(tmp_path, monkeypatch, logged, mean):
+    from ddim import evaluation
+    figures = []
+    monkeypatch.setattr(evaluation, "_save_figure", lambda fig, path: figures.append(fig))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-3}) + "\n"
+                                                    for s in range(1, logged + 1)))
+    evaluation.plot_training(tmp_path)
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    assert [lb for lb in labels if lb.startswith("running mean")] == ([mean] if mean else [])
+
+
 def test_sample_with_a_feature_cache(ckpt, tmp_path):
     args = ["sample", "--ckpt", ckpt, "--n", "2", "--steps", "4", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "a"), "--cache-interval", "1"]) == 0

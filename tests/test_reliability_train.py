@@ -382,3 +382,113 @@ def test_resume_from_an_unreadable_checkpoint_names_it(tmp_path):
     cfg.resume = True
     with pytest.raises(DDIMError, match=r"ckpt-0000003\.pt: not a readable training checkpoint .*move it out"):
         tr.train(cfg, progress=False)
+
+
+# --- issue 24: the objective on resume, exit codes, checkpoint order, progress, packaged configs --------------
+def _cli_run(tmp_path, out="cli", **training):
+    """`ddim train` flags for tests/tiny_runs.py's run, through a YAML file as a user would write it."""
+    import yaml
+    d = _cfg_dict(tmp_path, out, **training)
+    path = tmp_path / f"{out}.yml"
+    path.write_text(yaml.safe_dump({k: v for k, v in d.items() if k != "out_dir"}))
+    return ["train", "--config", str(path), "--out", d["out_dir"], "--device", "cpu"]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--prediction", "v"], "--prediction"),
+    (["--beta-schedule", "cosine"], "--beta-schedule"),
+    (["--num-diffusion-timesteps", "50"], "--num-diffusion-timesteps"),
+    (["--loss-reduction", "sum"], "--loss-reduction"),
+    (["--image-size", "16"], "--image-size"),
+    (["--ch", "64"], "--ch"),
+])
+def test_resume_with_another_objective_is_refused_naming_the_flag(tmp_path, capsys, flags, flag):
+    from ddim.commands import main
+    argv = _cli_run(tmp_path)
+    assert main(argv) == 0
+    run = Path(argv[argv.index("--out") + 1])
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(argv + ["--resume", "--steps", "5"] + flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and "ckpt-0000003.pt was trained with" in err[0], err
+    assert _snapshot(run) == before                                      # nothing written, nothing changed
+    assert main(argv + ["--resume", "--steps", "5"]) == 0                 # the same objective resumes
+
+
+def test_resume_with_another_objective_is_refused_in_python(tmp_path):
+    tr.train(_cfg(tmp_path), progress=False)
+    cfg = _cfg(tmp_path, n_iters=5)
+    cfg.resume, cfg.diffusion.prediction = True, "x0"
+    with pytest.raises(DDIMError, match=r"was trained with diffusion\.prediction = 'eps', but the config now says "
+                                        r"'x0'; resume with the run's value, or train into a new --out$"):
+        tr.train(cfg, progress=False)
+
+
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_checkpoints_then_ddim_train_exits_128_plus_it(tmp_path, monkeypatch, capsys, guarded_signals,
+                                                                 signame, code):
+    import signal
+    from ddim.commands import main
+    _signal_at_step(monkeypatch, 2, getattr(signal, signame))
+    argv = _cli_run(tmp_path, n_iters=6, snapshot_freq=100)
+    assert main(argv) == code
+    run = Path(argv[argv.index("--out") + 1])
+    assert _steps(run) == [2] and not (run / "model.safetensors").exists()
+    assert f"stopped by {signame} at step 2 of 6" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(argv + ["--resume"]) == 0 and (run / "model.safetensors").exists()
+
+
+def test_checkpoints_past_step_9999999_are_ordered_by_their_step(tmp_path):
+    assert tr.checkpoint_name(10_000_000) == "ckpt-10000000.pt" and tr.checkpoint_name(42) == "ckpt-0000042.pt"
+    for step in (9_999_998, 9_999_999, 10_000_000, 10_000_001):
+        (tmp_path / tr.checkpoint_name(step)).write_bytes(b"")
+    (tmp_path / "ckpt-12x.pt").write_bytes(b"")                            # not a checkpoint of the run
+    assert [p.name for p in tr.list_checkpoints(tmp_path)] == [
+        "ckpt-9999998.pt", "ckpt-9999999.pt", "ckpt-10000000.pt", "ckpt-10000001.pt"]
+    assert tr.latest_checkpoint(tmp_path).name == "ckpt-10000001.pt"      # what --resume continues from
+    tr.prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-10000000.pt", "ckpt-10000001.pt", "ckpt-12x.pt"]
+
+
+def test_progress_is_a_line_per_log_interval_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    from ddim.commands import main
+    assert main(_cli_run(tmp_path, n_iters=6, log_freq=2)) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train: step ")]
+    assert [ln.split()[2] for ln in lines] == ["2/6", "4/6", "6/6"] and all(" loss " in ln for ln in lines)
+    tr.train(_cfg(tmp_path, "quiet"), progress=False)
+    assert capsys.readouterr().err == ""                                 # progress=False stays silent
+
+
+def test_a_grid_of_a_billion_samples_is_refused_before_work(tmp_path, capsys):
+    from ddim.commands import main
+    assert main(_cli_run(tmp_path) + ["--n-samples", "1000000000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--n-samples" in err[0] and "at most 4096" in err[0]
+    assert not (tmp_path / "cli").exists()
+
+
+def test_help_names_packaged_configs_that_load_by_name(capsys):
+    import tomllib
+    from ddim.commands import main
+    from ddim.commands.train import add_train_arguments, config_from_args
+    from ddim.config import PACKAGED_CONFIGS, PACKAGED_CONFIGS_DIR, load_yaml
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "configs/" not in text and "--config digits" in text        # no path the installed wheel lacks
+    assert {"digits", "digits_cond", "cifar10"} <= set(PACKAGED_CONFIGS)
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "configs/*.yml" in package_data["ddim"] and PACKAGED_CONFIGS_DIR == REPO / "ddim" / "configs"
+    import argparse
+    by_name = config_from_args(add_train_arguments(argparse.ArgumentParser()).parse_args(["--config", "digits"]))
+    assert by_name == load_yaml(PACKAGED_CONFIGS_DIR / "digits.yml").validate()
+    assert load_yaml("digits_cond.yml").model.num_classes == 10
+    with pytest.raises(DDIMError, match=r"config file 'nope' does not exist .*packaged config: cifar10, digits"):
+        load_yaml("nope")

@@ -154,14 +154,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=run_plot)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     with _errors_name_flags():
         outcome = run_training(config_from_args(args))
     if outcome.stopped_by is not None:
         # Pre-empted, not finished: `train && sample` and job schedulers must see it (as `sample` does: 130).
-        raise SystemExit(128 + outcome.stopped_by)
+        return 128 + outcome.stopped_by
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run directory: {outcome.run_dir}")
+    return 0
 
 
 def run_plot(args: argparse.Namespace) -> None:
