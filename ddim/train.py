@@ -545,7 +545,7 @@ def check_resume_compatible(ckpt: Path, state: dict[str, Any], cfg: TrainConfig,
     the whole diffusion section, the data shape and the model architecture. Resuming with another objective
     would train on and label the final model with the new one."""
     then = state.get("config") if isinstance(state.get("config"), dict) else {}
-    fix = f"resume with the run's value, or train into a new --out"
+    fix = "resume with the run's value, or train into a new --out"
     for sec, name in _OBJECTIVE_KEYS:
         old, now = (then.get(sec) or {}).get(name, _MISSING), getattr(getattr(cfg, sec), name)
         if old is not _MISSING and old != now:
