@@ -389,6 +389,10 @@ class StopOnSignal:
         return self.signum is not None
 
 
+    @property
+    def name(self) -> str:
+        return _signal_name(self.signum)
+
     def __enter__(self) -> "StopOnSignal":
         if self.enabled:
             for s in self.SIGNALS:
