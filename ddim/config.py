@@ -11,7 +11,6 @@ and again by `TrainConfig.validate()`, which also checks ranges: a bad value is 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -23,17 +22,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ddim.data import dataset_name
+from ddim.distributed import resolve_device
 from ddim.errors import DDIMError, MissingDependencyError, MissingFileError
 from ddim.models.deepcache import check_interval
 from ddim.predictions import PREDICTIONS
 from ddim.sampling.options import DEFAULTS as WALK
 from ddim.sampling.options import WalkOptions
 from ddim.sampling.registry import SOLVERS
+from ddim.schedule import NoiseSchedule
 
 __all__ = [
     "DataConfig", "ModelConfig", "DiffusionConfig", "TrainingConfig", "OptimConfig", "TrainConfig",
-    "load_yaml", "config_from_dict", "add_train_arguments", "config_from_args", "SampleConfig", "check_int",
-    "check_steps", "DTYPES",
+    "load_yaml", "config_from_dict", "config_path", "PACKAGED_CONFIGS", "SECTIONS", "TOP_KEYS", "SampleConfig",
+    "check_int", "check_steps", "DTYPES",
 ]
 
 
@@ -109,6 +111,9 @@ class OptimConfig:
     min_lr: float = 0.0               # the cosine schedule's final learning rate
 
 
+MAX_GRID_SAMPLES = 4096     # training.n_samples: x_T for the grids is held for the whole run
+
+
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,6 +147,8 @@ class TrainConfig:
             (t.log_freq >= 1, f"training.log_freq must be >= 1, got {t.log_freq}"),
             (t.sample_freq >= 0, f"training.sample_freq must be >= 0, got {t.sample_freq}"),
             (t.n_samples >= 1, f"training.n_samples must be >= 1, got {t.n_samples}"),
+            (t.n_samples <= MAX_GRID_SAMPLES, f"training.n_samples must be at most {MAX_GRID_SAMPLES} (the images "
+             f"of each sample grid), got {t.n_samples}"),
             (d.num_diffusion_timesteps >= 1,
              f"diffusion.num_diffusion_timesteps must be >= 1, got {d.num_diffusion_timesteps}"),
             (1 <= t.sample_steps <= d.num_diffusion_timesteps, f"training.sample_steps must lie in [1, "
@@ -183,7 +190,6 @@ class TrainConfig:
 
 
 def _check_dataset(data: DataConfig) -> None:
-    from ddim.data import dataset_name  # lazy: the data module pulls in PIL and numpy
     name = dataset_name(data.dataset)
     if name != "digits" and not data.root:
         raise DDIMError(f"data.root is required for dataset {data.dataset!r} (the file or folder it reads)")
@@ -192,15 +198,13 @@ def _check_dataset(data: DataConfig) -> None:
 
 
 def _check_schedule(d: DiffusionConfig) -> None:
-    from ddim.schedule import NoiseSchedule  # builds the schedule once: its own checks, named by section
-    try:
+    try:  # build the schedule once: its own checks, named by section
         NoiseSchedule.from_name(d.beta_schedule, d.num_diffusion_timesteps, d.beta_start, d.beta_end)
     except ValueError as e:
         raise DDIMError(f"diffusion: {e} (diffusion.beta_schedule, beta_start, beta_end)") from None
 
 
 def _check_device(device: str | None) -> None:
-    from ddim.distributed import resolve_device    # lazy: torch is heavy for a config module
     if device is not None:
         resolve_device(device)
 
@@ -277,9 +281,9 @@ def _convert(value: Any, hint: Any) -> Any:
 def _check_types(cfg: "TrainConfig") -> None:
     """Type-check (and normalise, e.g. "1e-3" -> 0.001) every field of a TrainConfig in place."""
     top = _field_types(TrainConfig)
-    for name in _TOP:
+    for name in TOP_KEYS:
         setattr(cfg, name, _typed(getattr(cfg, name), top[name], name))
-    for sec_name in _SECTIONS:
+    for sec_name in SECTIONS:
         section = getattr(cfg, sec_name)
         hints = _field_types(type(section))
         for f in fields(section):
@@ -288,7 +292,7 @@ def _check_types(cfg: "TrainConfig") -> None:
 
 def _float_fields(cfg: "TrainConfig") -> list[tuple[str, float | None]]:
     out = []
-    for sec_name in _SECTIONS:
+    for sec_name in SECTIONS:
         section = getattr(cfg, sec_name)
         hints = _field_types(type(section))
         out += [(f"{sec_name}.{f.name}", getattr(section, f.name)) for f in fields(section)
@@ -297,9 +301,9 @@ def _float_fields(cfg: "TrainConfig") -> list[tuple[str, float | None]]:
 
 
 # --- YAML / dict -------------------------------------------------------------------------------------------
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig,
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig,
              "training": TrainingConfig, "optim": OptimConfig}
-_TOP = ("out_dir", "resume", "overwrite", "device")
+TOP_KEYS = ("out_dir", "resume", "overwrite", "device")
 # Keys of the official release's YAML that this trainer reads but does not use (they concern its own
 # dequantisation options, the sampler's variance, or its validation loop); accepted so its files load as-is.
 _OFFICIAL_IGNORED = {
@@ -316,12 +320,12 @@ def config_from_dict(d: Mapping[str, Any], base: TrainConfig | None = None) -> T
     """Build a TrainConfig from a nested dict (our YAML or the official layout); unknown keys and values of the
     wrong type are a DDIMError naming the key."""
     cfg = _deepcopy(base) if base is not None else TrainConfig()
-    unknown = [k for k in d if k not in _SECTIONS and k not in _TOP and k not in _IGNORED_SECTIONS]
+    unknown = [k for k in d if k not in SECTIONS and k not in TOP_KEYS and k not in _IGNORED_SECTIONS]
     if unknown:
-        raise DDIMError(f"unknown config section(s) {unknown}; expected {sorted(_SECTIONS) + list(_TOP)}")
+        raise DDIMError(f"unknown config section(s) {unknown}; expected {sorted(SECTIONS) + list(TOP_KEYS)}")
     top = _field_types(TrainConfig)
     for name, value in d.items():
-        if name in _TOP:
+        if name in TOP_KEYS:
             setattr(cfg, name, _typed(value, top[name], name))
             continue
         if name in _IGNORED_SECTIONS:
@@ -348,12 +352,29 @@ def _deepcopy(cfg: TrainConfig) -> TrainConfig:
                           for k, v in ((f.name, getattr(cfg, f.name)) for f in fields(cfg))})
 
 
+# The training configs shipped inside the package (ddim/configs/NAME.yml; `configs/` in a checkout points there).
+PACKAGED_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+PACKAGED_CONFIGS: tuple[str, ...] = tuple(sorted(p.stem for p in PACKAGED_CONFIGS_DIR.glob("*.yml")))
+
+
+def config_path(spec: str | Path) -> Path:
+    """The YAML file a `--config` value names: an existing file, or the name of a packaged config (`digits`,
+    `digits.yml`); MissingFileError listing the packaged names otherwise."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec).removesuffix(".yml")
+    if name in PACKAGED_CONFIGS:
+        return PACKAGED_CONFIGS_DIR / f"{name}.yml"
+    raise MissingFileError(f"config file {str(spec)!r} does not exist (give a YAML file, or the name of a "
+                           f"packaged config: {', '.join(PACKAGED_CONFIGS)})")
+
+
 def load_yaml(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
-    """Read a YAML file in the official layout (data / model / diffusion / training / optim), type-checked."""
+    """Read a YAML file in the official layout (data / model / diffusion / training / optim), type-checked.
+    `path` may also name a packaged config (`config_path`)."""
     import yaml
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"config file {str(path)!r} does not exist")
+    path = config_path(path)
     try:
         with open(path) as f:
             d = yaml.safe_load(f) or {}
@@ -379,81 +400,6 @@ def load_json(path: str | Path) -> TrainConfig:
     """Read the config.json a run directory holds (the keys of RUN_RECORD_KEYS are the run's record: skipped)."""
     d = json.loads(Path(path).read_text())
     return config_from_dict({k: v for k, v in d.items() if k not in RUN_RECORD_KEYS})
-
-
-# --- command line ------------------------------------------------------------------------------------------
-# Flag names that differ from `--{field}` (to stay unambiguous or read better).
-_FLAG_NAMES = {("optim", "eps"): "adam-eps", ("optim", "beta1"): "adam-beta1", ("optim", "beta2"): "adam-beta2",
-               ("model", "ema_rate"): "ema-rate", ("data", "root"): "data-root", ("model", "preset"): "model",
-               ("training", "n_iters"): "steps", ("training", "snapshot_freq"): "ckpt-every",
-               ("training", "log_freq"): "log-every", ("training", "sample_freq"): "sample-every",
-               ("model", "out_ch"): "out-channels", ("optim", "warmup"): "warmup-steps"}
-_HELP = {
-    "dataset": "data set: digits, cifar10, celeba, folder, npz, idx", "data-root": "data folder or file",
-    "steps": "optimizer steps to train for (training.n_iters; not sampling steps: those are --sample-steps)", "batch-size": "global batch size (all processes and accumulation steps)",
-    "model": "U-Net preset (ddim.models.PRESETS)", "ema-rate": "EMA decay", "prediction": "network target",
-}
-
-
-def _str2bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
-def _int_list(s: str) -> list[int]:
-    return [int(v) for v in s.replace(",", " ").split()]
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add `ddim train`'s flags; flags left unset keep the YAML (or default) value."""
-    parser.add_argument("--config", help="training YAML (the official data/model/diffusion/training/optim layout; "
-                        "not a checkpoint's architecture as in `ddim sample --config`)")
-    parser.add_argument("--out", "--out-dir", dest="out_dir", default=argparse.SUPPRESS,
-                        help="run directory (default runs/ddim)")
-    parser.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
-                        help="continue from the latest checkpoint in the run directory")
-    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
-                        help="allow writing into a non-empty run directory without --resume")
-    parser.add_argument("--device", default=argparse.SUPPRESS, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    defaults = TrainConfig()
-    for sec_name in _SECTIONS:
-        group = parser.add_argument_group(sec_name)
-        section = getattr(defaults, sec_name)
-        for f in fields(section):
-            flag = _FLAG_NAMES.get((sec_name, f.name), f.name.replace("_", "-"))
-            default = getattr(section, f.name)
-            kind = str(f.type)
-            if "list" in kind:
-                typ = _int_list
-            elif "bool" in kind:
-                typ = _str2bool
-            elif "float" in kind:
-                typ = float
-            elif "int" in kind:
-                typ = int
-            else:
-                typ = str
-            bare = {"nargs": "?", "const": True} if typ is _str2bool else {}    # `--flag` alone means true
-            group.add_argument(f"--{flag}", dest=f"{sec_name}.{f.name}", type=typ, default=argparse.SUPPRESS,
-                               metavar=f.name.upper() if typ is not _str2bool else "BOOL",
-                               help=f"{_HELP.get(flag, sec_name + '.' + f.name)} (default: {default})", **bare)
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < --config YAML < explicit flags; validated."""
-    ns = vars(args)
-    cfg = load_yaml(ns["config"]) if ns.get("config") else TrainConfig()
-    for key, value in ns.items():
-        if "." in key:
-            sec, name = key.split(".", 1)
-            setattr(getattr(cfg, sec), name, value)
-        elif key in _TOP:
-            setattr(cfg, key, value)
-    return cfg.validate()
 
 
 # --- sampling --------------------------------------------------------------------------------------------------

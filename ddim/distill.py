@@ -336,7 +336,7 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
         gen.set_state(state["rng_gen"].cpu())
         tr._set_rng(state["rng_torch"], info, device)
         start = int(state["step"])
-    tr._truncate_metrics(run_dir / "metrics.jsonl", start)
+    tr.truncate_metrics(run_dir / "metrics.jsonl", start)
     write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), DISTILLED: record, "unet": student_cfg.to_dict(),
                                                  "resolved_device": str(device)})
 
@@ -359,7 +359,7 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
                  "schedule": schedule.to_dict(), "prediction": prediction, "config": cfg.to_dict(),
                  "world_size": 1, DISTILLED: record}
         tr.save_checkpoint(state, run_dir / f"{tr.CKPT_PREFIX}{done:07d}.pt")
-        tr._prune_checkpoints(run_dir, tc.keep_last)
+        tr.prune_checkpoints(run_dir, tc.keep_last)
 
     log = open(run_dir / "metrics.jsonl", "a")
     bar = None
@@ -369,7 +369,7 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
                    mininterval=1.0)
     batches = tr._micro_batches(dataset, round_cfg, start, [slice(0, B)], device)
     try:
-        with tr._StopOnSignal(handle_signals) as stop:
+        with tr.StopOnSignal(handle_signals) as stop:
             for step, (x_0,) in zip(range(start, tc.n_iters), batches):
                 lr = tr.lr_at(step, oc.lr, oc.warmup, oc.lr_schedule, tc.n_iters, oc.min_lr)
                 for g in opt.param_groups:

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ddim.checkpoint import LoadedModel, load
-from ddim.config import SampleConfig, check_int
+from ddim.config import DTYPES, SampleConfig, check_int
 from ddim.distributed import rank_world
 from ddim.errors import DDIMError, MissingFileError
 from ddim.images import read_image, save_image_grid, save_images
@@ -34,7 +34,7 @@ from ddim.sampling import DDIMSampler, WalkOptions
 __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_model", "recorded_sampling", "sample_generators", "initial_noise",
            "cast_matmul_weights", "network",
            "make_sampler", "check_plan", "class_labels", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode",
-           "weights_fingerprint", "generate", "assemble", "DTYPES"]
+           "weights_fingerprint", "generate", "assemble"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The models that ship inside the package, by the name --ckpt takes: 16x16 digits, unconditional and
@@ -42,7 +42,6 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 EMBEDDED = {"digits": ASSETS / "digits.safetensors", "digits-cond": ASSETS / "digits_cond.safetensors"}
 DEFAULT_MODEL = EMBEDDED["digits"]
 EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded model
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None, ema: bool = True,
@@ -108,8 +107,8 @@ def network(model: torch.nn.Module, dtype: str = "float32", channels_last: bool 
     """The model as the sampler calls it: optional autocast to bf16/fp16 (the sampler's own arithmetic stays
     in the dtype of x), channels_last memory format and torch.compile. Returns outputs in x's dtype."""
     if dtype not in DTYPES:
-        raise DDIMError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    amp = DTYPES[dtype]
+        raise DDIMError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    amp = getattr(torch, dtype)                 # DTYPES are torch's own names
     if amp != torch.float32:
         model = cast_matmul_weights(model, amp)
     if channels_last:

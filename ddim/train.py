@@ -4,7 +4,13 @@ L_simple = E_{x_0, t, eps} || target - f_theta(x_t, t) ||^2, x_t = q_sample(x_0,
 [0, T). The target is eps (default), x_0, or v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 -- whichever the sampler is
 told the network predicts.
 
-`train(cfg)` is one loop you can read end to end. Everything random in it (data order, t, eps, flips) comes
+`run_training(cfg)` (and `train(cfg)`, which returns just the run directory) runs five phases, each a function
+below under its heading: 1. setup (objective, model, run directory), 2. resume (the latest checkpoint, checked
+against the config: the whole diffusion section, data shape and architecture must match), 3. the loop (one
+`_train_step` per optimizer step, logs, grids), 4. checkpoints (`write_checkpoint`), 5. finish (model.safetensors,
+or how to resume). A second training loop (e.g. distillation) reuses `loss_fn`, `ema_update`, `ema_decay`,
+`lr_at`, `make_optimizer`, `prepare_run_dir`, `save_checkpoint` / `list_checkpoints` / `latest_checkpoint` /
+`prune_checkpoints`, `truncate_metrics`, `StopOnSignal` and `Progress`. Everything random in it (data order, t, eps, flips) comes
 from seeded generators whose state is checkpointed, so a stopped-and-resumed run follows the same loss curve as
 one that never stopped. Under `torchrun` every process draws the same global batch of t / eps / flips and keeps
 its own slice, so N processes with batch B/N compute the same update as one process with batch B.
@@ -16,6 +22,7 @@ model.safetensors (the EMA weights in the package's own format, what `ddim.check
 Stopping: Ctrl-C or SIGTERM ends the run after the current step with a checkpoint of it (under torchrun, at
 the next log or checkpoint step, where the processes agree), and `--resume` continues it exactly. A
 non-finite loss or gradient norm raises DDIMError naming the step before a checkpoint of that state is written.
+`ddim train` then exits 130 (SIGINT) or 143 (SIGTERM), so a pre-empted run does not read as finished.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ddim.config import RUN_RECORD_KEYS, TrainConfig
+from ddim.config import RUN_RECORD_KEYS, DiffusionConfig, OptimConfig, TrainConfig
 from ddim.data import ImageTensorDataset, build_dataset
 from ddim.distributed import Dist, setup_distributed
 from ddim.errors import DDIMError, OutputExistsError, one_line
@@ -47,8 +55,11 @@ from ddim.images import make_grid, save_image_grid
 from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_atomic
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "build_unet_config",
-           "save_checkpoint", "latest_checkpoint", "Dist"]
+__all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "run_training", "TrainOutcome",
+           "TrainingRun", "build_unet_config", "make_optimizer", "global_batch_indices", "prepare_run_dir",
+           "check_resume_compatible", "write_checkpoint", "save_checkpoint", "checkpoint_name", "list_checkpoints",
+           "latest_checkpoint", "prune_checkpoints", "read_metrics_lines", "truncate_metrics", "StopOnSignal",
+           "Progress", "Dist"]
 
 CKPT_PREFIX = "ckpt-"
 
@@ -217,8 +228,17 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def checkpoint_name(step: int) -> str:
+    """ckpt-0000042.pt: zero-padded for a readable listing; past step 9,999,999 the names grow a digit."""
+    return f"{CKPT_PREFIX}{step:07d}.pt"
+
+
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    return sorted(Path(run_dir).glob(f"{CKPT_PREFIX}[0-9]*.pt"))
+    """The run's ckpt-N.pt files, oldest first by their step number (not as text: ckpt-10000000.pt follows
+    ckpt-9999999.pt)."""
+    found = [p for p in Path(run_dir).glob(f"{CKPT_PREFIX}[0-9]*.pt")
+             if p.stem[len(CKPT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.stem[len(CKPT_PREFIX):]))
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -243,7 +263,8 @@ def _load_training_state(ckpt: Path, device: torch.device) -> dict[str, Any]:
     return state
 
 
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (by step)."""
     for p in list_checkpoints(run_dir)[:-keep]:
         p.unlink(missing_ok=True)
 
@@ -271,7 +292,7 @@ def _set_rng(states: list[Tensor], info: Dist, device: torch.device) -> None:
 
 
 # --- run directory -------------------------------------------------------------------------------------------
-def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
+def prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
     run_dir = Path(cfg.out_dir)
     if info.rank == 0:
         if run_dir.exists() and not run_dir.is_dir():
@@ -284,7 +305,7 @@ def _prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
     return run_dir
 
 
-def read_metrics(path: str | os.PathLike) -> tuple[list[tuple[str, dict]], int | None]:
+def read_metrics_lines(path: str | os.PathLike) -> tuple[list[tuple[str, dict]], int | None]:
     """The records of a metrics.jsonl as (line, record) pairs, and the number of a torn last line (else None).
 
     A last line that does not parse was torn by a crash or a full disk mid-write: it is left out and reported.
@@ -309,12 +330,12 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[tuple[str, dict]], int |
     return records, None
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Keep the log lines up to the checkpoint we resume from, so the log reads as one run; rewritten atomically
-    (a torn last line is dropped with a warning; see `read_metrics`)."""
+    (a torn last line is dropped with a warning; see `read_metrics_lines`)."""
     if not path.exists():
         return
-    records, torn = read_metrics(path) if step > 0 else ([], None)
+    records, torn = read_metrics_lines(path) if step > 0 else ([], None)
     if torn is not None:
         warnings.warn(f"{path}: dropped its last line {torn}, which was cut off mid-write (a crash or a "
                       "full disk); the run continues from the checkpoint", stacklevel=3)
@@ -351,7 +372,7 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-class _StopOnSignal:
+class StopOnSignal:
     """While active, the first SIGINT/SIGTERM only sets `requested` (the loop stops after the step); a second
     one restores the previous handlers and stops at once (KeyboardInterrupt, or SystemExit for SIGTERM)."""
 
@@ -367,11 +388,12 @@ class _StopOnSignal:
     def requested(self) -> bool:
         return self.signum is not None
 
+
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "a signal to another process"
+        return _signal_name(self.signum)
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> "StopOnSignal":
         if self.enabled:
             for s in self.SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -395,214 +417,394 @@ class _StopOnSignal:
         raise SystemExit(128 + signum)
 
 
-# --- the loop ------------------------------------------------------------------------------------------------
+# --- the phases of a run --------------------------------------------------------------------------------------
+@dataclass
+class TrainingRun:
+    """What the phases of a run share: the config, this process, the run directory and the objects trained."""
+    cfg: TrainConfig
+    info: Dist
+    device: torch.device
+    run_dir: Path
+    schedule: NoiseSchedule
+    unet_cfg: Any                     # ddim.models.UNetConfig
+    dataset: Any
+    labels: Tensor | None             # [N] class labels of a conditional model's data set
+    model: nn.Module
+    ema: nn.Module | None
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator              # t, eps, flips, label drops: the same on every rank
+
+
+@dataclass
+class TrainOutcome:
+    """How a run ended: finished (model.safetensors written), or stopped by a signal after a checkpoint."""
+    run_dir: Path
+    step: int                         # the last step done (and checkpointed)
+    stopped_by: int | None = None     # the signal number (SIGINT, SIGTERM) that stopped the run early
+
+
 def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) -> Path:
     """Train a U-Net with L_simple as cfg describes; returns the run directory (see the module docstring).
 
-    handle_signals: the first SIGINT / SIGTERM finishes the current step, writes its checkpoint, prints one line
-    saying how to resume and returns (without model.safetensors); a second one stops at once. Only in the main
-    thread; the previous handlers are restored on return. A non-finite loss or gradient norm stops the run with
-    a DDIMError naming the step, before any checkpoint is written from that state."""
-    from ddim.models import UNet
+    progress: a bar on a terminal, else one line per log interval on stderr (rank 0). handle_signals: the first
+    SIGINT / SIGTERM finishes the current step, writes its checkpoint, prints one line saying how to resume and
+    returns (without model.safetensors; `run_training` says which signal); a second one stops at once. Only in
+    the main thread; the previous handlers are restored on return. A non-finite loss or gradient norm stops the
+    run with a DDIMError naming the step, before any checkpoint is written from that state."""
+    return run_training(cfg, progress, handle_signals).run_dir
+
+
+def run_training(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) -> TrainOutcome:
+    """`train`, returning how the run ended (`ddim train` exits 128 + the signal when one stopped it)."""
     cfg.validate()
     info, device = setup_distributed(cfg.device)
-    tc, oc, dc = cfg.training, cfg.optim, cfg.diffusion
     try:
-        if tc.batch_size % (info.world_size * tc.grad_accum):
-            raise DDIMError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
-                            f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
-        schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
-        unet_cfg = build_unet_config(cfg)                # before any file: a bad model config costs nothing
-        run_dir = _prepare_run_dir(cfg, info)
-        dataset = build_dataset(cfg.data)
-        labels = _labels(dataset, cfg, unet_cfg.num_classes, device)
-        if len(dataset) < tc.batch_size:
-            raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
-                            f"({tc.batch_size})")
-
-        torch.manual_seed(tc.seed)                       # same initial weights on every rank
-        model = UNet(unet_cfg).to(device)
-        ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.model.ema else None
-        opt_cls = torch.optim.AdamW if oc.optimizer.lower() == "adamw" else torch.optim.Adam
-        opt = opt_cls(model.parameters(), lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps,
-                      weight_decay=oc.weight_decay, amsgrad=oc.amsgrad)
-        scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
-        gen = torch.Generator(device=device).manual_seed(tc.seed)   # t, eps, flips: identical on every rank
-        torch.manual_seed(tc.seed + 1 + info.rank)                  # dropout: differs per rank
-
-        start = 0
-        ckpt = latest_checkpoint(run_dir) if cfg.resume else None
-        if cfg.resume and ckpt is None and info.rank == 0:
-            warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from step 0", stacklevel=2)
-        if ckpt is not None:
-            state = _load_training_state(ckpt, device)
-            if state["unet"] != unet_cfg.to_dict():
-                raise DDIMError(f"{ckpt} was trained with model {state['unet']}, but the config now says "
-                                 f"{unet_cfg.to_dict()}")
-            model.load_state_dict(state["model"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-            opt.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            gen.set_state(state["rng_gen"].cpu())
-            _set_rng(state["rng_torch"], info, device)
-            start = int(state["step"])
-        if info.rank == 0:
-            _truncate_metrics(run_dir / "metrics.jsonl", start)     # first: a damaged log changes no file
-            record = dict(zip(RUN_RECORD_KEYS, (unet_cfg.to_dict(), info.world_size, str(device))))
-            write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), **record})
-
-        ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-               if info.world_size > 1 else model)
-        slices = _local_slices(tc.batch_size, info.world_size, tc.grad_accum, info.rank)
-        B, (C, H, W) = tc.batch_size, (unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size)
-        x_T = torch.randn(tc.n_samples, C, H, W, generator=torch.Generator().manual_seed(tc.seed + 12345))
-        params = [p for p in model.parameters() if p.requires_grad]
-
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        gn_sum = torch.zeros((), device=device)
-        # The first step whose loss (or, without fp16's grad scaler, gradient norm) was not finite; 0 while none.
-        # Kept on the device and read only where the host syncs anyway (logs, checkpoints, grids, the end).
-        bad_step = torch.zeros((), dtype=torch.long, device=device)
-        check_grad = not scaler.is_enabled()     # fp16: inf/nan gradients are the scaler's skipped steps
-        t_last, n_last = time.perf_counter(), 0
-        stopped = None
-
-        def write_checkpoint(done: int) -> None:
-            _check_weights_finite(done, run_dir, model, ema)
-            rng = _gather_rng(info, device)
-            if info.rank == 0:
-                state = {"step": done, "model": model.state_dict(),
-                         "ema": ema.state_dict() if ema is not None else None,
-                         "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                         "rng_gen": gen.get_state(), "rng_torch": rng, "unet": unet_cfg.to_dict(),
-                         "schedule": schedule.to_dict(), "prediction": dc.prediction,
-                         "config": cfg.to_dict(), "world_size": info.world_size}
-                save_checkpoint(state, run_dir / f"{CKPT_PREFIX}{done:07d}.pt")
-                _prune_checkpoints(run_dir, tc.keep_last)   # only after a finite checkpoint was written
-
-        log = open(run_dir / "metrics.jsonl", "a") if info.rank == 0 else None
-        board = _tensorboard(run_dir) if tc.tensorboard and info.rank == 0 else None
-        bar = None
-        if info.rank == 0 and progress:
-            from tqdm import tqdm
-            bar = tqdm(total=tc.n_iters, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
-        batches = _micro_batches(dataset, cfg, start, slices, device)
-        try:
-            with _StopOnSignal(handle_signals) as stop:
-                for step, micros in zip(range(start, tc.n_iters), batches):
-                    lr = lr_at(step, oc.lr, oc.warmup, oc.lr_schedule, tc.n_iters, oc.min_lr)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    # One global batch of randomness, the same on every rank; each rank keeps its rows.
-                    t_all = sample_t(B, schedule.T, gen, dc.antithetic, device)
-                    noise_all = torch.randn(B, C, H, W, generator=gen, device=device)
-                    flip_all = torch.rand(B, generator=gen, device=device) < 0.5 if cfg.data.random_flip else None
-                    y_all = None
-                    if labels is not None:    # conditional: this step's labels, p_uncond of them dropped to null
-                        y_all = labels[global_batch_indices(len(dataset), B, step, tc.seed).to(labels.device)]
-                        drop = torch.rand(B, generator=gen, device=device) < tc.p_uncond
-                        y_all = torch.where(drop, torch.full_like(y_all, -1), y_all)
-                    step_loss = torch.zeros((), device=device)
-                    for a, (x_0, s) in enumerate(zip(micros, slices)):
-                        x_0 = x_0.to(device, non_blocking=True)
-                        if flip_all is not None:
-                            x_0 = torch.where(flip_all[s].view(-1, 1, 1, 1), x_0.flip(-1), x_0)
-                        sync = a == len(slices) - 1
-                        with (contextlib.nullcontext() if sync or ddp is model else ddp.no_sync()):
-                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                                loss = loss_fn(ddp, schedule, x_0, t_all[s], noise_all[s], dc.prediction,
-                                               dc.loss_reduction, None if y_all is None else y_all[s])
-                            scaler.scale(loss / len(slices)).backward()
-                        step_loss += loss.detach() / len(slices)
-                    scaler.unscale_(opt)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip if oc.grad_clip > 0 else math.inf)
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                    if ema is not None:
-                        ema_update(ema, model, ema_decay(step, cfg.model.ema_rate, cfg.model.ema_warmup))
-                    done = step + 1
-                    finite = torch.isfinite(step_loss)
-                    if check_grad:
-                        finite &= torch.isfinite(grad_norm)
-                    bad_step = torch.where(finite | (bad_step > 0), bad_step, done)   # no host sync
-                    loss_sum += step_loss
-                    gn_sum += grad_norm.detach().float()
-                    n_last += 1
-
-                    is_log = done % tc.log_freq == 0 or done == tc.n_iters
-                    is_ckpt = done % tc.snapshot_freq == 0 or done == tc.n_iters
-                    is_grid = bool(tc.sample_freq and done % tc.sample_freq == 0) or done == tc.n_iters
-                    # Ranks agree on stopping where they sync anyway, so all stop at the same step.
-                    stopping = done < tc.n_iters and (
-                        stop.requested if info.world_size == 1
-                        else (is_log or is_ckpt) and _any_rank(stop.requested, device))
-                    if is_log or is_ckpt or is_grid or stopping:
-                        _raise_if_diverged(bad_step, info, run_dir)
-                    if is_log:
-                        stats = torch.stack([loss_sum, gn_sum]) / n_last
-                        if info.world_size > 1:
-                            dist.all_reduce(stats)
-                            stats /= info.world_size
-                        now = time.perf_counter()
-                        rate = n_last / max(now - t_last, 1e-9)
-                        rec = {"step": done, "loss": stats[0].item(), "lr": lr, "grad_norm": stats[1].item(),
-                               "it_per_s": rate, "img_per_s": rate * B}
-                        if log is not None:
-                            log.write(json.dumps(rec) + "\n")
-                            log.flush()
-                        if board is not None:       # metrics.jsonl stays the source of truth
-                            for key in ("loss", "lr", "grad_norm", "img_per_s"):
-                                board.add_scalar(f"train/{key}", rec[key], done)
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.2f}")
-                        loss_sum.zero_(), gn_sum.zero_()
-                        t_last, n_last = time.perf_counter(), 0
-                    if bar is not None:
-                        bar.update(1)
-                    if is_ckpt or stopping:
-                        write_checkpoint(done)
-                    if stopping:
-                        stopped = (done, stop.name)
-                        break
-                    if info.rank == 0 and is_grid:
-                        grid = _sample_grid(ema if ema is not None else model, schedule, dc.prediction, x_T,
-                                            tc.sample_steps, run_dir / "samples" / f"step-{done:07d}.png",
-                                            unet_cfg.num_classes)
-                        if board is not None:
-                            board.add_image("samples/ema", grid, done, dataformats="HWC")
-                            board.flush()
-                        t_last = time.perf_counter()          # keep sampling time out of it/s
-        finally:
-            batches.close()
-            if bar is not None:
-                bar.close()
-            if log is not None:
-                log.close()
-            if board is not None:
-                board.close()
-        if stopped is not None:
-            # No model.safetensors: it marks a finished run, and the checkpoint itself loads for sampling
-            # (ddim.checkpoint.load reads ckpt-N.pt with its EMA weights).
-            if info.rank == 0:
-                print(f"train: stopped by {stopped[1]} at step {stopped[0]} of {tc.n_iters}; wrote "
-                      f"{run_dir / f'{CKPT_PREFIX}{stopped[0]:07d}.pt'}; continue with --resume (same config, "
-                      f"--out {run_dir})", file=sys.stderr, flush=True)
-        elif info.rank == 0:
-            from ddim import checkpoint
-            final = ema if ema is not None else model
-            checkpoint.save(run_dir / "model.safetensors", final, schedule, prediction=dc.prediction,
-                            metadata={"steps": str(tc.n_iters), "dataset": str(cfg.data.dataset),
-                                      "weights": "ema" if ema is not None else "raw"})
+        # 1. setup: the objective and the model are checked before the first file is written
+        schedule, unet_cfg = _objective(cfg, info)
+        run_dir = prepare_run_dir(cfg, info)
+        # 2. resume: the checkpoint is read and checked against the config before any data is read
+        state = _resume_state(cfg, run_dir, unet_cfg, device, info)
+        run = _build(cfg, info, device, run_dir, schedule, unet_cfg)
+        start = _restore(run, state) if state is not None else 0
+        _write_run_record(run, start)
+        # 3. the loop (with 4. its checkpoints, `write_checkpoint`)
+        stopped = _loop(run, start, progress, handle_signals)
+        # 5. finish: the exported model, or how to resume
+        _finish(run, stopped)
         if info.world_size > 1:
             dist.barrier()
-        return run_dir
+        if stopped is None:
+            return TrainOutcome(run_dir, cfg.training.n_iters)
+        # A rank whose peer got the signal stops as a pre-empted job would: SIGTERM.
+        return TrainOutcome(run_dir, stopped[0], signal.SIGTERM if stopped[1] is None else stopped[1])
     finally:
         if info.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# --- 1. setup ------------------------------------------------------------------------------------------------
+def _objective(cfg: TrainConfig, info: Dist) -> tuple[NoiseSchedule, Any]:
+    """The noise schedule and the U-Net config; the checks that need no file (a bad model config costs nothing)."""
+    tc, dc = cfg.training, cfg.diffusion
+    if tc.batch_size % (info.world_size * tc.grad_accum):
+        raise DDIMError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
+                        f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
+    schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
+    return schedule, build_unet_config(cfg)
+
+
+def _build(cfg: TrainConfig, info: Dist, device: torch.device, run_dir: Path, schedule: NoiseSchedule,
+           unet_cfg: Any) -> TrainingRun:
+    """The data set, the model (same initial weights on every rank), its EMA, the optimizer and the RNGs."""
+    from ddim.models import UNet
+    tc = cfg.training
+    dataset = build_dataset(cfg.data)
+    labels = _labels(dataset, cfg, unet_cfg.num_classes, device)
+    if len(dataset) < tc.batch_size:
+        raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
+                        f"({tc.batch_size})")
+    torch.manual_seed(tc.seed)                       # same initial weights on every rank
+    model = UNet(unet_cfg).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.model.ema else None
+    opt = make_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+    gen = torch.Generator(device=device).manual_seed(tc.seed)   # t, eps, flips: identical on every rank
+    torch.manual_seed(tc.seed + 1 + info.rank)                  # dropout: differs per rank
+    return TrainingRun(cfg, info, device, run_dir, schedule, unet_cfg, dataset, labels, model, ema, opt, scaler,
+                       gen)
+
+
+def make_optimizer(model: nn.Module, oc: OptimConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW over the model's parameters as the optim section says (the learning rate is set per step)."""
+    opt_cls = torch.optim.AdamW if oc.optimizer.lower() == "adamw" else torch.optim.Adam
+    return opt_cls(model.parameters(), lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps,
+                   weight_decay=oc.weight_decay, amsgrad=oc.amsgrad)
+
+
+# --- 2. resume -----------------------------------------------------------------------------------------------
+def _resume_state(cfg: TrainConfig, run_dir: Path, unet_cfg: Any, device: torch.device,
+                  info: Dist) -> dict[str, Any] | None:
+    """The state of the latest checkpoint when resuming (None: start from step 0), checked against the config."""
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume and ckpt is None and info.rank == 0:
+        warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from step 0", stacklevel=3)
+    if ckpt is None:
+        return None
+    state = _load_training_state(ckpt, device)
+    check_resume_compatible(ckpt, state, cfg, unet_cfg.to_dict())
+    return state
+
+
+# The objective a run trains: these keys must not change on --resume (the model architecture is checked on the
+# resolved U-Net config, which also carries data.image_size and data.channels).
+_OBJECTIVE_KEYS = [("diffusion", f.name) for f in fields(DiffusionConfig)] + [("data", "image_size"),
+                                                                             ("data", "channels")]
+# U-Net config fields that a config key other than model.<same name> sets.
+_UNET_KEYS = {"out_channels": "model.out_ch", "image_size": "data.image_size", "in_channels": "model.in_channels"}
+
+
+def check_resume_compatible(ckpt: Path, state: dict[str, Any], cfg: TrainConfig, unet: dict[str, Any]) -> None:
+    """DDIMError naming the first config key whose value differs from the one the checkpoint was trained with:
+    the whole diffusion section, the data shape and the model architecture. Resuming with another objective
+    would train on and label the final model with the new one."""
+    then = state.get("config") if isinstance(state.get("config"), dict) else {}
+    fix = "resume with the run's value, or train into a new --out"
+    for sec, name in _OBJECTIVE_KEYS:
+        old, now = (then.get(sec) or {}).get(name, _MISSING), getattr(getattr(cfg, sec), name)
+        if old is not _MISSING and old != now:
+            raise DDIMError(f"{ckpt} was trained with {sec}.{name} = {old!r}, but the config now says {now!r}; {fix}")
+    for k in sorted(set(state["unet"]) | set(unet)):
+        old, now = state["unet"].get(k, _MISSING), unet.get(k, _MISSING)
+        if old != now:
+            key = _UNET_KEYS.get(k, f"model.{k}")
+            raise DDIMError(f"{ckpt} was trained with {key} = {_shown(old)}, but the config now says {_shown(now)} "
+                            f"(U-Net {k}); {fix}")
+
+
+_MISSING = object()
+
+
+def _signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum is not None else "a signal to another process"
+
+
+def _shown(value: Any) -> str:
+    return "(not set)" if value is _MISSING else repr(value)
+
+
+def _restore(run: TrainingRun, state: dict[str, Any]) -> int:
+    """Load a checkpoint's state into the run's objects and RNGs; returns the step it was written at."""
+    run.model.load_state_dict(state["model"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.gen.set_state(state["rng_gen"].cpu())
+    _set_rng(state["rng_torch"], run.info, run.device)
+    return int(state["step"])
+
+
+def _write_run_record(run: TrainingRun, start: int) -> None:
+    """metrics.jsonl cut back to the step resumed from (first: a damaged log changes no file), then config.json."""
+    if run.info.rank == 0:
+        truncate_metrics(run.run_dir / "metrics.jsonl", start)
+        record = dict(zip(RUN_RECORD_KEYS, (run.unet_cfg.to_dict(), run.info.world_size, str(run.device))))
+        write_json_atomic(run.run_dir / "config.json", {**run.cfg.to_dict(), **record})
+
+
+# --- 3. the loop ---------------------------------------------------------------------------------------------
+def _loop(run: TrainingRun, start: int, progress: bool, handle_signals: bool) -> tuple[int, int | None] | None:
+    """Steps `start`..n_iters with logs, checkpoints and grids; returns (step, signal) when a signal stopped it."""
+    cfg, info, device, model, ema = run.cfg, run.info, run.device, run.model, run.ema
+    tc, dc = cfg.training, cfg.diffusion
+    ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if info.world_size > 1 else model)
+    slices = _local_slices(tc.batch_size, info.world_size, tc.grad_accum, info.rank)
+    C, H, W = run.unet_cfg.in_channels, run.unet_cfg.image_size, run.unet_cfg.image_size
+    x_T = torch.randn(tc.n_samples, C, H, W, generator=torch.Generator().manual_seed(tc.seed + 12345))
+
+    model.train()
+    meter = _Meter(device)
+    # The first step whose loss (or, without fp16's grad scaler, gradient norm) was not finite; 0 while none.
+    # Kept on the device and read only where the host syncs anyway (logs, checkpoints, grids, the end).
+    bad_step = torch.zeros((), dtype=torch.long, device=device)
+    check_grad = not run.scaler.is_enabled()     # fp16: inf/nan gradients are the scaler's skipped steps
+    stopped = None
+
+    log = open(run.run_dir / "metrics.jsonl", "a") if info.rank == 0 else None
+    board = _tensorboard(run.run_dir) if tc.tensorboard and info.rank == 0 else None
+    report = Progress(tc.n_iters, start, progress and info.rank == 0)
+    batches = _micro_batches(run.dataset, cfg, start, slices, device)
+    try:
+        with StopOnSignal(handle_signals) as stop:
+            for step, micros in zip(range(start, tc.n_iters), batches):
+                lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup, cfg.optim.lr_schedule, tc.n_iters, cfg.optim.min_lr)
+                step_loss, grad_norm = _train_step(run, ddp, step, micros, slices, lr)
+                done = step + 1
+                finite = torch.isfinite(step_loss)
+                if check_grad:
+                    finite &= torch.isfinite(grad_norm)
+                bad_step = torch.where(finite | (bad_step > 0), bad_step, done)   # no host sync
+                meter.add(step_loss, grad_norm)
+
+                is_log = done % tc.log_freq == 0 or done == tc.n_iters
+                is_ckpt = done % tc.snapshot_freq == 0 or done == tc.n_iters
+                is_grid = bool(tc.sample_freq and done % tc.sample_freq == 0) or done == tc.n_iters
+                # Ranks agree on stopping where they sync anyway, so all stop at the same step.
+                stopping = done < tc.n_iters and (
+                    stop.requested if info.world_size == 1
+                    else (is_log or is_ckpt) and _any_rank(stop.requested, device))
+                if is_log or is_ckpt or is_grid or stopping:
+                    _raise_if_diverged(bad_step, info, run.run_dir)
+                if is_log:
+                    rec = meter.record(done, lr, tc.batch_size, info)
+                    if log is not None:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                    if board is not None:       # metrics.jsonl stays the source of truth
+                        for key in ("loss", "lr", "grad_norm", "img_per_s"):
+                            board.add_scalar(f"train/{key}", rec[key], done)
+                    report.log(rec)
+                report.update()
+                if is_ckpt or stopping:
+                    write_checkpoint(run, done)
+                if stopping:
+                    stopped = (done, stop.signum)    # None on a rank whose peer got the signal
+                    break
+                if info.rank == 0 and is_grid:
+                    grid = _sample_grid(ema if ema is not None else model, run.schedule, dc.prediction, x_T,
+                                        tc.sample_steps, run.run_dir / "samples" / f"step-{done:07d}.png",
+                                        run.unet_cfg.num_classes)
+                    if board is not None:
+                        board.add_image("samples/ema", grid, done, dataformats="HWC")
+                        board.flush()
+                    meter.restart_clock()          # keep sampling time out of it/s
+    finally:
+        batches.close()
+        report.close()
+        if log is not None:
+            log.close()
+        if board is not None:
+            board.close()
+    return stopped
+
+
+def _train_step(run: TrainingRun, ddp: nn.Module, step: int, micros: list[Tensor], slices: list[slice],
+                lr: float) -> tuple[Tensor, Tensor]:
+    """One optimizer step on this rank's micro-batches; returns the step's loss and gradient norm (on device)."""
+    cfg, device, opt, scaler = run.cfg, run.device, run.opt, run.scaler
+    tc, dc, B = cfg.training, cfg.diffusion, cfg.training.batch_size
+    C, H, W = run.unet_cfg.in_channels, run.unet_cfg.image_size, run.unet_cfg.image_size
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    # One global batch of randomness, the same on every rank; each rank keeps its rows.
+    t_all = sample_t(B, run.schedule.T, run.gen, dc.antithetic, device)
+    noise_all = torch.randn(B, C, H, W, generator=run.gen, device=device)
+    flip_all = torch.rand(B, generator=run.gen, device=device) < 0.5 if cfg.data.random_flip else None
+    y_all = None
+    if run.labels is not None:    # conditional: this step's labels, p_uncond of them dropped to null
+        y_all = run.labels[global_batch_indices(len(run.dataset), B, step, tc.seed).to(run.labels.device)]
+        drop = torch.rand(B, generator=run.gen, device=device) < tc.p_uncond
+        y_all = torch.where(drop, torch.full_like(y_all, -1), y_all)
+    step_loss = torch.zeros((), device=device)
+    for a, (x_0, s) in enumerate(zip(micros, slices)):
+        x_0 = x_0.to(device, non_blocking=True)
+        if flip_all is not None:
+            x_0 = torch.where(flip_all[s].view(-1, 1, 1, 1), x_0.flip(-1), x_0)
+        sync = a == len(slices) - 1
+        with (contextlib.nullcontext() if sync or ddp is run.model else ddp.no_sync()):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(ddp, run.schedule, x_0, t_all[s], noise_all[s], dc.prediction,
+                               dc.loss_reduction, None if y_all is None else y_all[s])
+            scaler.scale(loss / len(slices)).backward()
+        step_loss += loss.detach() / len(slices)
+    scaler.unscale_(opt)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    grad_clip = cfg.optim.grad_clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        ema_update(run.ema, run.model, ema_decay(step, cfg.model.ema_rate, cfg.model.ema_warmup))
+    return step_loss, grad_norm
+
+
+class _Meter:
+    """Loss and gradient norm summed on the device between log steps (no host sync), and the step rate."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.gn_sum = torch.zeros((), device=device)
+        self.t_last, self.n_last = time.perf_counter(), 0
+
+    def restart_clock(self) -> None:
+        self.t_last = time.perf_counter()
+
+    def add(self, step_loss: Tensor, grad_norm: Tensor) -> None:
+        self.loss_sum += step_loss
+        self.gn_sum += grad_norm.detach().float()
+        self.n_last += 1
+
+    def record(self, done: int, lr: float, batch: int, info: Dist) -> dict[str, Any]:
+        """The metrics.jsonl record of the steps since the last one (averaged over ranks); resets the sums."""
+        stats = torch.stack([self.loss_sum, self.gn_sum]) / self.n_last
+        if info.world_size > 1:
+            dist.all_reduce(stats)
+            stats /= info.world_size
+        rate = self.n_last / max(time.perf_counter() - self.t_last, 1e-9)
+        self.loss_sum.zero_(), self.gn_sum.zero_()
+        self.t_last, self.n_last = time.perf_counter(), 0
+        return {"step": done, "loss": stats[0].item(), "lr": lr, "grad_norm": stats[1].item(),
+                "it_per_s": rate, "img_per_s": rate * batch}
+
+
+class Progress:
+    """Training progress on stderr: a bar on a terminal, else one line per log record (a log file or a job
+    scheduler's output then shows the run moving). Disabled: silent."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str = "train") -> None:
+        self.total, self.desc, self.bar, self.lines = total, desc, None, False
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=1.0)
+        else:
+            self.lines = enabled
+
+    def log(self, rec: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['it_per_s']:.2f}")
+        elif self.lines:
+            print(f"{self.desc}: step {rec['step']}/{self.total} loss {rec['loss']:.4g} lr {rec['lr']:.3g} "
+                  f"grad_norm {rec['grad_norm']:.3g} {rec['it_per_s']:.2f} it/s", file=sys.stderr, flush=True)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --- 4. checkpoints ------------------------------------------------------------------------------------------
+def write_checkpoint(run: TrainingRun, done: int) -> None:
+    """ckpt-{done}.pt with everything resume needs (weights, optimizer, scaler, every RNG; collective), then the
+    oldest beyond training.keep_last are pruned: only after a finite checkpoint was written."""
+    _check_weights_finite(done, run.run_dir, run.model, run.ema)
+    rng = _gather_rng(run.info, run.device)
+    if run.info.rank == 0:
+        state = {"step": done, "model": run.model.state_dict(),
+                 "ema": run.ema.state_dict() if run.ema is not None else None,
+                 "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict(),
+                 "rng_gen": run.gen.get_state(), "rng_torch": rng, "unet": run.unet_cfg.to_dict(),
+                 "schedule": run.schedule.to_dict(), "prediction": run.cfg.diffusion.prediction,
+                 "config": run.cfg.to_dict(), "world_size": run.info.world_size}
+        save_checkpoint(state, run.run_dir / checkpoint_name(done))
+        prune_checkpoints(run.run_dir, run.cfg.training.keep_last)
+
+
+# --- 5. finish -----------------------------------------------------------------------------------------------
+def _finish(run: TrainingRun, stopped: tuple[int, int | None] | None) -> None:
+    """A finished run exports the EMA weights as model.safetensors; a stopped one says how to resume."""
+    if run.info.rank != 0:
+        return
+    if stopped is not None:
+        # No model.safetensors: it marks a finished run, and the checkpoint itself loads for sampling
+        # (ddim.checkpoint.load reads ckpt-N.pt with its EMA weights).
+        step, signum = stopped
+        print(f"train: stopped by {_signal_name(signum)} at step {step} of {run.cfg.training.n_iters}; "
+              f"wrote {run.run_dir / checkpoint_name(step)}; continue with --resume (same config, --out "
+              f"{run.run_dir})", file=sys.stderr, flush=True)
+        return
+    from ddim import checkpoint
+    final = run.ema if run.ema is not None else run.model
+    cfg = run.cfg
+    checkpoint.save(run.run_dir / "model.safetensors", final, run.schedule, prediction=cfg.diffusion.prediction,
+                    metadata={"steps": str(cfg.training.n_iters), "dataset": str(cfg.data.dataset),
+                              "weights": "ema" if run.ema is not None else "raw"})
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -1,4 +1,4 @@
-"""Shared test fixtures."""
+"""Shared test fixtures: one intra-op thread for tiny networks; `ckpt`, a tiny random model file."""
 import pytest
 import torch
 
@@ -11,3 +11,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny random U-Net saved in the package's format (the command-line tests sample from it)."""
+    from ddim import NoiseSchedule
+    from ddim.checkpoint import save
+    from ddim.models import PRESETS, UNet
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save(path, UNet(PRESETS["tiny"]), NoiseSchedule.linear())
+    return str(path)

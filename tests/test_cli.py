@@ -1,4 +1,5 @@
-"""The command line on a tiny random model: every command runs, writes what it says, and fails clearly."""
+"""The command line on a tiny random model (`ckpt`, tests/conftest.py): every command runs, writes what it says,
+and fails clearly. Sample runs' resume and refusal rules: test_runs.py; the seed rule: test_generate.py."""
 
 import json
 import subprocess
@@ -6,24 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from ddim import NoiseSchedule
-from ddim.checkpoint import save
 from ddim.commands import build_parser, main
 from ddim.images import display_scale
-from ddim.generate import CPU_AUTO_BATCH, auto_batch_size, batch_from_memory
-from ddim.models import PRESETS, UNet
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = PRESETS["tiny"]
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save(path, UNet(cfg), NoiseSchedule.linear())
-    return str(path)
 
 
 def _png(path):
@@ -48,44 +35,6 @@ def test_every_command_has_help_with_an_example(capsys):
         assert ("example: " in text or "examples:\n  " in text) and "ddim " in text.split("example")[-1], name
 
 
-def test_sample_is_a_function_of_seed_and_index_not_of_batch(ckpt, tmp_path):
-    common = ["sample", "--ckpt", ckpt, "--n", "5", "--steps", "3", "--eta", "0.5", "--quiet", "--seed", "3"]
-    assert main(common + ["--batch-size", "5", "--out", str(tmp_path / "a")]) == 0
-    assert main(common + ["--batch-size", "2", "--out", str(tmp_path / "b")]) == 0
-    assert main(common + ["--batch-size", "auto", "--out", str(tmp_path / "auto")]) == 0
-    a, b = np.load(tmp_path / "a" / "samples.npz")["arr_0"], np.load(tmp_path / "b" / "samples.npz")["arr_0"]
-    assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
-    assert np.array_equal(a, b)
-    assert np.array_equal(a, np.load(tmp_path / "auto" / "samples.npz")["arr_0"])
-    assert np.array_equal(_png(tmp_path / "a" / "images" / "000004.png"), a[4])
-    assert (tmp_path / "a" / "grid.png").exists()
-    # A different seed gives different images.
-    assert main(common[:-1] + ["4", "--out", str(tmp_path / "c")]) == 0
-    assert not np.array_equal(a, np.load(tmp_path / "c" / "samples.npz")["arr_0"])
-
-
-def test_sample_resumes_an_interrupted_run(ckpt, tmp_path):
-    args = ["sample", "--ckpt", ckpt, "--n", "4", "--steps", "3", "--quiet", "--out", str(tmp_path / "r")]
-    assert main(args) == 0
-    full = np.load(tmp_path / "r" / "samples.npz")["arr_0"]
-    # Simulate a crash: two images and the outputs are gone; the rerun redoes only what is missing.
-    for f in ["images/000001.png", "images/000003.png", "samples.npz", "grid.png"]:
-        (tmp_path / "r" / f).unlink()
-    before = (tmp_path / "r" / "images" / "000000.png").stat().st_mtime_ns
-    assert main(args) == 0
-    assert (tmp_path / "r" / "images" / "000000.png").stat().st_mtime_ns == before
-    assert np.array_equal(np.load(tmp_path / "r" / "samples.npz")["arr_0"], full)
-
-
-def test_sample_refuses_to_mix_settings_without_overwrite(ckpt, tmp_path, capsys):
-    out = str(tmp_path / "m")
-    assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "3", "--quiet", "--out", out]) == 0
-    assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "4", "--quiet", "--out", out]) == 2
-    assert "other settings" in capsys.readouterr().err
-    assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "4", "--quiet", "--out", out, "--overwrite"]) == 0
-    assert json.loads((tmp_path / "m" / "run.json").read_text())["steps"] == 4
-
-
 def test_bad_input_exits_non_zero_with_a_named_parameter(ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:          # caught by the flag's type, before anything runs
         main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "0", "--out", str(tmp_path / "x")])
@@ -102,7 +51,7 @@ def test_bad_input_exits_non_zero_with_a_named_parameter(ckpt, tmp_path, capsys)
 
 
 def test_reconstruct_writes_inputs_and_one_row_per_step_count(ckpt, tmp_path):
-    # That the error falls with S is proven on closed forms in test_sampling; here: the report and the grid.
+    # That the error falls with S is proven on closed forms in test_sampler.py; here: the report and the grid.
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -181,19 +130,6 @@ def test_batch_size_flag_takes_integers_or_auto(capsys):
     assert build_parser().parse_args(["sample", "--batch-size", "auto"]).batch_size == "auto"
 
 
-def test_batch_from_memory_fits_the_budget():
-    mib = 2 ** 20
-    assert batch_from_memory(1000 * mib, 10 * mib, limit=10_000) == 80        # 80% of 1000 MiB / 10 MiB
-    assert batch_from_memory(1000 * mib, 7 * mib, limit=10_000) == 112       # 114 -> multiple of 8
-    assert batch_from_memory(1000 * mib, 10 * mib, limit=50) == 48           # capped by the images to make
-    assert batch_from_memory(100 * mib, 10 * mib, limit=50) == 8             # small: kept as is
-    assert batch_from_memory(13 * mib, 10 * mib, limit=50) == 1              # 10.4 MiB usable
-    with pytest.raises(ValueError, match="not even one sample fits"):
-        batch_from_memory(5 * mib, 10 * mib, limit=50)
-    assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=1000) == CPU_AUTO_BATCH
-    assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=5) == 5
-
-
 def test_a_bad_value_writes_nothing_and_the_corrected_rerun_works(ckpt, tmp_path, capsys):
     out = tmp_path / "s5"
     assert main(["sample", "--ckpt", ckpt, "--n", "2", "--steps", "3", "--eta", "5", "--quiet", "--out", str(out)]) == 2
@@ -213,20 +149,6 @@ def test_deterministic_commands_take_no_stochastic_flags(command, capsys):
         assert "unrecognized arguments" in capsys.readouterr().err
 
 
-def test_unwritable_or_wrong_outputs_fail_before_any_work(ckpt, tmp_path, capsys):
-    (tmp_path / "file.png").write_bytes(b"x")
-    assert main(["sample", "--ckpt", ckpt, "--n", "1", "--steps", "1", "--quiet", "--out",
-                 str(tmp_path / "file.png")]) == 2
-    assert "is not a folder" in capsys.readouterr().err
-    assert main(["encode", "--ckpt", ckpt, "--input", "digits", "--n", "1", "--steps", "1", "--out",
-                 str(tmp_path / "file.png" / "z.npz")]) == 2
-    assert "cannot write into" in capsys.readouterr().err
-    assert main(["interpolate", "--ckpt", ckpt, "--images", "digits", str(tmp_path / "missing.png"),
-                 "--steps", "1", "--out", str(tmp_path / "i.png")]) == 2
-    err = capsys.readouterr().err
-    assert "--images" in err and "missing.png" in err and "Traceback" not in err
-
-
 def test_plot_draws_the_loss_curve_of_a_run_and_tolerates_a_torn_last_line(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -236,6 +158,18 @@ def test_plot_draws_the_loss_curve_of_a_run_and_tolerates_a_torn_last_line(tmp_p
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["plot", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("logged, mean", [(10, None), (39, None), (40, "running mean of 2"), (100, "running mean of 5")])
+def test_plot_draws_a_running_mean_only_where_it_averages(tmp_path, monkeypatch, logged, mean):
+    from ddim import evaluation
+    figures = []
+    monkeypatch.setattr(evaluation, "_save_figure", lambda fig, path: figures.append(fig))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-3}) + "\n"
+                                                    for s in range(1, logged + 1)))
+    evaluation.plot_training(tmp_path)
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    assert [lb for lb in labels if lb.startswith("running mean")] == ([mean] if mean else [])
 
 
 def test_sample_with_a_feature_cache(ckpt, tmp_path):
@@ -271,15 +205,3 @@ def test_ctrl_c_while_sampling_keeps_the_images_and_the_rerun_resumes(ckpt, tmp_
                           np.load(tmp_path / "full" / "samples.npz")["arr_0"])
 
 
-def test_resuming_with_another_dtype_or_other_weights_is_refused(tmp_path, capsys):
-    path = tmp_path / "m.safetensors"
-    torch.manual_seed(4)
-    save(path, UNet(PRESETS["tiny"]), NoiseSchedule.linear())
-    args = ["sample", "--ckpt", str(path), "--n", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "r")]
-    assert main(args) == 0
-    assert main(args + ["--dtype", "bfloat16"]) == 2
-    assert "dtype" in capsys.readouterr().err
-    torch.manual_seed(5)
-    save(path, UNet(PRESETS["tiny"]), NoiseSchedule.linear())   # another file at the same --ckpt path
-    assert main(args) == 2
-    assert "'model'" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""DeepCache: exact when off or when nothing changed; a full pass every N calls, reset at every walk."""
+"""DeepCache: exact when off or when nothing changed; a full pass every N calls, reset at every walk.
+(DDIMSampler's other tests: the list at the top of test_sampler.py.)"""
 
 import pytest
 import torch

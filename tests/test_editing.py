@@ -1,4 +1,5 @@
-"""Classifier-free guidance and editing (SDEdit, inpainting, class transfer) against exact expectations."""
+"""Classifier-free guidance and editing (SDEdit, inpainting, class transfer) against exact expectations.
+(DDIMSampler's other tests: the list at the top of test_sampler.py.)"""
 
 import pytest
 import torch

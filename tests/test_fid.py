@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ddim.metrics.fid import (compute_fid, feature_statistics, fid_statistics, frechet_distance, inception_features,
-                              kid, load_images, load_statistics, save_statistics, to_uint8_nhwc)
+                              kid, load_images_uint8, load_statistics, save_statistics, to_uint8_nhwc)
 from ddim.metrics.inception import (INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILENAME, INCEPTION_WEIGHTS_URL,
                                     FIDInceptionV3, load_inception, resolve_inception_weights,
                                     tf1_resize_bilinear)
@@ -167,7 +167,7 @@ def test_kid_clips_subset_size_and_is_seeded():
 
 
 # --- images ----------------------------------------------------------------------------------------------------
-def test_load_images_folder_and_npz(tmp_path):
+def test_load_images_uint8_folder_and_npz(tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(10)
@@ -177,18 +177,18 @@ def test_load_images_folder_and_npz(tmp_path):
     Image.fromarray(rgb[1]).save(tmp_path / "imgs" / "nested" / "b.png")
     Image.fromarray(rgb[2, ..., 0]).save(tmp_path / "imgs" / "c.png")  # gray
     (tmp_path / "imgs" / "notes.txt").write_text("ignored")
-    images = load_images(tmp_path / "imgs")
+    images = load_images_uint8(tmp_path / "imgs")
     assert images.dtype == np.uint8 and images.shape == (3, 8, 8, 3)
     np.testing.assert_array_equal(images[0], rgb[0])
     np.testing.assert_array_equal(images[1], np.repeat(rgb[2, ..., :1], 3, -1))  # sorted: a, c, nested/b
     np.testing.assert_array_equal(images[2], rgb[1])
 
     np.savez(tmp_path / "x.npz", arr_0=rgb)
-    np.testing.assert_array_equal(load_images(tmp_path / "x.npz"), rgb)
+    np.testing.assert_array_equal(load_images_uint8(tmp_path / "x.npz"), rgb)
     np.savez(tmp_path / "gray.npz", images=rgb[..., 0])
-    np.testing.assert_array_equal(load_images(tmp_path / "gray.npz"), np.repeat(rgb[..., :1], 3, -1))
+    np.testing.assert_array_equal(load_images_uint8(tmp_path / "gray.npz"), np.repeat(rgb[..., :1], 3, -1))
     with pytest.raises(FileNotFoundError):
-        load_images(tmp_path / "nowhere")
+        load_images_uint8(tmp_path / "nowhere")
 
 
 def test_to_uint8_conventions():

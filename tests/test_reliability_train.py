@@ -1,5 +1,6 @@
 """Reliability of training: its checkpoints load, the log survives a torn line, divergence and interrupts stop
-cleanly, and configs are type-checked before anything is built (tiny runs on CPU, seconds)."""
+cleanly (and `ddim train` exits 130 / 143), a bad config or another objective on --resume is refused before
+anything is built or written (tiny runs on CPU, seconds). The config's own type and range checks: test_config.py."""
 
 from __future__ import annotations
 
@@ -78,82 +79,7 @@ def test_a_damaged_log_line_in_the_middle_names_file_and_line(tmp_path):
     assert (run / "metrics.jsonl").read_text().splitlines() == lines          # left as it was
 
 
-# --- item 3: typed configs, ranges checked before anything is built ------------------------------------------
-@pytest.mark.parametrize("section, key, text, message", [
-    ("training", "n_iters", "true", "training.n_iters must be an integer, got true (bool)"),
-    ("data", "random_flip", '"no"', "data.random_flip must be true or false, got 'no' (str)"),
-    ("training", "batch_size", '"64"', "training.batch_size must be an integer, got '64' (str)"),
-    ("training", "batch_size", "64.0", "training.batch_size must be an integer, got 64.0 (float)"),
-    ("optim", "lr", "null", "optim.lr must be a number, got null"),
-    ("optim", "lr", "fast", "optim.lr must be a number, got 'fast' (str)"),
-    ("model", "ch_mult", "2", "model.ch_mult must be a list of integers or null, got 2 (int)"),
-    ("model", "ch_mult", "[1, true]", "model.ch_mult must be a list of integers or null, got [1, True] (list)"),
-    ("model", "dropout", '"0.1x"', "model.dropout must be a number or null, got '0.1x' (str)"),
-    ("model", "ema", "1", "model.ema must be true or false, got 1 (int)"),
-    ("data", "dataset", "7", "data.dataset must be a string, got 7 (int)"),
-])
-def test_yaml_values_of_the_wrong_type_name_file_and_key(tmp_path, section, key, text, message):
-    from ddim.config import load_yaml
-    path = tmp_path / "bad.yml"
-    path.write_text(f"{section}:\n  {key}: {text}\n")
-    with pytest.raises(DDIMError) as e:
-        load_yaml(path)
-    assert str(e.value) == f"{path}: {message}"
-
-
-def test_yaml_numbers_pyyaml_reads_as_strings_are_floats(tmp_path):
-    from ddim.config import load_yaml
-    path = tmp_path / "ok.yml"
-    path.write_text("optim:\n  lr: 1e-3\n  grad_clip: 2\nmodel:\n  dropout: 0\n  ch_mult: [1, 2]\n"
-                    "data:\n  random_flip: false\ntraining:\n  n_iters: 7\n")
-    import yaml
-    assert yaml.safe_load(path.read_text())["optim"]["lr"] == "1e-3"           # the reason for the rule
-    cfg = load_yaml(path).validate()
-    assert cfg.optim.lr == 1e-3 and type(cfg.optim.lr) is float and type(cfg.optim.grad_clip) is float
-    assert cfg.model.dropout == 0.0 and cfg.model.ch_mult == [1, 2] and cfg.data.random_flip is False
-    assert cfg.training.n_iters == 7
-
-
-def test_invalid_yaml_names_file_and_line(tmp_path):
-    from ddim.config import load_yaml
-    path = tmp_path / "broken.yml"
-    path.write_text("training:\n  n_iters: [1,\n")
-    with pytest.raises(DDIMError, match=r"broken\.yml: not valid YAML at line \d+"):
-        load_yaml(path)
-
-
-def _flags(*argv):
-    import argparse
-    from ddim.config import add_train_arguments, config_from_args
-    return config_from_args(add_train_arguments(argparse.ArgumentParser()).parse_args(list(argv)))
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--lr", "inf"], r"^optim\.lr must be a finite number, got inf$"),
-    (["--lr", "nan"], r"^optim\.lr must be a finite number, got nan$"),
-    (["--dropout", "1.0"], r"^model\.dropout must lie in \[0, 1\), got 1\.0$"),
-    (["--n-samples", "0"], r"^training\.n_samples must be >= 1, got 0$"),
-    (["--sample-steps", "0"], r"^training\.sample_steps must lie in \[1, diffusion\.num_diffusion_timesteps = 1000\]"),
-    (["--sample-steps", "1001"], r"^training\.sample_steps must lie in \[1, "),
-    (["--seed", "-1"], r"^training\.seed must lie in \[0, 2\*\*32\), got -1$"),
-    (["--adam-beta1", "1.5"], r"^optim\.beta1 must lie in \[0, 1\)"),
-    (["--dataset", "bogus"], r"^data\.dataset must be one of digits, cifar10, celeba, folder, npz, idx .*got 'bogus'$"),
-    (["--dataset", "npz"], r"^data\.root is required for dataset 'npz'"),
-    (["--beta-schedule", "sigmoid"], r"^diffusion: beta_schedule must be one of"),
-    (["--beta-start", "0.5", "--beta-end", "0.1"], r"^diffusion: betas must be non-decreasing"),
-    (["--device", "gpu"], r"^device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps$"),
-])
-def test_flags_that_cannot_work_are_refused_when_the_config_is_built(argv, message):
-    with pytest.raises(DDIMError, match=message):
-        _flags(*argv)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
-def test_cuda_without_cuda_is_one_line():
-    with pytest.raises(DDIMError, match=r"^device 'cuda': CUDA is not available here .*use --device cpu$"):
-        _flags("--device", "cuda")
-
-
+# --- item 3: bad configs are refused before anything is built ------------------------------------------------
 @pytest.mark.parametrize("section, key, value, message", [
     ("training", "n_samples", 0, "training.n_samples"),
     ("training", "sample_steps", 101, "training.sample_steps"),            # T = 100 in these runs
@@ -168,12 +94,6 @@ def test_train_refuses_before_building_data_or_writing(tmp_path, monkeypatch, se
     with pytest.raises(DDIMError, match=message):
         tr.train(cfg, progress=False)
     assert not Path(cfg.out_dir).exists()
-
-
-def test_validate_type_checks_configs_built_in_python():
-    from ddim.config import TrainConfig, TrainingConfig
-    with pytest.raises(DDIMError, match=r"^training\.n_iters must be an integer, got true \(bool\)$"):
-        TrainConfig(training=TrainingConfig(n_iters=True)).validate()
 
 
 # --- item 4: divergence stops the run before a non-finite checkpoint -----------------------------------------
@@ -382,3 +302,95 @@ def test_resume_from_an_unreadable_checkpoint_names_it(tmp_path):
     cfg.resume = True
     with pytest.raises(DDIMError, match=r"ckpt-0000003\.pt: not a readable training checkpoint .*move it out"):
         tr.train(cfg, progress=False)
+
+
+# --- issue 24: the objective on resume, exit codes, checkpoint order, progress, packaged configs --------------
+def _cli_run(tmp_path, out="cli", **training):
+    """`ddim train` flags for tests/tiny_runs.py's run, through a YAML file as a user would write it."""
+    import yaml
+    d = _cfg_dict(tmp_path, out, **training)
+    path = tmp_path / f"{out}.yml"
+    path.write_text(yaml.safe_dump({k: v for k, v in d.items() if k != "out_dir"}))
+    return ["train", "--config", str(path), "--out", d["out_dir"], "--device", "cpu"]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--prediction", "v"], "--prediction"),
+    (["--beta-schedule", "cosine"], "--beta-schedule"),
+    (["--num-diffusion-timesteps", "50"], "--num-diffusion-timesteps"),
+    (["--loss-reduction", "sum"], "--loss-reduction"),
+    (["--image-size", "16"], "--image-size"),
+    (["--ch", "64"], "--ch"),
+])
+def test_resume_with_another_objective_is_refused_naming_the_flag(tmp_path, capsys, flags, flag):
+    from ddim.commands import main
+    argv = _cli_run(tmp_path)
+    assert main(argv) == 0
+    run = Path(argv[argv.index("--out") + 1])
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(argv + ["--resume", "--steps", "5"] + flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and "ckpt-0000003.pt was trained with" in err[0], err
+    assert _snapshot(run) == before                                      # nothing written, nothing changed
+    assert main(argv + ["--resume", "--steps", "5"]) == 0                 # the same objective resumes
+
+
+def test_resume_with_another_objective_is_refused_in_python(tmp_path):
+    tr.train(_cfg(tmp_path), progress=False)
+    cfg = _cfg(tmp_path, n_iters=5)
+    cfg.resume, cfg.diffusion.prediction = True, "x0"
+    with pytest.raises(DDIMError, match=r"was trained with diffusion\.prediction = 'eps', but the config now says "
+                                        r"'x0'; resume with the run's value, or train into a new --out$"):
+        tr.train(cfg, progress=False)
+
+
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_checkpoints_then_ddim_train_exits_128_plus_it(tmp_path, monkeypatch, capsys, guarded_signals,
+                                                                 signame, code):
+    import signal
+    from ddim.commands import main
+    _signal_at_step(monkeypatch, 2, getattr(signal, signame))
+    argv = _cli_run(tmp_path, n_iters=6, snapshot_freq=100)
+    assert main(argv) == code
+    run = Path(argv[argv.index("--out") + 1])
+    assert _steps(run) == [2] and not (run / "model.safetensors").exists()
+    assert f"stopped by {signame} at step 2 of 6" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(argv + ["--resume"]) == 0 and (run / "model.safetensors").exists()
+
+
+def test_checkpoints_past_step_9999999_are_ordered_by_their_step(tmp_path):
+    assert tr.checkpoint_name(10_000_000) == "ckpt-10000000.pt" and tr.checkpoint_name(42) == "ckpt-0000042.pt"
+    for step in (9_999_998, 9_999_999, 10_000_000, 10_000_001):
+        (tmp_path / tr.checkpoint_name(step)).write_bytes(b"")
+    (tmp_path / "ckpt-12x.pt").write_bytes(b"")                            # not a checkpoint of the run
+    assert [p.name for p in tr.list_checkpoints(tmp_path)] == [
+        "ckpt-9999998.pt", "ckpt-9999999.pt", "ckpt-10000000.pt", "ckpt-10000001.pt"]
+    assert tr.latest_checkpoint(tmp_path).name == "ckpt-10000001.pt"      # what --resume continues from
+    tr.prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-10000000.pt", "ckpt-10000001.pt", "ckpt-12x.pt"]
+
+
+def test_progress_is_a_line_per_log_interval_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    from ddim.commands import main
+    assert main(_cli_run(tmp_path, n_iters=6, log_freq=2)) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train: step ")]
+    assert [ln.split()[2] for ln in lines] == ["2/6", "4/6", "6/6"] and all(" loss " in ln for ln in lines)
+    tr.train(_cfg(tmp_path, "quiet"), progress=False)
+    assert capsys.readouterr().err == ""                                 # progress=False stays silent
+
+
+def test_a_grid_of_a_billion_samples_is_refused_before_work(tmp_path, capsys):
+    from ddim.commands import main
+    assert main(_cli_run(tmp_path) + ["--n-samples", "1000000000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--n-samples" in err[0] and "at most 4096" in err[0]
+    assert not (tmp_path / "cli").exists()
+
+

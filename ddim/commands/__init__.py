@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        args.fn(args)
+        code = args.fn(args)        # None, or an exit code of its own (`train` stopped by a signal: 130 / 143)
     except (DDIMError, OSError) as e:
         if os.environ.get("DDIM_TRACEBACK"):
             raise
@@ -46,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nddim {args.command}: interrupted; what was written is kept (rerun the command to resume)",
               file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fid(args: argparse.Namespace) -> None:
-    images = fid.load_images(args.images)           # read (and checked) before the network is loaded
+    images = fid.load_images_uint8(args.images)           # read (and checked) before the network is loaded
     result = fid.compute_fid(images, args.reference, weights=args.inception_weights, batch_size=args.batch_size,
                              device=device(args), progress=True, download=not args.no_download)
     print(json.dumps(result, indent=1))
@@ -49,7 +49,7 @@ def run_fid(args: argparse.Namespace) -> None:
 
 def run_fid_stats(args: argparse.Namespace) -> None:
     out = prepare_output(args.out, args.overwrite)
-    images = fid.load_images(args.images)
+    images = fid.load_images_uint8(args.images)
     feats = fid.inception_features(images, weights=args.inception_weights, batch_size=args.batch_size,
                                    device=device(args), progress=True, download=not args.no_download)
     mu, sigma = fid.feature_statistics(feats)

@@ -9,14 +9,14 @@ import numpy as np
 
 from ddim.errors import DDIMError, MissingFileError
 from ddim.evaluation.plots import figure, save_figure
-from ddim.train import read_metrics as train_metrics
+from ddim.train import read_metrics_lines as train_metrics
 
 __all__ = ["training_records", "plot_training"]
 
 
 def training_records(run_dir: str | os.PathLike) -> list[dict]:
     """The records of a run's metrics.jsonl, in order (a torn last line, from a crash mid-write, is left out;
-    `ddim.train.read_metrics` reads the file)."""
+    `ddim.train.read_metrics_lines` reads the file)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise MissingFileError(f"run directory {str(run_dir)!r} has no metrics.jsonl (is it a `ddim train` run?)")
@@ -27,16 +27,16 @@ def training_records(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def plot_training(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """The loss curve of a training run (raw per logged step and its running mean) and the learning rate, from
-    metrics.jsonl, as a PNG (default: RUN_DIR/loss.png)."""
+    """The loss curve of a training run (raw per logged step and, from 40 logged steps on, its running mean
+    over 5% of them) and the learning rate, from metrics.jsonl, as a PNG (default: RUN_DIR/loss.png)."""
     records = training_records(run_dir)
     out = Path(out) if out is not None else Path(run_dir) / "loss.png"
     steps = np.array([r["step"] for r in records if "loss" in r], np.float64)
     loss = np.array([r["loss"] for r in records if "loss" in r], np.float64)
     fig, ax = figure((6.5, 3.8))
     ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss (logged steps)")
-    k = max(1, len(loss) // 20)
-    if len(loss) > k:
+    k = len(loss) // 20        # a running mean over 5% of the logged steps, once that spans 2 or more
+    if k >= 2:
         mean = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1:], mean, lw=1.6, label=f"running mean of {k}")
     ax.set_yscale("log")

@@ -134,7 +134,7 @@ def inception_metric(reference: str | os.PathLike | None, weights: str | os.Path
     else:
         stat = ref.stat()
         key = {"metric": "inception", "reference": str(ref.resolve()), "mtime": stat.st_mtime, "size": stat.st_size}
-        mu, sigma = _cached_statistics(cache, key, lambda: fid.feature_statistics(extract(fid.load_images(ref),
+        mu, sigma = _cached_statistics(cache, key, lambda: fid.feature_statistics(extract(fid.load_images_uint8(ref),
                                                                                           batch_size)))
     return FeatureMetric("FID", features, mu, sigma, str(reference), Path(weights).name)
 

@@ -6,12 +6,12 @@ formula in the classifier's feature space: report it as the "classifier Frechet 
 
 from ddim.metrics.classifier import DigitsClassifier, evaluate_digits, load_digits_classifier, train_digits_classifier
 from ddim.metrics.fid import (compute_fid, feature_statistics, fid_statistics, frechet_distance,
-                              inception_features, kid, load_images, load_statistics, save_statistics)
+                              inception_features, kid, load_images_uint8, load_statistics, save_statistics)
 from ddim.metrics.inception import FIDInceptionV3, load_inception, resolve_inception_weights
 
 __all__ = [
     "compute_fid", "feature_statistics", "fid_statistics", "frechet_distance", "inception_features", "kid",
-    "load_images", "load_statistics", "save_statistics",
+    "load_images_uint8", "load_statistics", "save_statistics",
     "FIDInceptionV3", "load_inception", "resolve_inception_weights",
     "DigitsClassifier", "evaluate_digits", "load_digits_classifier", "train_digits_classifier",
 ]

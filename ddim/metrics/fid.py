@@ -35,7 +35,7 @@ __all__ = [
     "save_statistics",
     "load_statistics",
     "kid",
-    "load_images",
+    "load_images_uint8",
     "to_uint8_nhwc",
     "InceptionFeatures",
     "inception_features",
@@ -260,7 +260,7 @@ def to_uint8_nhwc(images: np.ndarray | Tensor) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def load_images(path: str | os.PathLike) -> np.ndarray:
+def load_images_uint8(path: str | os.PathLike) -> np.ndarray:
     """Images as uint8 [N, H, W, 3] from a folder (searched recursively) or an image .npz, read by
     `ddim.images.load_images` (gray repeated to 3 channels; folder images must all have one size)."""
     path = Path(path)
@@ -313,7 +313,7 @@ def inception_features(images: np.ndarray | Tensor, weights: str | os.PathLike |
 
 
 def _as_images(source: str | os.PathLike | np.ndarray | Tensor) -> np.ndarray | Tensor:
-    return load_images(source) if isinstance(source, (str, os.PathLike)) else source
+    return load_images_uint8(source) if isinstance(source, (str, os.PathLike)) else source
 
 
 def fid_statistics(images: str | os.PathLike | np.ndarray | Tensor, weights: str | os.PathLike | None = None,

@@ -1,4 +1,14 @@
-"""The sampler against independent truths: closed forms, scipy's ODE solver, and diffusers as a peer."""
+"""DDIMSampler (ddim.sampling) against independent truths: closed forms, scipy's ODE solver, and diffusers as a
+peer; its arguments, dtypes, generators, inversion and slerp.
+
+Where the rest of the sampler's tests are, by what they prove:
+- test_seam.py      the public seam: plans, the denoiser, a Solver written outside the package, NFE counts
+- test_solvers.py   the solvers after DDIM: convergence orders, diffusers parity, final_alpha / steps_offset
+- test_editing.py   classifier-free guidance, SDEdit, inpainting, class transfer (DDIMSampler's editing methods)
+- test_deepcache.py the feature cache the sampler resets per walk
+- test_bad_input.py the sampler's Python API against bad arguments (test_sampler_api_names_the_argument)
+- test_generate.py  the network's fast path and the samples to disk built on the sampler
+"""
 
 import math
 import warnings

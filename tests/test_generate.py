@@ -1,11 +1,17 @@
-"""The fast path keeps the samples: channels_last, bf16 autocast and torch.compile against float32 eager."""
+"""ddim.generate: samples are a function of (seed, index), not of the batch; the automatic batch size fits the
+memory budget; the network's fast path (`generate.network`: channels_last, bf16 autocast, weights cast once,
+torch.compile) keeps the samples of float32 eager. (Run manifests and resuming: test_runs.py; the sampler
+itself: test_sampler.py.)"""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddim import DDIMSampler, NoiseSchedule
 from ddim.images import to_uint8
-from ddim.generate import cast_matmul_weights, network
+from ddim.commands import main
+from ddim.generate import CPU_AUTO_BATCH, auto_batch_size, batch_from_memory, cast_matmul_weights, network
 from ddim.models import PRESETS, UNet
 
 SCHED = NoiseSchedule.linear()
@@ -69,3 +75,33 @@ def test_compiled_network_gives_the_same_images(model):
     ref = to_uint8(_sample(network(model), x_T))
     out = to_uint8(_sample(network(model, compile=True), x_T))
     assert (ref.int() - out.int()).abs().max() <= 1      # same images up to a rounding flip
+
+
+def test_sample_is_a_function_of_seed_and_index_not_of_batch(ckpt, tmp_path):
+    common = ["sample", "--ckpt", ckpt, "--n", "5", "--steps", "3", "--eta", "0.5", "--quiet", "--seed", "3"]
+    assert main(common + ["--batch-size", "5", "--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--batch-size", "2", "--out", str(tmp_path / "b")]) == 0
+    assert main(common + ["--batch-size", "auto", "--out", str(tmp_path / "auto")]) == 0
+    a, b = np.load(tmp_path / "a" / "samples.npz")["arr_0"], np.load(tmp_path / "b" / "samples.npz")["arr_0"]
+    assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert np.array_equal(a, np.load(tmp_path / "auto" / "samples.npz")["arr_0"])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "images" / "000004.png")), a[4])
+    assert (tmp_path / "a" / "grid.png").exists()
+    # A different seed gives different images.
+    assert main(common[:-1] + ["4", "--out", str(tmp_path / "c")]) == 0
+    assert not np.array_equal(a, np.load(tmp_path / "c" / "samples.npz")["arr_0"])
+
+
+def test_batch_from_memory_fits_the_budget():
+    mib = 2 ** 20
+    assert batch_from_memory(1000 * mib, 10 * mib, limit=10_000) == 80        # 80% of 1000 MiB / 10 MiB
+    assert batch_from_memory(1000 * mib, 7 * mib, limit=10_000) == 112       # 114 -> multiple of 8
+    assert batch_from_memory(1000 * mib, 10 * mib, limit=50) == 48           # capped by the images to make
+    assert batch_from_memory(100 * mib, 10 * mib, limit=50) == 8             # small: kept as is
+    assert batch_from_memory(13 * mib, 10 * mib, limit=50) == 1              # 10.4 MiB usable
+    with pytest.raises(ValueError, match="not even one sample fits"):
+        batch_from_memory(5 * mib, 10 * mib, limit=50)
+    assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=1000) == CPU_AUTO_BATCH
+    assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=5) == 5
+
