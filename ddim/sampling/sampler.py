@@ -15,8 +15,10 @@ from torch import Tensor
 from ddim.errors import DDIMError
 from ddim.sampling.denoiser import Denoiser, Model
 from ddim.sampling.editing import Inpainting
+from ddim.sampling.exact import Coupled
 from ddim.sampling.noise import Generator, randn
 from ddim.sampling.plan import Step, invert_plan, resolve_taus, sample_plan
+from ddim.sampling.refine import Refined, check_refine
 from ddim.sampling.registry import make_solver
 from ddim.sampling.solvers import Solver
 from ddim.sampling.steps import PREDICTIONS
@@ -50,14 +52,16 @@ class DDIMSampler:
         """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps."""
         return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset)
 
-    def denoiser(self, clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0) -> Denoiser:
+    def denoiser(self, clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0,
+                 guidance_mode: str = "cfg", inverting: bool = False) -> Denoiser:
         """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True or
-        "keep-eps"); a model that keeps state across the calls of a walk (a feature cache) is reset through its
-        `reset_cache`."""
+        "keep-eps"; guidance_mode "cfg" or "cfg++", inverting: the pair for eq. 13's inversion); a model that
+        keeps state across the calls of a walk (a feature cache) is reset through its `reset_cache`."""
+        denoise = Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, guidance_mode, inverting)
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
-        return Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance)
+        return denoise
 
     def sample_plan(self, steps: int, skip: str | Sequence[int] = "uniform", final_alpha: float | str = 1.0,
                     steps_offset: int = 0) -> tuple[Step, ...]:
@@ -69,27 +73,68 @@ class DDIMSampler:
         return invert_plan(self.schedule, self.taus(steps, skip, steps_offset))
 
     def _walk(self, x: Tensor, plan: Sequence[Step], denoise: Denoiser, solver: Solver, generator: Generator = None,
-              progress: bool = False, desc: str = "sampling") -> Iterator[tuple[int, Tensor, Tensor]]:
+              progress: bool = False, desc: str = "sampling", inverse: bool = False
+              ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """`walk`, recording the denoiser's call count in `last_nfe` once the walk has finished."""
-        yield from walk(x, plan, denoise, solver, generator, progress, desc)
+        yield from walk(x, plan, denoise, solver, generator, progress, desc, inverse)
         self.last_nfe = denoise.nfe
+
+    @staticmethod
+    def _start(solver: Solver, x_T: Tensor | Coupled) -> Tensor:
+        """The tensor a sampling walk starts from: x_T, or a coupled latent loaded into its exact solver."""
+        if callable(getattr(solver, "load", None)):
+            return solver.load(x_T)
+        if isinstance(x_T, Coupled):
+            raise DDIMError(f"x_T: a coupled latent (from invert with solver={x_T.solver!r}) samples only with "
+                            f"solver={x_T.solver!r}, not {solver!r}")
+        return x_T
+
+    def _inversion(self, x_0: Tensor, steps: int, skip: str | Sequence[int], progress: bool, solver: str | Solver,
+                   steps_offset: int, y: Tensor | int | None, guidance: float, guidance_mode: str, refine: int
+                   ) -> tuple[Solver, Iterator[tuple[int, Tensor, Tensor]]]:
+        """The inversion walk and its solver, everything validated before the first network call."""
+        template = make_solver(solver)
+        check_refine(refine)
+        if not template.deterministic:
+            raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
+        if getattr(template, "exact_inverse", False):
+            # The algebraic inverse of the sampling walk: the sampling plan backwards, the sampling pair.
+            if refine:
+                raise DDIMError(f"refine={refine}: solver {template.name!r} inverts exactly; refine is for "
+                                "eq. 13's inversion (the other solvers)")
+            plan = self.sample_plan(steps, skip, 1.0, steps_offset)
+            run = template.fresh(plan)
+            run.load(x_0)
+            denoise = self.denoiser(False, y, guidance, guidance_mode)
+            return run, self._walk(x_0, plan, denoise, run, progress=progress, desc="encoding", inverse=True)
+        if refine and guidance_mode == "cfg++":
+            raise DDIMError(f"refine={refine} with guidance_mode='cfg++': refinement evaluates one eps per point, "
+                            "CFG++ uses two; use refine=0 or guidance_mode='cfg'")
+        plan = self.invert_plan(steps, skip, steps_offset)
+        if refine:
+            template = Refined(template, refine, self.taus(steps, skip, steps_offset).tolist())
+        run = template.fresh(plan)
+        denoise = self.denoiser(False, y, guidance, guidance_mode, inverting=True)
+        return run, self._walk(x_0, plan, denoise, run, progress=progress, desc="encoding")
 
     # -- public API
     def iter_sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                     variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
                     progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
-                    steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0
-                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0,
+                    guidance_mode: str = "cfg") -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
         template = make_solver(solver, eta, variance)        # everything is validated before the first next()
         plan = self.sample_plan(steps, skip, final_alpha, steps_offset)
-        denoise = self.denoiser(clip_denoised, y, guidance)
-        return self._walk(x_T, plan, denoise, template.fresh(plan), generator, progress)
+        denoise = self.denoiser(clip_denoised, y, guidance, guidance_mode)
+        run = template.fresh(plan)
+        return self._walk(self._start(run, x_T), plan, denoise, run, generator, progress)
 
-    def sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
+    def sample(self, x_T: Tensor | Coupled, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
                progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
-               steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0) -> Tensor:
+               steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0,
+               guidance_mode: str = "cfg") -> Tensor:
         """Generate x_0 [B, ...] from noise x_T [B, ...] over the sub-sequence tau (eq. 12, sigma of eq. 16).
 
         steps: S, the length of tau. eta: 0 is DDIM (deterministic), 1 is DDPM. skip: "uniform", "quad",
@@ -101,8 +146,9 @@ class DDIMSampler:
         x0_pred to [-1, 1] each step and recomputes eps from it (diffusers' clip_sample=True,
         use_clipped_model_output=True); "keep-eps" clips x0_pred but keeps the network's eps (clip_sample=True,
         use_clipped_model_output=False). solver: "ddim" (eta and variance are its options), another name in
-        `ddim.sampling.SOLVERS` ("plms", "dpm++2m", "dpm++3m", "dpm++3m-shipped", "unipc"; docs/SOLVERS.md)
-        or a `Solver` instance.
+        `ddim.sampling.SOLVERS` ("plms", "dpm++2m", "dpm++3m", "dpm++3m-shipped", "unipc", the exactly
+        invertible "bdia" and "edict"; docs/SOLVERS.md) or a `Solver` instance. x_T may be the `Coupled` latent
+        `invert(..., solver="bdia"|"edict")` returned (with that solver and the same steps and skip).
 
         Keyword-only, for diffusers configs: final_alpha, the level of the last step: 1.0 (the paper;
         diffusers' set_alpha_to_one=True) or "alpha_0", alphas_cumprod[0] (set_alpha_to_one=False, as in
@@ -110,37 +156,44 @@ class DDIMSampler:
         steps_offset, e.g. 1 with "uniform" = diffusers' "leading"). y, guidance: class labels (LongTensor [B]
         or an int; -1 = none) of a class-conditional network and the classifier-free guidance weight (1:
         conditional, 0: unconditional, > 1: guided, one network call of 2B per step); see `Denoiser`.
+        guidance_mode: "cfg" (the above) or "cfg++" (CFG++: guidance is lambda in [0, 1]; see `Denoiser`).
         """
         x = x_T
         for _, x, _ in self.iter_sample(x_T, steps, eta, skip, variance, generator, clip_denoised, progress, solver,
-                                        final_alpha=final_alpha, steps_offset=steps_offset, y=y, guidance=guidance):
+                                        final_alpha=final_alpha, steps_offset=steps_offset, y=y, guidance=guidance,
+                                        guidance_mode=guidance_mode):
             pass
         return x
 
     def iter_invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
                     progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
-                    y: Tensor | int | None = None, guidance: float = 1.0) -> Iterator[tuple[int, Tensor, Tensor]]:
-        """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent."""
-        template = make_solver(solver)
-        if not template.deterministic:
-            raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
-        plan = self.invert_plan(steps, skip, steps_offset)
-        return self._walk(x_0, plan, self.denoiser(False, y, guidance), template.fresh(plan), progress=progress,
-                          desc="encoding")
+                    y: Tensor | int | None = None, guidance: float = 1.0, guidance_mode: str = "cfg",
+                    refine: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent (for "bdia"
+        and "edict", the coupled latent's x)."""
+        return self._inversion(x_0, steps, skip, progress, solver, steps_offset, y, guidance, guidance_mode,
+                               refine)[1]
 
     def invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
                progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
-               y: Tensor | int | None = None, guidance: float = 1.0) -> Tensor:
+               y: Tensor | int | None = None, guidance: float = 1.0, guidance_mode: str = "cfg",
+               refine: int = 0) -> Tensor | Coupled:
         """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
 
         See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)` reconstructs x_0, with any
-        deterministic solver (the same formulas walk the levels in the other order).
+        deterministic solver (the same formulas walk the levels in the other order), up to the ODE's
+        discretisation error. refine=K redoes each step K times with the network at the estimated next point
+        (K extra calls per step; the round trip tightens as K grows; `ddim.sampling.refine`). solver="bdia" or
+        "edict" (or their instances) invert exactly, by the algebraic inverse of their sampling walk: they
+        return a `Coupled` latent (x at tau_S and a second tensor) that `sample(z, S, solver=...)` takes back,
+        reconstructing x_0 up to roundoff, guided or not. guidance_mode="cfg++": CFG++'s inversion.
         """
+        run, steps_ = self._inversion(x_0, steps, skip, progress, solver, steps_offset, y, guidance, guidance_mode,
+                                      refine)
         x = x_0
-        for _, x, _ in self.iter_invert(x_0, steps, skip, progress, solver, steps_offset=steps_offset, y=y,
-                                        guidance=guidance):
+        for _, x, _ in steps_:
             pass
-        return x
+        return run.coupled(x) if getattr(run, "exact_inverse", False) else x
 
     # -- editing real images (Sec. 5.4's encoder and what came after)
     def sdedit(self, x_0: Tensor, strength: float, steps: int = 50, generator: Generator = None, **options: Any
@@ -176,9 +229,11 @@ class DDIMSampler:
         return self.sample(x_T, steps, generator=generator, solver=solver, **options)
 
     def transfer(self, x_0: Tensor, y_from: Tensor | int, y_to: Tensor | int, steps: int = 50,
-                 guidance: float = 1.0, **options: Any) -> Tensor:
-        """Class transfer: encode x_0 [B, ...] with its class y_from (deterministic inversion, guidance 1) and
-        decode the latent with class y_to and `guidance` (eta 0): the same "style", another class."""
+                 guidance: float = 1.0, refine: int = 0, **options: Any) -> Tensor:
+        """Class transfer: encode x_0 [B, ...] with its class y_from (deterministic inversion, guidance 1,
+        `refine` as in `invert`; exact with solver "bdia" or "edict") and decode the latent with class y_to and
+        `guidance` (eta 0): the same "style", another class."""
         z = self.invert(x_0, steps, y=y_from, **{k: v for k, v in options.items() if k in ("skip", "solver",
-                                                                                       "steps_offset")})
+                                                                                       "steps_offset")},
+                        refine=refine)
         return self.sample(z, steps, y=y_to, guidance=guidance, **options)
