@@ -29,7 +29,7 @@ from ddim.images import read_image, save_image_grid, save_images
 from ddim.io import atomic_path
 from ddim.models.deepcache import DeepCache
 from ddim.runs import open_run
-from ddim.sampling import DDIMSampler
+from ddim.sampling import Coupled, DDIMSampler
 
 __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "load_model", "sample_generators", "initial_noise",
            "cast_matmul_weights", "network",
@@ -148,17 +148,19 @@ def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
 
 
 def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False,
-           y: Tensor | None = None) -> Tensor:
+           y: Tensor | None = None, refine: int = 0) -> Tensor | Coupled:
     """Latents x_T [B, ...] of data x_0 [B, ...] with the deterministic ODE (eq. 13), the config's steps,
-    skip and solver (and labels y, guidance), in batches of config.batch_size."""
+    skip and solver (and labels y, guidance; `refine` as in `DDIMSampler.invert`), in batches of
+    config.batch_size. The solvers "bdia" and "edict" give a `Coupled` latent, which `decode` takes."""
     skip, bs = config.walk_options()["skip"], _batch(config, len(x_0))
-    return torch.cat([sampler.invert(x_0[i:i + bs], config.steps, skip, progress=progress, solver=config.solver,
-                                     steps_offset=config.steps_offset, y=None if y is None else y[i:i + bs],
-                                     guidance=config.guidance if y is not None else 1.0)
-                      for i in range(0, len(x_0), bs)])
+    parts = [sampler.invert(x_0[i:i + bs], config.steps, skip, progress=progress, solver=config.solver,
+                            steps_offset=config.steps_offset, y=None if y is None else y[i:i + bs],
+                            guidance=config.guidance if y is not None else 1.0, refine=refine)
+             for i in range(0, len(x_0), bs)]
+    return Coupled.cat(parts) if isinstance(parts[0], Coupled) else torch.cat(parts)
 
 
-def decode(sampler: DDIMSampler, z: Tensor, config: SampleConfig, y: Tensor | None = None) -> Tensor:
+def decode(sampler: DDIMSampler, z: Tensor | Coupled, config: SampleConfig, y: Tensor | None = None) -> Tensor:
     """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode`."""
     cfg = config.replace(eta=0.0, variance="eta", clip_denoised=False, guidance=config.guidance if y is not None
                          else 1.0)

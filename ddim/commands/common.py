@@ -17,6 +17,7 @@ from ddim.sampling import SOLVERS, VARIANCES
 from ddim.schedule import SKIPS
 
 __all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
+           "add_refine_arg", "check_refine",
            "add_output_args", "load", "sample_config", "device", "labels"]
 
 
@@ -127,6 +128,22 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
     if batch:
         g.add_argument("--batch-size", type=batch_size, default=64,
                        help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
+
+
+def add_refine_arg(p: argparse.ArgumentParser) -> None:
+    """--refine K: fixed-point refinement of each inversion step (the exact solvers bdia and edict need none)."""
+    p.add_argument("--refine", type=nonnegative_int, default=0, metavar="K",
+                   help="refine each inversion step K times with the network at the estimated next point (K extra "
+                        "calls per step; 0 = eq. 13 as is; --solver bdia or edict invert exactly without it)")
+
+
+def check_refine(args: argparse.Namespace) -> None:
+    """--refine with an exactly invertible --solver is refused up front (nothing to refine)."""
+    from ddim.errors import DDIMError
+    from ddim.sampling import make_solver
+    if args.refine and getattr(make_solver(args.solver), "exact_inverse", False):
+        raise DDIMError(f"--refine {args.refine}: --solver {args.solver} inverts exactly; --refine is for the "
+                        "other solvers (eq. 13's inversion)")
 
 
 def add_output_args(p: argparse.ArgumentParser, default: str, what: str) -> None:

@@ -83,6 +83,7 @@ class ExactSolver(Solver):
     sampling plan backwards with it) and `coupled(x)` (the latent inversion returns)."""
 
     exact_inverse = True
+    has_history = True          # it keeps the previous state (BDIA) or the second sequence (EDICT)
 
     def load(self, x_T: Tensor | Coupled) -> Tensor:
         self._taus = tuple(s.t for s in self.plan)
