@@ -419,6 +419,8 @@ def solvers_table(loaded: LoadedModel, config: SampleConfig = SampleConfig(skip=
     for name in solvers:
         if name not in SOLVERS:
             raise DDIMError(f"solvers: {name!r} is not one of {', '.join(SOLVERS)}")
+        if name == "edict":
+            raise DDIMError("solvers: 'edict' makes two network calls per step; this table's cells are S = NFE")
     cells = [config.replace(solver=name, steps=k, eta=0.0, variance="eta") for name in solvers for k in nfes]
     sampler = make_sampler(loaded, config, device)
     for cell in cells:

@@ -337,3 +337,16 @@ def test_edit_transfer_takes_solver_and_refine_and_refuses_refine_for_exact_solv
         main([*base, "--refine", "-1", "--out", str(tmp_path / "d.png")])
     assert main(["encode", "--input", "digits", "--n", "1", "--steps", "2", "--solver", "edict", "--refine", "1",
                  "--out", str(tmp_path / "e.npz")]) == 2 and not (tmp_path / "e.npz").exists()
+
+
+def test_eval_table2_takes_the_exact_solvers_and_eval_solvers_refuses_edict(tmp_path):
+    from ddim import evaluation as ev
+    from ddim.config import SampleConfig
+    from ddim.generate import load_model
+    loaded = load_model()                                            # the embedded digits model, float32
+    rows = ev.table2(loaded, SampleConfig(batch_size=2), steps=(3,), images="digits", n=3,
+                     solvers=["ddim", "bdia", "edict"], progress=False)
+    mse = {r["solver"]: r["mse"] for r in rows}
+    assert mse["bdia"] < 1e-8 and mse["edict"] < 1e-5 and mse["ddim"] > 1e-4, mse
+    with pytest.raises(DDIMError, match="edict"):
+        ev.solvers_table(loaded, solvers=["edict"], n=2, progress=False)
