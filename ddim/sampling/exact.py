@@ -86,14 +86,14 @@ class ExactSolver(Solver):
     has_history = True          # it keeps the previous state (BDIA) or the second sequence (EDICT)
 
     def load(self, x_T: Tensor | Coupled) -> Tensor:
-        self._taus = tuple(s.t for s in self.plan)
         if isinstance(x_T, Coupled):
+            taus = tuple(s.t for s in self.plan)
             if x_T.solver != self.name:
                 raise DDIMError(f"x_T: a coupled latent of solver {x_T.solver!r} samples only with "
                                 f"solver={x_T.solver!r}, not {self.name!r}")
-            if x_T.taus != self._taus:
+            if x_T.taus != taus:
                 raise DDIMError(f"x_T: this coupled latent was made for the timesteps {list(x_T.taus)}, but the "
-                                f"plan has {list(self._taus)}; pass the steps and skip it was inverted with")
+                                f"plan has {list(taus)}; pass the steps and skip it was inverted with")
             if x_T.x.shape != x_T.y.shape:
                 raise DDIMError(f"x_T: the coupled latent's two tensors differ in shape: {tuple(x_T.x.shape)} "
                                 f"and {tuple(x_T.y.shape)}")
@@ -138,9 +138,6 @@ class BDIA(ExactSolver):
         self._given = x_T.y
         return x_T.x
 
-    def _level_back(self, i: int) -> float:
-        return self.plan[i - 1].a_t
-
     def step(self, denoise: Denoise, x: Tensor, i: int, noise: Noise) -> tuple[Tensor, Tensor]:
         s = self.plan[i]
         if i == 0 and self._given is not None:
@@ -154,7 +151,7 @@ class BDIA(ExactSolver):
         eps, x0_pred = denoise(x, s.t, s.a_t)
         x_s = ddim_step(x0_pred, eps, s.a_s)                        # D_{i+1}(z_i): the DDIM move
         if self._prev is not None and self.gamma != 0:
-            back = ddim_step(x0_pred, eps, self._level_back(i))    # D_{i-1}(z_i): the same prediction moved back
+            back = ddim_step(x0_pred, eps, self.plan[i - 1].a_t)   # D_{i-1}(z_i): the same prediction moved back
             x_s.add_(self._prev - back, alpha=self.gamma)
         self._prev = x
         return x_s, x0_pred

@@ -104,7 +104,6 @@ class DDIMSampler:
                                 "eq. 13's inversion (the other solvers)")
             plan = self.sample_plan(steps, skip, 1.0, steps_offset)
             run = template.fresh(plan)
-            run.load(x_0)
             denoise = self.denoiser(False, y, guidance, guidance_mode)
             return run, self._walk(x_0, plan, denoise, run, progress=progress, desc="encoding", inverse=True)
         if refine and guidance_mode == "cfg++":
@@ -118,7 +117,7 @@ class DDIMSampler:
         return run, self._walk(x_0, plan, denoise, run, progress=progress, desc="encoding")
 
     # -- public API
-    def iter_sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
+    def iter_sample(self, x_T: Tensor | Coupled, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                     variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
                     progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
                     steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0,
