@@ -13,7 +13,8 @@ from ddim.checkpoint import LoadedModel
 from ddim.config import DTYPES, SampleConfig
 from ddim.distributed import resolve_device
 from ddim.generate import EMBEDDED_NAME, class_labels, load_model
-from ddim.sampling import SOLVERS, VARIANCES
+from ddim.sampling import GUIDANCE_MODES, SOLVERS, VARIANCES
+from ddim.sampling.options import DEFAULTS as WALK
 from ddim.schedule import SKIPS
 
 __all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
@@ -95,7 +96,7 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
 
 
 def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic: bool = True, seed: bool = True,
-                     default_steps: Any = 50, batch: bool = True, solver: bool = True, classes: bool = True) -> None:
+                     default_steps: Any = WALK.steps, batch: bool = True, solver: bool = True, classes: bool = True) -> None:
     """The sampler's flags. steps: "one" (--steps S) or "many" (--steps S1 S2 ...); stochastic adds --eta,
     --variance and --clip-denoised (deterministic commands, encoding and ODE figures, have none of them)."""
     g = p.add_argument_group("sampler")
@@ -105,14 +106,14 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
     else:
         g.add_argument("--steps", type=positive_int, nargs="+", default=list(default_steps),
                        help="sampling step counts S, one result each")
-    g.add_argument("--skip", default="uniform", choices=SKIPS, help="how the sub-sequence tau of the T training "
+    g.add_argument("--skip", default=WALK.skip, choices=SKIPS, help="how the sub-sequence tau of the T training "
                    "steps is chosen")
     if solver:
-        g.add_argument("--solver", default="ddim", choices=tuple(SOLVERS), help="the update rule")
+        g.add_argument("--solver", default=WALK.solver, choices=tuple(SOLVERS), help="the update rule")
     if stochastic:
-        g.add_argument("--eta", type=float, default=0.0, help="the ddim solver's eta: 0 = DDIM (deterministic), "
+        g.add_argument("--eta", type=float, default=WALK.eta, help="the ddim solver's eta: 0 = DDIM (deterministic), "
                        "1 = DDPM")
-        g.add_argument("--variance", default="eta", choices=VARIANCES,
+        g.add_argument("--variance", default=WALK.variance, choices=VARIANCES,
                        help="the ddim solver's variance: 'eta' is sigma of eq. 16 times eta; 'large' is Table 1's "
                             "sigma-hat sampler")
         g.add_argument("--clip-denoised", action="store_true", help="clip x0_pred to [-1, 1] at every step")
@@ -123,8 +124,11 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
                        "label of every sample, -1 for none, or 'all' (one block of samples per class)")
         g.add_argument("--classes", type=int, nargs="+", default=None, metavar="K",
                        help="class-conditional models: labels cycled over the samples (sample i gets K[i %% len])")
-        g.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w: "
+        g.add_argument("--guidance", type=float, default=WALK.guidance, help="classifier-free guidance weight w: "
                        "eps(-1) + w (eps(y) - eps(-1)); 1 = conditional, 0 = unconditional")
+        g.add_argument("--guidance-mode", default=WALK.guidance_mode, choices=GUIDANCE_MODES,
+                       help="'cfg++': CFG++ (the guided x0 renoised with the unconditional eps); --guidance is then "
+                            "lambda in [0, 1] (docs/SOLVERS.md)")
     if batch:
         g.add_argument("--batch-size", type=batch_size, default=64,
                        help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
@@ -168,7 +172,7 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     """One validated SampleConfig from whichever sampler and model flags this command has."""
     fields = {}
     for name in ("steps", "skip", "solver", "eta", "variance", "clip_denoised", "seed", "dtype", "channels_last",
-                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance"):
+                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance", "guidance_mode"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
     fields.update(overrides)
@@ -182,6 +186,4 @@ def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):
     if spec_one is not None and spec_many is not None:
         raise DDIMError("--class and --classes: give one of them")
     spec = spec_many if spec_many is not None else spec_one
-    if spec is None and getattr(args, "guidance", 1.0) != 1.0:
-        raise DDIMError(f"--guidance {args.guidance} needs class labels: give --class or --classes")
     return class_labels(spec, n, loaded.config.num_classes)

@@ -97,8 +97,7 @@ def run_trajectory(args: argparse.Namespace) -> None:
     sampler = make_sampler(loaded, config, args.device)
     x_T, gens = _noise(loaded, config.seed, args.n, args.device)
     y = labels(args, loaded, args.n)
-    steps = list(sampler.iter_sample(x_T, generator=gens, y=None if y is None else y.to(args.device),
-                                     **config.walk_options()))
+    steps = list(sampler.walk(x_T, config.walk, gens, None if y is None else y.to(args.device)))
     keep = sorted(set(torch.linspace(0, len(steps) - 1, min(args.columns, len(steps))).round().long().tolist()))
     cols = [x_T.cpu()] + [steps[k][2].cpu() for k in keep]            # x_T, then x0_pred along the way
     save_image_grid(torch.stack(cols, 1).flatten(0, 1), out, nrow=len(cols), scale="auto")

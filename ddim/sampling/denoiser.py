@@ -18,12 +18,33 @@ from ddim.errors import DDIMError
 from ddim.sampling.steps import PREDICTIONS, predict_eps_x0
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["Model", "Denoiser", "CLIPS", "GUIDANCE_MODES"]
+__all__ = ["Model", "Denoiser", "CLIPS", "GUIDANCE_MODES", "check_clip", "check_guidance", "check_guidance_mode"]
 
 CLIPS: tuple = (False, True, "keep-eps")
 GUIDANCE_MODES: tuple[str, ...] = ("cfg", "cfg++")
 
 Model = Callable[[Tensor, Tensor], Tensor]
+
+
+def check_clip(clip: bool | str) -> bool | str:
+    """clip_denoised: one of `CLIPS` (see `Denoiser`)."""
+    if clip != "keep-eps" and (isinstance(clip, str) or clip not in (False, True)):
+        raise DDIMError(f"clip_denoised must be one of {CLIPS}, got {clip!r}")
+    return clip if isinstance(clip, str) else bool(clip)
+
+
+def check_guidance(guidance: float) -> float:
+    """The classifier-free guidance weight: a finite number (1: conditional, 0: unconditional)."""
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {guidance!r}")
+    return float(guidance)
+
+
+def check_guidance_mode(mode: str) -> str:
+    """guidance_mode: "cfg" (classifier-free guidance, weight w) or "cfg++" (CFG++, lambda in [0, 1])."""
+    if mode not in GUIDANCE_MODES:
+        raise DDIMError(f"guidance_mode must be one of {GUIDANCE_MODES}, got {mode!r}")
+    return mode
 
 
 class Denoiser:
@@ -53,7 +74,7 @@ class Denoiser:
     the unconditional eps. inverting=True (eq. 13's inversion) swaps them, the paper's inversion: x0_pred from
     the unconditional output, the guided eps to renoise. lambda = 0 is w = 0 (one call of B); otherwise one
     call of 2B. The pair does not agree with x (like "keep-eps"), so solvers that re-derive eps from x0_pred
-    see ordinary CFG with weight lambda; clip_denoised=True (which re-derives eps) is refused.
+    see ordinary CFG with weight lambda; clip=True (which re-derives eps) is refused.
     """
 
     def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps",
@@ -61,25 +82,20 @@ class Denoiser:
                  guidance_mode: str = "cfg", inverting: bool = False) -> None:
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        if clip != "keep-eps" and (isinstance(clip, str) or clip not in (False, True)):
-            raise DDIMError(f"clip_denoised must be one of {CLIPS}, got {clip!r}")
-        self.model, self.prediction = model, prediction
-        self.clip = clip if isinstance(clip, str) else bool(clip)
+        self.model, self.prediction, self.clip = model, prediction, check_clip(clip)
         self.alphas = schedule.alphas_cumprod.tolist()     # float64 host scalars, cast at the point of use
         self.nfe = 0
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {guidance!r}")
+        guidance = check_guidance(guidance)
         bad_int = isinstance(y, bool) or (y is not None and not isinstance(y, (int, Tensor)))
         if bad_int or (isinstance(y, Tensor) and (y.dtype.is_floating_point or y.ndim > 1)):
             raise DDIMError(f"y must be an int or a LongTensor [B] of class labels (-1: none), got {y!r}")
         if y is None and guidance != 1:
-            raise DDIMError(f"guidance={guidance} needs class labels y (classifier-free guidance)")
-        self.y, self.guidance = y, float(guidance)
-        if guidance_mode not in GUIDANCE_MODES:
-            raise DDIMError(f"guidance_mode must be one of {GUIDANCE_MODES}, got {guidance_mode!r}")
-        if guidance_mode == "cfg++":
+            raise DDIMError(f"guidance={guidance} needs class labels of a class-conditional model (y; on the command "
+                            "line --class or --classes)")
+        self.y, self.guidance = y, guidance
+        if check_guidance_mode(guidance_mode) == "cfg++":
             if y is None:
-                raise DDIMError("guidance_mode='cfg++' needs class labels y")
+                raise DDIMError("guidance_mode='cfg++' needs class labels of a class-conditional model (y)")
             if not 0 <= guidance <= 1:
                 raise DDIMError(f"guidance={guidance}: with guidance_mode='cfg++' it is lambda in [0, 1]")
             if self.clip is True:
@@ -98,21 +114,29 @@ class Denoiser:
         t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
         uncond = None
         if self.y is None:
-            out = self.model(x, t_b)
+            out = self._call(t, x, t_b)
         else:
             y = torch.as_tensor(self.y, dtype=torch.long, device=x.device).reshape(-1).expand(B)
             w = self.guidance
             if (w == 1 and not self.cfgpp) or w == 0:
-                out = self.model(x, t_b, y if w == 1 else torch.full_like(y, -1))
+                out = self._call(t, x, t_b, y if w == 1 else torch.full_like(y, -1))
             else:
-                both = self.model(torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([torch.full_like(y, -1), y]))
+                both = self._call(t, torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([torch.full_like(y, -1), y]))
                 uncond, cond = both.chunk(2)
                 out = uncond + w * (cond - uncond)
         self.nfe += 1
+        return out, uncond
+
+    def _call(self, t: int, x: Tensor, *args: Tensor) -> Tensor:
+        """The model on (x, *args); its output must be a tensor shaped like x."""
+        out = self.model(x, *args)
+        if not isinstance(out, Tensor):
+            raise DDIMError(f"the model returned {type(out).__name__} at t={t}; it must return a tensor shaped "
+                            f"like x {tuple(x.shape)}")
         if out.shape != x.shape:
             raise DDIMError(f"model output has shape {tuple(out.shape)} but x has {tuple(x.shape)} (t={t}); "
                             "the model must return a prediction shaped like x")
-        return out, uncond
+        return out
 
     def __call__(self, x: Tensor, t: int, a_t: float) -> tuple[Tensor, Tensor]:
         out, uncond = self._outputs(x, t)

@@ -57,6 +57,14 @@ class Coupled:
     def shape(self) -> torch.Size:
         return self.x.shape
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
     def __getitem__(self, index) -> "Coupled":
         return Coupled(self.x[index], self.y[index], self.solver, self.taus)
 

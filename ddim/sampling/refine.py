@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
@@ -33,27 +31,26 @@ def check_refine(refine: int) -> int:
 
 
 class Refined(Solver):
-    """`inner`'s inversion steps, each refined `refine` times at the estimated next point. t_next[i]: the
-    timestep of plan[i].a_s, where the network is evaluated at the estimate. 1 + refine calls per step (times
-    the inner solver's calls per step)."""
+    """`inner`'s inversion steps, each refined `refine` times at the estimated next point, where the network is
+    evaluated at the timestep of that point's level (`Plan.timestep_at`). 1 + refine calls per step (times the
+    inner solver's calls per step)."""
 
     name = "refined"
 
-    def __init__(self, inner: Solver, refine: int, t_next: Sequence[int]) -> None:
+    def __init__(self, inner: Solver, refine: int) -> None:
         if not getattr(inner, "deterministic", True):
             raise DDIMError(f"refine: needs a deterministic solver, got {inner!r}")
-        self.inner, self.refine, self.t_next = inner, check_refine(refine), tuple(int(t) for t in t_next)
+        self.inner, self.refine = inner, check_refine(refine)
 
     def begin(self) -> None:
-        if len(self.t_next) != len(self.plan):
-            raise DDIMError(f"refine: {len(self.t_next)} next-level timesteps for a plan of {len(self.plan)} steps")
+        self._t_next = [self.plan.timestep_at(s.a_s) for s in self.plan]
         self._inner = self.inner.fresh(self.plan)
 
     def step(self, denoise: Denoise, x: Tensor, i: int, noise: Noise) -> tuple[Tensor, Tensor]:
         s, state = self.plan[i], _state(self._inner)
         x_s, x0_pred = self._inner.step(denoise, x, i, noise)
         for _ in range(self.refine):
-            eps, _ = denoise(x_s, self.t_next[i], s.a_s)               # the network at the estimated x_s
+            eps, _ = denoise(x_s, self._t_next[i], s.a_s)               # the network at the estimated x_s
 
             def at_next(v: Tensor, t: int, a: float, eps: Tensor = eps) -> tuple[Tensor, Tensor]:
                 # that eps, as a pair that agrees with v at its level (what the step's own call would return)

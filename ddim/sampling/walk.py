@@ -23,20 +23,27 @@ def walk(x: Tensor, plan: Sequence[Step], denoise: Denoise, solver: Solver, gene
     """Yield (t, x_s, x0_pred) after each step of `plan`; `solver` is this walk's own (fresh) instance.
 
     inverse=True walks a sampling plan backwards with the solver's algebraic inverse (`solver.unstep`, the
-    exactly invertible solvers): step i is undone from the last to the first, and t is the timestep of the
-    level reached, plan[i].t.
+    exactly invertible solvers of `ddim.sampling.exact`): step i is undone from the last to the first, and t
+    is the timestep of the level reached, plan[i].t.
 
     Noise is drawn from `generator` (one per sample if a list) only when the solver asks. The finiteness of
-    each step's result is recorded on the device and read once, after the loop (a single host sync).
+    each step's result is recorded on the device and read once, after the loop (a single host sync); its shape,
+    which needs no sync, after every step (a solver must return the whole batch).
     """
+    shape = x.shape
     noise = lambda: randn(x.shape, generator, x.device, x.dtype)       # noqa: E731
     sums = torch.zeros(len(plan), dtype=torch.float32, device=x.device)
     order = range(len(plan) - 1, -1, -1) if inverse else range(len(plan))
     move = solver.unstep if inverse else solver.step
     for i in tqdm(order, desc=desc, unit="step", disable=not progress, leave=False):
+        step = plan[i]
         x, x0_pred = move(denoise, x, i, noise)
+        if not isinstance(x, Tensor) or x.shape != shape:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise DDIMError(f"solver {solver!r} returned x_s of shape {got} at step {i + 1} (t={step.t}); "
+                            f"the walk's x is {tuple(shape)}")
         torch.sum(x.reshape(-1), 0, dtype=torch.float32, out=sums[i])
-        yield plan[i].t, x, x0_pred
+        yield step.t, x, x0_pred
     bad = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
     if bad:
         raise DDIMError(f"non-finite values appeared at step {bad[0] + 1} of {len(plan)} (t={plan[bad[0]].t}); "
