@@ -35,8 +35,6 @@ from ddim.images import digits_images  # noqa: E402
 METHODS = [("ddim", {}, "ddim"), ("ddim + refine 1", {"refine": 1}, "ddim"),
            ("ddim + refine 2", {"refine": 2}, "ddim"), ("plms", {}, "plms"), ("dpm++2m", {}, "dpm++2m"),
            ("unipc", {}, "unipc"), ("bdia", {}, "bdia"), ("edict", {}, "edict")]
-# (model, guidance): the unconditional model, then the class-conditional one at w = 1 and w = 3
-MODELS = [(None, None), ("digits-cond", 1.0), ("digits-cond", 3.0)]
 
 
 def mse(x0: torch.Tensor, rec: torch.Tensor) -> float:
@@ -49,6 +47,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100])
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS])
+    p.add_argument("--models", nargs="+", default=["digits", "digits-cond:1", "digits-cond:3"],
+                   help="model[:guidance] (digits: unconditional; digits-cond with a guidance weight)")
     p.add_argument("--plot", default=None, help="a PNG of MSE vs S (one panel per model and guidance)")
     p.add_argument("--transfer", default=None, help="a PNG of class transfer through DDIM and exact inversion")
     p.add_argument("--transfer-steps", type=int, default=50)
@@ -60,7 +60,8 @@ def main() -> None:
     x_all, labels = digits_images(16)
     x_all, labels = x_all[:args.n], labels[:args.n]
     rows = []
-    for name, w in MODELS:
+    models = [(None, None) if m == "digits" else (m.split(":")[0], float(m.split(":")[1])) for m in args.models]
+    for name, w in models:
         loaded = load_model(name) if name else load_model()
         sampler = DDIMSampler(loaded.model, loaded.schedule, loaded.prediction)
         cond = {} if w is None else {"y": labels, "guidance": w}

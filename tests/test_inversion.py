@@ -350,3 +350,27 @@ def test_eval_table2_takes_the_exact_solvers_and_eval_solvers_refuses_edict(tmp_
     assert mse["bdia"] < 1e-8 and mse["edict"] < 1e-5 and mse["ddim"] > 1e-4, mse
     with pytest.raises(DDIMError, match="edict"):
         ev.solvers_table(loaded, solvers=["edict"], n=2, progress=False)
+
+
+def test_guidance_mode_and_refine_through_walk_options_and_the_command_line(cond_ckpt, tmp_path):
+    from ddim.commands import main
+    from ddim.config import SampleConfig
+    from ddim.sampling import WalkOptions
+    sampler = DDIMSampler(Net(classes=3), SCHED)
+    x = _data(3)
+    opts = WalkOptions(6, guidance=0.5, guidance_mode="cfg++")
+    assert torch.equal(sampler.run(x, opts, y=1), sampler.sample(x, 6, y=1, guidance=0.5, guidance_mode="cfg++"))
+    assert SampleConfig(guidance=0.5, guidance_mode="cfg++").walk == opts.replace(steps=50)
+    assert "guidance_mode" not in SampleConfig().manifest()                # runs recorded before it resume
+    for build in (lambda: WalkOptions(guidance_mode="cfgpp"), lambda: SampleConfig(guidance_mode="cfgpp")):
+        with pytest.raises(DDIMError, match="guidance_mode"):
+            build()
+    with pytest.raises(DDIMError, match="lambda in"):                     # refused without a model
+        SampleConfig(guidance=3, guidance_mode="cfg++")
+    with pytest.raises(DDIMError, match="refine=2: refinement is an option of inversion"):
+        sampler.walk(x, opts, y=1, refine=2)
+    out = tmp_path / "s"
+    assert main(["sample", "--ckpt", cond_ckpt, "--n", "2", "--steps", "3", "--class", "1", "--guidance", "0.6",
+                 "--guidance-mode", "cfg++", "--quiet", "--out", str(out)]) == 0
+    assert main(["sample", "--ckpt", cond_ckpt, "--n", "2", "--steps", "3", "--class", "1", "--guidance", "3",
+                 "--guidance-mode", "cfg++", "--quiet", "--out", str(tmp_path / "t")]) == 2

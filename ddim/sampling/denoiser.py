@@ -40,10 +40,12 @@ def check_guidance(guidance: float) -> float:
     return float(guidance)
 
 
-def check_guidance_mode(mode: str) -> str:
-    """guidance_mode: "cfg" (classifier-free guidance, weight w) or "cfg++" (CFG++, lambda in [0, 1])."""
+def check_guidance_mode(mode: str, guidance: float = 1.0) -> str:
+    """guidance_mode: "cfg" (classifier-free guidance, weight w) or "cfg++" (CFG++, `guidance` lambda in [0, 1])."""
     if mode not in GUIDANCE_MODES:
         raise DDIMError(f"guidance_mode must be one of {GUIDANCE_MODES}, got {mode!r}")
+    if mode == "cfg++" and not 0 <= guidance <= 1:
+        raise DDIMError(f"guidance={guidance}: with guidance_mode='cfg++' it is lambda in [0, 1]")
     return mode
 
 
@@ -93,11 +95,9 @@ class Denoiser:
             raise DDIMError(f"guidance={guidance} needs class labels of a class-conditional model (y; on the command "
                             "line --class or --classes)")
         self.y, self.guidance = y, guidance
-        if check_guidance_mode(guidance_mode) == "cfg++":
+        if check_guidance_mode(guidance_mode, guidance) == "cfg++":
             if y is None:
                 raise DDIMError("guidance_mode='cfg++' needs class labels of a class-conditional model (y)")
-            if not 0 <= guidance <= 1:
-                raise DDIMError(f"guidance={guidance}: with guidance_mode='cfg++' it is lambda in [0, 1]")
             if self.clip is True:
                 raise DDIMError("clip_denoised=True re-derives eps from x0_pred, which undoes CFG++'s "
                                 "unconditional eps; use 'keep-eps' or False with guidance_mode='cfg++'")

@@ -56,7 +56,7 @@ class WalkOptions:
         put("final_alpha", check_final_alpha(self.final_alpha))
         put("clip_denoised", check_clip(self.clip_denoised))
         put("guidance", check_guidance(self.guidance))
-        check_guidance_mode(self.guidance_mode)
+        check_guidance_mode(self.guidance_mode, self.guidance)
         make_solver(self.solver, self.eta, self.variance)                 # the solver validates its options
         put("eta", float(self.eta))
 
