@@ -308,7 +308,8 @@ def test_encode_and_reconstruct_take_solver_and_refine(cond_ckpt, tmp_path):
     from ddim.commands import main
     base = ["--ckpt", cond_ckpt, "--input", "digits", "--n", "3", "--class", "1", "--guidance", "3"]
     for solver in ("bdia", "edict"):
-        assert main(["encode", *base, "--steps", "4", "--solver", solver, "--out", str(tmp_path / f"{solver}.npz")]) == 0
+        out = str(tmp_path / f"{solver}.npz")
+        assert main(["encode", *base, "--steps", "4", "--solver", solver, "--out", out]) == 0
         z = np.load(tmp_path / f"{solver}.npz")
         assert z["latents"].shape == z["latents_y"].shape == (3, 3, 16, 16) and str(z["solver"]) == solver
     assert main(["encode", *base, "--steps", "4", "--refine", "2", "--out", str(tmp_path / "r.npz")]) == 0

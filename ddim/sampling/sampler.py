@@ -48,7 +48,8 @@ class _Trajectory:
 
     def __init__(self, sampler: "DDIMSampler", steps: Iterator[tuple[int, Tensor, Tensor]], denoise: Denoiser,
                  solver: Solver, coupled: bool) -> None:
-        self._sampler, self._steps, self._denoise, self._solver, self._coupled = sampler, steps, denoise, solver, coupled
+        self._sampler, self._steps, self._denoise = sampler, steps, denoise
+        self._solver, self._coupled = solver, coupled
 
     def __iter__(self) -> "_Trajectory":
         return self
