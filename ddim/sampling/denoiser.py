@@ -104,14 +104,15 @@ class Denoiser:
         self.cfgpp = guidance_mode == "cfg++" and guidance != 0       # lambda = 0 is plain w = 0
         self.inverting = bool(inverting)
 
-    def network(self, x: Tensor, t: int) -> Tensor:
-        """One network call at timestep t for the whole batch (guided: one call of 2B); checks the output's shape."""
+    def network(self, x: Tensor, t: int | Tensor) -> Tensor:
+        """One network call at timestep t for the whole batch, or at t[i] for sample i (a LongTensor [B]); guided:
+        one call of 2B; checks the output's shape."""
         return self._outputs(x, t)[0]
 
-    def _outputs(self, x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
+    def _outputs(self, x: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor | None]:
         """(guided output, unconditional output or None) from one network call (CFG++ keeps both halves)."""
         B = x.shape[0]
-        t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
+        t_b = t.to(x.device) if isinstance(t, Tensor) else torch.full((B,), t, dtype=torch.long, device=x.device)
         uncond = None
         if self.y is None:
             out = self._call(t, x, t_b)
