@@ -452,6 +452,7 @@ class SampleConfig:
     steps_offset: int = WALK.steps_offset           # walk: diffusers' steps_offset, added to a named skip's taus
     cache_interval: int = 1                         # DeepCache: a full network pass every N calls (1: off, exact)
     cache_branch: int | None = None                 # DeepCache's shallow branch (None: the U-Net's whole top level)
+    guidance_mode: str = WALK.guidance_mode         # walk: "cfg", or "cfg++" (guidance is then lambda in [0, 1])
 
     def __post_init__(self) -> None:
         if not isinstance(self.solver, str):
@@ -489,6 +490,8 @@ class SampleConfig:
             d.pop(k)
         if self.cache_interval == 1:                            # off: cache_branch changes nothing
             d.pop("cache_branch")
+        if self.guidance_mode == WALK.guidance_mode:            # runs recorded before CFG++ resume unchanged
+            d.pop("guidance_mode")
         d["skip"] = d["skip"] if isinstance(d["skip"], str) else list(d["skip"])
         return d
 

@@ -29,7 +29,7 @@ from ddim.images import read_image, save_image_grid, save_images
 from ddim.io import atomic_path
 from ddim.models.deepcache import DeepCache
 from ddim.runs import open_run
-from ddim.sampling import DDIMSampler, WalkOptions
+from ddim.sampling import Coupled, DDIMSampler, WalkOptions
 
 __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_model", "recorded_sampling", "sample_generators", "initial_noise",
            "cast_matmul_weights", "network",
@@ -161,16 +161,18 @@ def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
 
 
 def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False,
-           y: Tensor | None = None) -> Tensor:
+           y: Tensor | None = None, refine: int = 0) -> Tensor | Coupled:
     """Latents x_T [B, ...] of data x_0 [B, ...] with the deterministic ODE (eq. 13), the config's steps,
-    skip and solver (and labels y, guidance), in batches of config.batch_size. `sampler.last_nfe` is the
-    calls of one batch's walk."""
+    skip and solver (and labels y, guidance; `refine` as in `DDIMSampler.invert`), in batches of
+    config.batch_size. `sampler.last_nfe` is the calls of one batch's walk. The solvers "bdia" and "edict"
+    give a `Coupled` latent, which `decode` takes."""
     opts, bs = _ode(config, y), _batch(config, sampler, x_0)
-    return torch.cat([sampler.run(x_0[i:i + bs], opts, y=None if y is None else y[i:i + bs], progress=progress,
-                                  invert=True) for i in range(0, len(x_0), bs)])
+    parts = [sampler.run(x_0[i:i + bs], opts, y=None if y is None else y[i:i + bs], progress=progress,
+                         invert=True, refine=refine) for i in range(0, len(x_0), bs)]
+    return Coupled.cat(parts) if isinstance(parts[0], Coupled) else torch.cat(parts)
 
 
-def decode(sampler: DDIMSampler, z: Tensor, config: SampleConfig, y: Tensor | None = None) -> Tensor:
+def decode(sampler: DDIMSampler, z: Tensor | Coupled, config: SampleConfig, y: Tensor | None = None) -> Tensor:
     """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode`."""
     opts, bs = _ode(config, y), _batch(config, sampler, z)
     return torch.cat([sampler.run(z[i:i + bs], opts, y=None if y is None else y[i:i + bs])

@@ -18,6 +18,8 @@ BUILTIN_EXCEPTIONS = {n for n, v in vars(builtins).items() if isinstance(v, type
 # (module file, exception) -> why raising that built-in is right there. Nothing a user types reaches these.
 ALLOWED = {
     ("sampling/solvers.py", "NotImplementedError"): "Solver.step of the abstract base: a subclass must override it",
+    ("sampling/exact.py", "NotImplementedError"): "ExactSolver's abstract resume / unstep / coupled: BDIA and EDICT "
+                                                   "override them",
     ("checkpoint/diffusers_layout.py", "AssertionError"): "unreachable: every U-Net key has a diffusers name",
     ("config.py", "TypeError"): "a dataclass field of a type the config checker does not know: a developer's bug",
     ("train.py", "KeyboardInterrupt"): "the second Ctrl-C stops training at once, as Python's own does",

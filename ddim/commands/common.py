@@ -13,12 +13,13 @@ from ddim.checkpoint import LoadedModel
 from ddim.config import DTYPES, SampleConfig
 from ddim.distributed import resolve_device
 from ddim.generate import EMBEDDED_NAME, class_labels, load_model
-from ddim.sampling import SOLVERS, VARIANCES
+from ddim.sampling import GUIDANCE_MODES, SOLVERS, VARIANCES
 from ddim.sampling.options import DEFAULTS as WALK
 from ddim.schedule import SKIPS
 
 __all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
-           "add_output_args", "load", "sample_config", "checkpoint_defaults", "device", "labels"]
+           "add_refine_arg", "check_refine", "add_output_args", "load", "sample_config", "checkpoint_defaults",
+           "device", "labels"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -127,9 +128,28 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
                        help="class-conditional models: labels cycled over the samples (sample i gets K[i %% len])")
         g.add_argument("--guidance", type=float, default=WALK.guidance, help="classifier-free guidance weight w: "
                        "eps(-1) + w (eps(y) - eps(-1)); 1 = conditional, 0 = unconditional")
+        g.add_argument("--guidance-mode", default=WALK.guidance_mode, choices=GUIDANCE_MODES,
+                       help="'cfg++': CFG++ (the guided x0 renoised with the unconditional eps); --guidance is then "
+                            "lambda in [0, 1] (docs/SOLVERS.md)")
     if batch:
         g.add_argument("--batch-size", type=batch_size, default=64,
                        help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
+
+
+def add_refine_arg(p: argparse.ArgumentParser) -> None:
+    """--refine K: fixed-point refinement of each inversion step (the exact solvers bdia and edict need none)."""
+    p.add_argument("--refine", type=nonnegative_int, default=0, metavar="K",
+                   help="refine each inversion step K times with the network at the estimated next point (K extra "
+                        "calls per step; 0 = eq. 13 as is; --solver bdia or edict invert exactly without it)")
+
+
+def check_refine(args: argparse.Namespace) -> None:
+    """--refine with an exactly invertible --solver is refused up front (nothing to refine)."""
+    from ddim.errors import DDIMError
+    from ddim.sampling import make_solver
+    if args.refine and getattr(make_solver(args.solver), "exact_inverse", False):
+        raise DDIMError(f"--refine {args.refine}: --solver {args.solver} inverts exactly; --refine is for the "
+                        "other solvers (eq. 13's inversion)")
 
 
 def add_output_args(p: argparse.ArgumentParser, default: str, what: str) -> None:
@@ -154,7 +174,7 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     """One validated SampleConfig from whichever sampler and model flags this command has."""
     fields = {}
     for name in ("steps", "skip", "solver", "eta", "variance", "clip_denoised", "seed", "dtype", "channels_last",
-                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance"):
+                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance", "guidance_mode"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
     if fields.get("clip_denoised", False) is None:      # neither flag: the default until `checkpoint_defaults`

@@ -6,8 +6,8 @@ import argparse
 
 import torch
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
-                                  positive_int, sample_config)
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_refine_arg, add_sampler_args,
+                                  check_refine, labels, load, positive_int, sample_config)
 from ddim.errors import DDIMError
 from ddim.generate import image_shape, make_sampler, sample_generators
 from ddim.images import load_images, save_image_grid
@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-class", type=int, required=True, help="the class the images are (used to encode)")
     p.add_argument("--to-class", type=int, required=True, help="the class to decode them as")
     p.add_argument("--guidance", type=float, default=WALK.guidance, help="guidance weight of the decoding")
+    add_refine_arg(p)
     p.set_defaults(fn=run)
 
 
@@ -68,6 +69,8 @@ def _mask(spec: str, c: int, size: int) -> torch.Tensor:
 
 def run(args: argparse.Namespace) -> None:
     config = sample_config(args)
+    if args.edit == "transfer":
+        check_refine(args)
     out = prepare_output(args.out, args.overwrite)
     loaded = load(args)
     c, size = image_shape(loaded)[:2]
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> None:
             if not 0 <= k < loaded.config.num_classes:
                 raise DDIMError(f"{flag} must be in [0, {loaded.config.num_classes}), got {k}")
         opts.pop("guidance")
-        result = sampler.transfer(x0, args.from_class, args.to_class, config.steps, guidance=args.guidance, **opts)
+        result = sampler.transfer(x0, args.from_class, args.to_class, config.steps, guidance=args.guidance,
+                                  refine=args.refine, **opts)
         shown = x0
     else:
         y = labels(args, loaded, len(x0))

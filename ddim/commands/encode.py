@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
-                                  sample_config)
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_refine_arg, add_sampler_args,
+                                  check_refine, labels, load, sample_config)
 from ddim.errors import OutputExistsError
 from ddim.evaluation import reconstruction_mse
 from ddim.generate import decode, encode, image_shape, make_sampler, resolve_batch_size
@@ -25,9 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=Formatter, epilog="example: ddim encode --input digits --n 16 --out latents.npz")
     add_model_args(s)
     add_sampler_args(s, stochastic=False, seed=False)
+    add_refine_arg(s)
     s.add_argument("--input", required=True, help=INPUT_HELP)
     s.add_argument("--n", type=int, default=None, help="use the first n images")
-    add_output_args(s, "latents.npz", "output .npz (key 'latents')")
+    add_output_args(s, "latents.npz", "output .npz (key 'latents'; --solver bdia / edict also 'latents_y', the "
+                    "coupled latent's second tensor)")
     s.set_defaults(fn=run_encode)
 
     s = sub.add_parser("reconstruct", help="encode then decode; report Table 2's per-dimension MSE",
@@ -35,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                          "--steps 10 20 50 100 --out recon")
     add_model_args(s)
     add_sampler_args(s, steps="many", stochastic=False, seed=False, default_steps=(10, 20, 50, 100))
+    add_refine_arg(s)
     s.add_argument("--input", required=True, help=INPUT_HELP)
     s.add_argument("--n", type=int, default=16, help="use the first n images")
     add_output_args(s, "recon", "output folder (reconstructions.png, mse.json)")
@@ -43,22 +46,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_encode(args: argparse.Namespace) -> None:
     config = sample_config(args)
+    check_refine(args)
     out = prepare_output(args.out, args.overwrite)
     loaded = load(args)
     x0 = load_images(args.input, *image_shape(loaded)[:2], n=args.n, what="--input").to(args.device)
     sampler = make_sampler(loaded, config, args.device)
     config = config.replace(batch_size=resolve_batch_size(config, loaded, args.device, len(x0)))
     y = labels(args, loaded, len(x0))
-    z = encode(sampler, x0, config, progress=True, y=None if y is None else y.to(args.device))
+    z = encode(sampler, x0, config, progress=True, y=None if y is None else y.to(args.device), refine=args.refine)
+    pair = {} if isinstance(z, torch.Tensor) else {"latents_y": z.y.float().cpu().numpy()}
     with atomic_path(out) as tmp, open(tmp, "wb") as f:       # a file object: numpy appends no ".npz"
-        np.savez(f, latents=z.float().cpu().numpy(), steps=config.steps, skip=str(config.skip),
-                 solver=config.solver)
+        np.savez(f, latents=(z if isinstance(z, torch.Tensor) else z.x).float().cpu().numpy(), **pair,
+                 steps=config.steps, skip=str(config.skip), solver=config.solver, refine=args.refine)
     print(f"wrote latents [{', '.join(map(str, z.shape))}] (level tau_S of {config.steps} {config.skip} steps) "
           f"to {out}")
 
 
 def run_reconstruct(args: argparse.Namespace) -> None:
     configs = [sample_config(args, steps=S) for S in args.steps]
+    check_refine(args)
     out = Path(args.out)
     if (out / "mse.json").exists() and not args.overwrite:
         raise OutputExistsError(f"--out {str(out)!r} already holds a reconstruction; pass --overwrite")
@@ -72,7 +78,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     bs = resolve_batch_size(configs[0], loaded, args.device, len(x0))
     for cfg in configs:
         cfg = cfg.replace(batch_size=bs)
-        rec = decode(sampler, encode(sampler, x0, cfg, y=y), cfg, y=y)
+        rec = decode(sampler, encode(sampler, x0, cfg, y=y, refine=args.refine), cfg, y=y)
         results[cfg.steps] = reconstruction_mse(x0, rec)
         rows.append(rec.cpu())
         print(f"S = {cfg.steps:5d}: per-dimension MSE {results[cfg.steps]:.6f} (pixels in [0, 1])")

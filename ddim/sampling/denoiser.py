@@ -18,9 +18,10 @@ from ddim.errors import DDIMError
 from ddim.sampling.steps import PREDICTIONS, predict_eps_x0
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["Model", "Denoiser", "CLIPS", "check_clip", "check_guidance"]
+__all__ = ["Model", "Denoiser", "CLIPS", "GUIDANCE_MODES", "check_clip", "check_guidance", "check_guidance_mode"]
 
 CLIPS: tuple = (False, True, "keep-eps")
+GUIDANCE_MODES: tuple[str, ...] = ("cfg", "cfg++")
 
 Model = Callable[[Tensor, Tensor], Tensor]
 
@@ -37,6 +38,15 @@ def check_guidance(guidance: float) -> float:
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {guidance!r}")
     return float(guidance)
+
+
+def check_guidance_mode(mode: str, guidance: float = 1.0) -> str:
+    """guidance_mode: "cfg" (classifier-free guidance, weight w) or "cfg++" (CFG++, `guidance` lambda in [0, 1])."""
+    if mode not in GUIDANCE_MODES:
+        raise DDIMError(f"guidance_mode must be one of {GUIDANCE_MODES}, got {mode!r}")
+    if mode == "cfg++" and not 0 <= guidance <= 1:
+        raise DDIMError(f"guidance={guidance}: with guidance_mode='cfg++' it is lambda in [0, 1]")
+    return mode
 
 
 class Denoiser:
@@ -60,10 +70,18 @@ class Denoiser:
     (w = 1: the conditional output alone, a call of B; w = 0: the unconditional one). It is composed here,
     before clipping and before any solver, so every solver sees one eps (the combination is linear in the
     output, so it is the same for eps, x0 and v networks).
+
+    guidance_mode "cfg++" (CFG++, Chung et al., ICLR 2025): `guidance` is lambda in [0, 1]; the pair is the
+    guided x0_pred (of the output with weight lambda) with the unconditional eps, so a DDIM step renoises with
+    the unconditional eps. inverting=True (eq. 13's inversion) swaps them, the paper's inversion: x0_pred from
+    the unconditional output, the guided eps to renoise. lambda = 0 is w = 0 (one call of B); otherwise one
+    call of 2B. The pair does not agree with x (like "keep-eps"), so solvers that re-derive eps from x0_pred
+    see ordinary CFG with weight lambda; clip=True (which re-derives eps) is refused.
     """
 
     def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps",
-                 clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0) -> None:
+                 clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0,
+                 guidance_mode: str = "cfg", inverting: bool = False) -> None:
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.model, self.prediction, self.clip = model, prediction, check_clip(clip)
@@ -77,25 +95,38 @@ class Denoiser:
             raise DDIMError(f"guidance={guidance} needs class labels of a class-conditional model (y; on the command "
                             "line --class or --classes)")
         self.y, self.guidance = y, guidance
+        if check_guidance_mode(guidance_mode, guidance) == "cfg++":
+            if y is None:
+                raise DDIMError("guidance_mode='cfg++' needs class labels of a class-conditional model (y)")
+            if self.clip is True:
+                raise DDIMError("clip_denoised=True re-derives eps from x0_pred, which undoes CFG++'s "
+                                "unconditional eps; use 'keep-eps' or False with guidance_mode='cfg++'")
+        self.cfgpp = guidance_mode == "cfg++" and guidance != 0       # lambda = 0 is plain w = 0
+        self.inverting = bool(inverting)
 
     def network(self, x: Tensor, t: int | Tensor) -> Tensor:
         """One network call at timestep t for the whole batch, or at t[i] for sample i (a LongTensor [B]); guided:
         one call of 2B; checks the output's shape."""
+        return self._outputs(x, t)[0]
+
+    def _outputs(self, x: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor | None]:
+        """(guided output, unconditional output or None) from one network call (CFG++ keeps both halves)."""
         B = x.shape[0]
         t_b = t.to(x.device) if isinstance(t, Tensor) else torch.full((B,), t, dtype=torch.long, device=x.device)
+        uncond = None
         if self.y is None:
             out = self._call(t, x, t_b)
         else:
             y = torch.as_tensor(self.y, dtype=torch.long, device=x.device).reshape(-1).expand(B)
             w = self.guidance
-            if w == 1 or w == 0:
+            if (w == 1 and not self.cfgpp) or w == 0:
                 out = self._call(t, x, t_b, y if w == 1 else torch.full_like(y, -1))
             else:
                 both = self._call(t, torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([torch.full_like(y, -1), y]))
                 uncond, cond = both.chunk(2)
                 out = uncond + w * (cond - uncond)
         self.nfe += 1
-        return out
+        return out, uncond
 
     def _call(self, t: int, x: Tensor, *args: Tensor) -> Tensor:
         """The model on (x, *args); its output must be a tensor shaped like x."""
@@ -109,7 +140,19 @@ class Denoiser:
         return out
 
     def __call__(self, x: Tensor, t: int, a_t: float) -> tuple[Tensor, Tensor]:
-        out = self.network(x, t)
+        out, uncond = self._outputs(x, t)
+        eps, x0_pred = self._pair(out, x, t, a_t)
+        if self.cfgpp:                       # CFG++: the guided x0_pred, the unconditional eps (inverting: swapped)
+            eps_u, x0_u = self._pair(uncond, x, t, a_t)
+            eps, x0_pred = (eps, x0_u) if self.inverting else (eps_u, x0_pred)
+        if self.clip:
+            x0_pred = x0_pred.clamp(-1, 1)
+            if self.clip is True:                                  # re-derive eps so the pair still agrees with x
+                eps = torch.add(x, x0_pred, alpha=-math.sqrt(a_t)).div_(math.sqrt(1 - a_t))
+        return eps, x0_pred
+
+    def _pair(self, out: Tensor, x: Tensor, t: int, a_t: float) -> tuple[Tensor, Tensor]:
+        """A network output -> (eps, x0_pred) that agree with x at its level a_t."""
         if self.prediction == "eps":
             eps = out
             x0_pred = torch.add(x, eps, alpha=-math.sqrt(1 - a_t)).div_(math.sqrt(a_t))   # "predicted x_0", eq. 12
@@ -120,8 +163,4 @@ class Denoiser:
             # at a_t = 1 (x0_pred becomes x) and at a_t = 0 (eps becomes x); elsewhere r is roundoff.
             r = x - math.sqrt(a_t) * x0_pred - math.sqrt(1 - a_t) * eps
             x0_pred, eps = x0_pred.add_(r, alpha=math.sqrt(a_t)), eps.add_(r, alpha=math.sqrt(1 - a_t))
-        if self.clip:
-            x0_pred = x0_pred.clamp(-1, 1)
-            if self.clip is True:                                  # re-derive eps so the pair agrees with x
-                eps = torch.add(x, x0_pred, alpha=-math.sqrt(a_t)).div_(math.sqrt(1 - a_t))
         return eps, x0_pred

@@ -3,9 +3,9 @@ commands hand down to the plan, the solver and the denoiser.
 
 Each option has its one default here and its one validator in the module that uses it: steps, skip,
 steps_offset and final_alpha in `plan`, solver, eta and variance in `registry` (eta by the DDIM solver itself),
-clip_denoised and guidance in `denoiser`. Building a `WalkOptions` runs them all, so a bad value is refused
-before any work starts; what needs the model (steps <= T, an eta too large for the plan, guidance without
-labels) is checked by `DDIMSampler.prepare`, still before the first network call.
+clip_denoised, guidance and guidance_mode in `denoiser`. Building a `WalkOptions` runs them all, so a bad value
+is refused before any work starts; what needs the model (steps <= T, an eta too large for the plan, guidance
+without labels) is checked by `DDIMSampler.prepare`, still before the first network call.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ddim.errors import DDIMError
-from ddim.sampling.denoiser import check_clip, check_guidance
+from ddim.sampling.denoiser import check_clip, check_guidance, check_guidance_mode
 from ddim.sampling.plan import check_final_alpha, check_steps_offset, check_taus_spec
 from ddim.sampling.registry import make_solver
 from ddim.sampling.solvers import Solver
@@ -33,6 +33,7 @@ class WalkOptions:
     of `ddim.schedule.SKIPS` or explicit ascending timesteps. clip_denoised: False, True or "keep-eps".
     solver: a name of `ddim.sampling.SOLVERS` or a Solver instance. final_alpha: the last step's level, 1.0 or
     "alpha_0". steps_offset: diffusers' offset of a named skip. guidance: the classifier-free guidance weight.
+    guidance_mode: "cfg" or "cfg++" (CFG++: guidance is lambda in [0, 1]; `ddim.sampling.denoiser`).
     """
 
     steps: int | None = 50
@@ -44,6 +45,7 @@ class WalkOptions:
     final_alpha: float | str = 1.0
     steps_offset: int = 0
     guidance: float = 1.0
+    guidance_mode: str = "cfg"
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)      # noqa: E731 (frozen)
@@ -54,6 +56,7 @@ class WalkOptions:
         put("final_alpha", check_final_alpha(self.final_alpha))
         put("clip_denoised", check_clip(self.clip_denoised))
         put("guidance", check_guidance(self.guidance))
+        check_guidance_mode(self.guidance_mode, self.guidance)
         make_solver(self.solver, self.eta, self.variance)                 # the solver validates its options
         put("eta", float(self.eta))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ddim.errors import DDIMError
+from ddim.sampling.exact import BDIA, EDICT
 from ddim.sampling.multistep import PLMS, DPMSolverPP
 from ddim.sampling.solvers import DDIM, SigmaHat, Solver
 from ddim.sampling.unipc import UniPC
@@ -38,6 +39,8 @@ SOLVERS: dict[str, Callable[[float, str], Solver]] = {
     "dpm++3m": _deterministic("dpm++3m", lambda: DPMSolverPP(3)),
     "dpm++3m-shipped": _deterministic("dpm++3m-shipped", lambda: DPMSolverPP(3, shipped=True)),
     "unipc": _deterministic("unipc", UniPC),
+    "bdia": _deterministic("bdia", BDIA),          # gamma = 1; BDIA(gamma) for another
+    "edict": _deterministic("edict", EDICT),       # p = 0.93, leapfrog; EDICT(p) for another
 }
 
 

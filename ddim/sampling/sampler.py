@@ -17,10 +17,12 @@ from torch import Tensor
 from ddim.errors import DDIMError
 from ddim.sampling.denoiser import Denoiser, Model
 from ddim.sampling.editing import Inpainting
+from ddim.sampling.exact import Coupled
 from ddim.sampling.noise import Generator, check_generator, randn
 from ddim.sampling.options import DEFAULTS as D
 from ddim.sampling.options import WalkOptions
 from ddim.sampling.plan import Plan, invert_plan, resolve_taus, sample_plan
+from ddim.sampling.refine import Refined, check_refine
 from ddim.sampling.solvers import Solver
 from ddim.sampling.steps import PREDICTIONS
 from ddim.sampling.walk import walk
@@ -32,11 +34,35 @@ _RUNTIME = ("y", "progress")          # what `options` of the editing methods ma
 _WALK = tuple(WalkOptions.__dataclass_fields__)
 
 
-def _last(trajectory: Iterator[tuple[int, Tensor, Tensor]]) -> Tensor:
-    """The last x_s of a walk's trajectory: the sample (or the latent)."""
+def _last(trajectory: Iterator[tuple[int, Tensor, Tensor]]) -> Tensor | Coupled:
+    """The last x_s of a walk's trajectory: the sample (or the latent; an exact inversion's `Coupled` one)."""
     for _, x, _ in trajectory:
         pass
-    return x
+    finish = getattr(trajectory, "finish", None)
+    return finish(x) if finish is not None else x
+
+
+class _Trajectory:
+    """A walk's (t, x_s, x0_pred) iterator that records `last_nfe` when it ends and knows what the walk returns:
+    the last x_s, or for an exact solver's inversion the `Coupled` latent (`finish`)."""
+
+    def __init__(self, sampler: "DDIMSampler", steps: Iterator[tuple[int, Tensor, Tensor]], denoise: Denoiser,
+                 solver: Solver, coupled: bool) -> None:
+        self._sampler, self._steps, self._denoise = sampler, steps, denoise
+        self._solver, self._coupled = solver, coupled
+
+    def __iter__(self) -> "_Trajectory":
+        return self
+
+    def __next__(self) -> tuple[int, Tensor, Tensor]:
+        try:
+            return next(self._steps)
+        except StopIteration:
+            self._sampler.last_nfe = self._denoise.nfe
+            raise
+
+    def finish(self, x: Tensor) -> Tensor | Coupled:
+        return self._solver.coupled(x) if self._coupled else x
 
 
 def _same_parameters(iterate: Any) -> inspect.Signature:
@@ -82,14 +108,16 @@ class DDIMSampler:
         return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset)
 
     def denoiser(self, clip: bool | str = D.clip_denoised, y: Tensor | int | None = None,
-                 guidance: float = D.guidance) -> Denoiser:
+                 guidance: float = D.guidance, guidance_mode: str = D.guidance_mode, inverting: bool = False
+                 ) -> Denoiser:
         """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True or
-        "keep-eps"); a model that keeps state across the calls of a walk (a feature cache) is reset through its
-        `reset_cache`."""
+        "keep-eps"; guidance_mode "cfg" or "cfg++"; inverting: the pair of eq. 13's inversion); a model that
+        keeps state across the calls of a walk (a feature cache) is reset through its `reset_cache`."""
+        denoise = Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, guidance_mode, inverting)
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
-        return Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance)
+        return denoise
 
     def sample_plan(self, steps: int | None, skip: str | Sequence[int] = D.skip, final_alpha: float | str =
                     D.final_alpha, steps_offset: int = D.steps_offset) -> Plan:
@@ -102,45 +130,74 @@ class DDIMSampler:
         return invert_plan(self.schedule, self.taus(steps, skip, steps_offset))
 
     # -- the options object: one walk
-    def prepare(self, options: WalkOptions, y: Tensor | int | None = None, invert: bool = False
+    def prepare(self, options: WalkOptions, y: Tensor | int | None = None, invert: bool = False, refine: int = 0
                 ) -> tuple[Plan, Denoiser, Solver]:
         """The plan, the denoiser and this walk's fresh solver for `options` (and labels y): every check that
         needs the model (steps <= T, an eta too large for the plan, guidance without labels, a solver that
-        cannot invert), with no network call. `invert`: the levels of encoding (eq. 13) instead of sampling."""
+        cannot invert), with no network call. `invert`: the levels of encoding (eq. 13) instead of sampling,
+        each step refined `refine` times (`ddim.sampling.refine`); an exactly invertible solver (bdia, edict)
+        instead walks the sampling plan backwards with its algebraic inverse, on the sampling pair."""
         template = options.make_solver()
-        if invert:
-            options.check_inversion()
-            if not template.deterministic:
-                raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
-            plan = self.invert_plan(options.steps, options.skip, options.steps_offset)
-        else:
+        check_refine(refine)
+        if not invert:
+            if refine:
+                raise DDIMError(f"refine={refine}: refinement is an option of inversion")
             plan = self.sample_plan(options.steps, options.skip, options.final_alpha, options.steps_offset)
-        denoise = self.denoiser(options.clip_denoised, y, options.guidance)
+            denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode)
+            return plan, denoise, template.fresh(plan)
+        options.check_inversion()
+        if not template.deterministic:
+            raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
+        if getattr(template, "exact_inverse", False):
+            if refine:
+                raise DDIMError(f"refine={refine}: solver {template.name!r} inverts exactly; refine is for eq. 13's "
+                                "inversion (the other solvers)")
+            plan = self.sample_plan(options.steps, options.skip, D.final_alpha, options.steps_offset)
+            return plan, self.denoiser(False, y, options.guidance, options.guidance_mode), template.fresh(plan)
+        if refine and options.guidance_mode == "cfg++":
+            raise DDIMError(f"refine={refine} with guidance_mode='cfg++': refinement evaluates one eps per point, "
+                            "CFG++ two; use refine=0 or guidance_mode='cfg'")
+        plan = self.invert_plan(options.steps, options.skip, options.steps_offset)
+        if refine:
+            template = Refined(template, refine)
+        denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode, inverting=True)
         return plan, denoise, template.fresh(plan)
 
-    def walk(self, x: Tensor, options: WalkOptions, generator: Generator = None, y: Tensor | int | None = None,
-             progress: bool = False, invert: bool = False) -> Iterator[tuple[int, Tensor, Tensor]]:
+    def walk(self, x: Tensor | Coupled, options: WalkOptions, generator: Generator = None,
+             y: Tensor | int | None = None, progress: bool = False, invert: bool = False, refine: int = 0
+             ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Walk x [B, ...] with `options`, yielding (t, x_s, x0_pred) after each step (sampling from x_T, or with
-        invert=True encoding x_0); everything is validated before the first next(). `last_nfe` is set when the
-        walk has finished."""
-        _check_state(x, "x_0" if invert else "x_T")
+        invert=True encoding x_0, `refine` as in `prepare`); everything is validated before the first next().
+        `last_nfe` is set when the walk has finished. Sampling takes the `Coupled` latent of an exact solver's
+        inversion as x."""
+        _check_state(x.x if isinstance(x, Coupled) and not invert else x, "x_0" if invert else "x_T")
         if isinstance(y, Tensor) and y.numel() not in (1, len(x)):
             raise DDIMError(f"y: {y.numel()} class labels for a batch of {len(x)} (give one per sample, or one "
                             "for all)")
         check_generator(generator, len(x))
-        plan, denoise, solver = self.prepare(options, y, invert)
-        return self._walk(x, plan, denoise, solver, generator, progress, "encoding" if invert else "sampling")
+        plan, denoise, solver = self.prepare(options, y, invert, refine)
+        exact = invert and getattr(solver, "exact_inverse", False)
+        if not invert:
+            x = self._start(solver, x)
+        steps = walk(x, plan, denoise, solver, generator, progress, "encoding" if invert else "sampling", exact)
+        return _Trajectory(self, steps, denoise, solver, exact)
 
-    def run(self, x: Tensor, options: WalkOptions, generator: Generator = None, y: Tensor | int | None = None,
-            progress: bool = False, invert: bool = False) -> Tensor:
-        """The last x_s of `walk`: the sample from x_T (or, invert=True, the latent of x_0)."""
-        return _last(self.walk(x, options, generator, y, progress, invert))
+    def run(self, x: Tensor | Coupled, options: WalkOptions, generator: Generator = None,
+            y: Tensor | int | None = None, progress: bool = False, invert: bool = False, refine: int = 0
+            ) -> Tensor | Coupled:
+        """The last x_s of `walk`: the sample from x_T (or, invert=True, the latent of x_0; a `Coupled` one for
+        the exact solvers)."""
+        return _last(self.walk(x, options, generator, y, progress, invert, refine))
 
-    def _walk(self, x: Tensor, plan: Sequence, denoise: Denoiser, solver: Solver, generator: Generator,
-              progress: bool, desc: str) -> Iterator[tuple[int, Tensor, Tensor]]:
-        """`walk`, recording the denoiser's call count in `last_nfe` once the walk has finished."""
-        yield from walk(x, plan, denoise, solver, generator, progress, desc)
-        self.last_nfe = denoise.nfe
+    @staticmethod
+    def _start(solver: Solver, x_T: Tensor | Coupled) -> Tensor:
+        """The tensor a sampling walk starts from: x_T, or a coupled latent loaded into its exact solver."""
+        if callable(getattr(solver, "load", None)):
+            return solver.load(x_T)
+        if isinstance(x_T, Coupled):
+            raise DDIMError(f"x_T: a coupled latent (from invert with solver={x_T.solver!r}) samples only with "
+                            f"solver={x_T.solver!r}, not {solver!r}")
+        return x_T
 
     def _options(self, steps: int | None, options: dict[str, Any]) -> tuple[WalkOptions, dict[str, Any]]:
         """An editing method's **options split into WalkOptions (with steps) and the walk's y / progress."""
@@ -155,10 +212,11 @@ class DDIMSampler:
                     skip: str | Sequence[int] = D.skip, variance: str = D.variance, generator: Generator = None,
                     clip_denoised: bool | str = D.clip_denoised, progress: bool = False, solver: str | Solver =
                     D.solver, *, final_alpha: float | str = D.final_alpha, steps_offset: int = D.steps_offset,
-                    y: Tensor | int | None = None, guidance: float = D.guidance
-                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    y: Tensor | int | None = None, guidance: float = D.guidance,
+                    guidance_mode: str = D.guidance_mode) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
-        options = WalkOptions(steps, eta, skip, variance, clip_denoised, solver, final_alpha, steps_offset, guidance)
+        options = WalkOptions(steps, eta, skip, variance, clip_denoised, solver, final_alpha, steps_offset, guidance,
+                              guidance_mode)
         return self.walk(x_T, options, generator, y, progress)
 
     def sample(self, x_T: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -175,8 +233,9 @@ class DDIMSampler:
         x0_pred to [-1, 1] each step and recomputes eps from it (diffusers' clip_sample=True,
         use_clipped_model_output=True); "keep-eps" clips x0_pred but keeps the network's eps (clip_sample=True,
         use_clipped_model_output=False). solver: "ddim" (eta and variance are its options), another name in
-        `ddim.sampling.SOLVERS` ("plms", "dpm++2m", "dpm++3m", "dpm++3m-shipped", "unipc"; docs/SOLVERS.md)
-        or a `Solver` instance.
+        `ddim.sampling.SOLVERS` ("plms", "dpm++2m", "dpm++3m", "dpm++3m-shipped", "unipc", the exactly
+        invertible "bdia" and "edict"; docs/SOLVERS.md) or a `Solver` instance. x_T may be the `Coupled` latent
+        `invert(..., solver="bdia"|"edict")` returned (with that solver and the same steps and skip).
 
         Keyword-only, for diffusers configs: final_alpha, the level of the last step: 1.0 (the paper;
         diffusers' set_alpha_to_one=True) or "alpha_0", alphas_cumprod[0] (set_alpha_to_one=False, as in
@@ -184,6 +243,7 @@ class DDIMSampler:
         steps_offset, e.g. 1 with "uniform" = diffusers' "leading"). y, guidance: class labels (LongTensor [B]
         or an int; -1 = none) of a class-conditional network and the classifier-free guidance weight (1:
         conditional, 0: unconditional, > 1: guided, one network call of 2B per step); see `Denoiser`.
+        guidance_mode: "cfg" (the above) or "cfg++" (CFG++: guidance is lambda in [0, 1]; see `Denoiser`).
         """
         return _last(self.iter_sample(x_T, *args, **kwargs))
 
@@ -191,17 +251,24 @@ class DDIMSampler:
 
     def iter_invert(self, x_0: Tensor, steps: int | None = D.steps, skip: str | Sequence[int] = D.skip,
                     progress: bool = False, solver: str | Solver = D.solver, *, steps_offset: int = D.steps_offset,
-                    y: Tensor | int | None = None, guidance: float = D.guidance
-                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
-        """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent."""
-        options = WalkOptions(steps, skip=skip, solver=solver, steps_offset=steps_offset, guidance=guidance)
-        return self.walk(x_0, options, y=y, progress=progress, invert=True)
+                    y: Tensor | int | None = None, guidance: float = D.guidance,
+                    guidance_mode: str = D.guidance_mode, refine: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent (for "bdia"
+        and "edict", the coupled latent's x)."""
+        options = WalkOptions(steps, skip=skip, solver=solver, steps_offset=steps_offset, guidance=guidance,
+                              guidance_mode=guidance_mode)
+        return self.walk(x_0, options, y=y, progress=progress, invert=True, refine=refine)
 
     def invert(self, x_0: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
 
         The parameters are `iter_invert`'s. See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)`
-        reconstructs x_0, with any deterministic solver (the same formulas walk the levels in the other order).
+        reconstructs x_0, with any deterministic solver (the same formulas walk the levels in the other order),
+        up to the ODE's discretisation error. refine=K redoes each step K times with the network at the
+        estimated next point (K extra calls per step; the round trip tightens as K grows; `ddim.sampling.refine`).
+        solver="bdia" or "edict" (or their instances) invert exactly, by the algebraic inverse of their sampling
+        walk: they return a `Coupled` latent (x at tau_S and a second tensor) that `sample(z, S, solver=...)`
+        takes back, reconstructing x_0 up to roundoff, guided or not. guidance_mode="cfg++": CFG++'s inversion.
         """
         return _last(self.iter_invert(x_0, *args, **kwargs))
 
@@ -247,12 +314,14 @@ class DDIMSampler:
         return self.run(x_T, opts.with_solver(solver), generator, **rest)
 
     def transfer(self, x_0: Tensor, y_from: Tensor | int, y_to: Tensor | int, steps: int | None = D.steps,
-                 guidance: float = D.guidance, **options: Any) -> Tensor:
-        """Class transfer: encode x_0 [B, ...] with its class y_from (deterministic inversion, guidance 1) and
-        decode the latent with class y_to and `guidance` (eta 0): the same "style", another class."""
+                 guidance: float = D.guidance, refine: int = 0, **options: Any) -> Tensor:
+        """Class transfer: encode x_0 [B, ...] with its class y_from (deterministic inversion, guidance 1,
+        `refine` as in `invert`; exact with solver "bdia" or "edict") and decode the latent with class y_to and
+        `guidance` (eta 0): the same "style", another class."""
         opts, rest = self._options(steps, dict(options, guidance=guidance))
         if "y" in rest:
             raise DDIMError("y: transfer takes the classes as y_from and y_to")
-        z = self.run(x_0, opts.deterministic().replace(guidance=D.guidance, final_alpha=D.final_alpha), y=y_from,
-                     invert=True)
+        z = self.run(x_0, opts.deterministic().replace(guidance=D.guidance, guidance_mode=D.guidance_mode,
+                                                       final_alpha=D.final_alpha), y=y_from, invert=True,
+                     refine=refine)
         return self.run(z, opts, y=y_to, **rest)

@@ -18,8 +18,13 @@ __all__ = ["walk"]
 
 @torch.no_grad()
 def walk(x: Tensor, plan: Sequence[Step], denoise: Denoise, solver: Solver, generator: Generator = None,
-         progress: bool = False, desc: str = "sampling") -> Iterator[tuple[int, Tensor, Tensor]]:
+         progress: bool = False, desc: str = "sampling", inverse: bool = False
+         ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yield (t, x_s, x0_pred) after each step of `plan`; `solver` is this walk's own (fresh) instance.
+
+    inverse=True walks a sampling plan backwards with the solver's algebraic inverse (`solver.unstep`, the
+    exactly invertible solvers of `ddim.sampling.exact`): step i is undone from the last to the first, and t
+    is the timestep of the level reached, plan[i].t.
 
     Noise is drawn from `generator` (one per sample if a list) only when the solver asks. The finiteness of
     each step's result is recorded on the device and read once, after the loop (a single host sync); its shape,
@@ -28,8 +33,11 @@ def walk(x: Tensor, plan: Sequence[Step], denoise: Denoise, solver: Solver, gene
     shape = x.shape
     noise = lambda: randn(x.shape, generator, x.device, x.dtype)       # noqa: E731
     sums = torch.zeros(len(plan), dtype=torch.float32, device=x.device)
-    for i, step in enumerate(tqdm(plan, desc=desc, unit="step", disable=not progress, leave=False)):
-        x, x0_pred = solver.step(denoise, x, i, noise)
+    order = range(len(plan) - 1, -1, -1) if inverse else range(len(plan))
+    move = solver.unstep if inverse else solver.step
+    for i in tqdm(order, desc=desc, unit="step", disable=not progress, leave=False):
+        step = plan[i]
+        x, x0_pred = move(denoise, x, i, noise)
         if not isinstance(x, Tensor) or x.shape != shape:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise DDIMError(f"solver {solver!r} returned x_s of shape {got} at step {i + 1} (t={step.t}); "
