@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ddim.errors import DDIMError, MissingDependencyError, MissingFileError
+from ddim.sampling.denoiser import check_toolbox
 from ddim.sampling.registry import SOLVERS, VARIANCES
 from ddim.schedule import SKIPS
 
@@ -72,6 +73,7 @@ class DiffusionConfig:
     prediction: str = "eps"           # the network's target: eps | x0 | v
     loss_reduction: str = "mean"      # over pixels: mean, or sum as the official code does
     antithetic: bool = False          # the official pairing t, T - 1 - t within a batch
+    zero_terminal_snr: bool = False   # rescale the betas to alpha_T = 0 (Lin et al. 2024); needs v or x0
 
 
 @dataclass
@@ -190,6 +192,9 @@ def _check_dataset(data: DataConfig) -> None:
 
 def _check_schedule(d: DiffusionConfig) -> None:
     from ddim.schedule import NoiseSchedule  # builds the schedule once: its own checks, named by section
+    if d.zero_terminal_snr and d.prediction == "eps":
+        raise DDIMError("diffusion.zero_terminal_snr needs diffusion.prediction v or x0 (an eps network cannot "
+                        "give x0 at alpha_T = 0)")
     try:
         NoiseSchedule.from_name(d.beta_schedule, d.num_diffusion_timesteps, d.beta_start, d.beta_end)
     except ValueError as e:
@@ -501,6 +506,10 @@ class SampleConfig:
     steps_offset: int = 0                   # diffusers' steps_offset, added to every tau of a named skip
     cache_interval: int = 1                 # DeepCache: a full network pass every N calls (1: off, exact)
     cache_branch: int | None = None         # DeepCache's shallow branch (None: the U-Net's whole top level)
+    guidance_interval: tuple[float, float] | None = None   # w only at timesteps t_lo <= t <= t_hi (Kynkaanniemi)
+    guidance_rescale: float = 0.0           # CFG rescale phi (Lin et al.; diffusers' guidance_rescale)
+    threshold_ratio: float = 0.995          # clip_denoised="dynamic": Imagen's percentile
+    threshold_max: float | None = None      # clip_denoised="dynamic": the largest threshold (None: no cap)
 
     def __post_init__(self) -> None:
         check_int(self.steps, "steps")
@@ -520,8 +529,12 @@ class SampleConfig:
         object.__setattr__(self, "eta", float(eta))
         if self.variance not in VARIANCES:
             raise DDIMError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
-        if self.clip_denoised != "keep-eps" and not isinstance(self.clip_denoised, bool):
-            raise DDIMError(f"clip_denoised must be false, true or 'keep-eps', got {self.clip_denoised!r}")
+        if self.clip_denoised not in ("keep-eps", "dynamic") and not isinstance(self.clip_denoised, bool):
+            raise DDIMError(f"clip_denoised must be false, true, 'keep-eps' or 'dynamic', got {self.clip_denoised!r}")
+        toolbox = ("guidance_interval", "guidance_rescale", "threshold_ratio", "threshold_max")
+        checked = check_toolbox(*(getattr(self, k) for k in toolbox))     # the denoiser's checks, by keyword
+        for k, v in zip(toolbox, checked):
+            object.__setattr__(self, k, v)
         g = self.guidance
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
             raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {g!r}")
@@ -546,7 +559,9 @@ class SampleConfig:
         """The keyword arguments of `DDIMSampler.sample` / `iter_sample` this config sets."""
         return dict(steps=self.steps, eta=self.eta, skip=self.skip if isinstance(self.skip, str) else list(self.skip),
                     variance=self.variance, clip_denoised=self.clip_denoised, solver=self.solver,
-                    final_alpha=self.final_alpha, steps_offset=self.steps_offset, guidance=self.guidance)
+                    final_alpha=self.final_alpha, steps_offset=self.steps_offset, guidance=self.guidance,
+                    guidance_interval=self.guidance_interval, guidance_rescale=self.guidance_rescale,
+                    threshold_ratio=self.threshold_ratio, threshold_max=self.threshold_max)
 
     def manifest(self) -> dict[str, Any]:
         """The settings that change the images (what a resumed run must match); JSON-ready."""
@@ -556,6 +571,14 @@ class SampleConfig:
         if self.cache_interval == 1:                            # off: cache_branch changes nothing
             d.pop("cache_branch")
         d["skip"] = d["skip"] if isinstance(d["skip"], str) else list(d["skip"])
+        for k, off in (("guidance_interval", None), ("guidance_rescale", 0.0)):   # at their defaults: as before
+            if d[k] == off:
+                d.pop(k)
+            elif k == "guidance_interval":
+                d[k] = list(d[k])
+        if self.clip_denoised != "dynamic":                     # they only matter to dynamic thresholding
+            d.pop("threshold_ratio")
+            d.pop("threshold_max")
         return d
 
     def replace(self, **changes: Any) -> "SampleConfig":

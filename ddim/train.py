@@ -412,6 +412,8 @@ def train(cfg: TrainConfig, progress: bool = True, handle_signals: bool = True) 
             raise DDIMError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
                             f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
         schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
+        if dc.zero_terminal_snr:
+            schedule = schedule.rescale_zero_terminal_snr()
         unet_cfg = build_unet_config(cfg)                # before any file: a bad model config costs nothing
         run_dir = _prepare_run_dir(cfg, info)
         dataset = build_dataset(cfg.data)

@@ -5,6 +5,8 @@ the same thing in each."""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +18,7 @@ from ddim.generate import EMBEDDED_NAME, class_labels, load_model
 from ddim.sampling import SOLVERS, VARIANCES
 from ddim.schedule import SKIPS
 
-__all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
+__all__ = ["Formatter", "skip_arg", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
            "add_output_args", "load", "sample_config", "device", "labels"]
 
 
@@ -67,6 +69,38 @@ def batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'auto', got {text!r}") from None
 
 
+def skip_arg(text: str) -> str | list[int]:
+    """argparse type of --skip: a name of SKIPS, explicit timesteps ("999,799,599" or spaced), or a JSON file of
+    them (a list, or an object with "timesteps", as `ddim schedule` writes)."""
+    if text in SKIPS:
+        return text
+    if text.endswith(".json") or Path(text).is_file():
+        try:
+            data = json.loads(Path(text).read_text())
+        except (OSError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"cannot read timesteps from {text!r}: {e}") from None
+        data = data.get("timesteps") if isinstance(data, dict) else data
+        if not isinstance(data, list) or not data or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                              for t in data):
+            raise argparse.ArgumentTypeError(f"{text!r} holds no list of integer timesteps")
+        return data
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(SKIPS)}, timesteps like 999,799,599, or a "
+                                         f"JSON file of them; got {text!r}")
+    return values
+
+
+def _clip_mode(text: str) -> bool | str:
+    """argparse type of --clip-denoised's optional value."""
+    if text in ("dynamic", "keep-eps"):
+        return text
+    raise argparse.ArgumentTypeError(f"must be 'dynamic' or 'keep-eps' (or no value: clip to [-1, 1]), got {text!r}")
+
+
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -104,8 +138,10 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
     else:
         g.add_argument("--steps", type=positive_int, nargs="+", default=list(default_steps),
                        help="sampling step counts S, one result each")
-    g.add_argument("--skip", default="uniform", choices=SKIPS, help="how the sub-sequence tau of the T training "
-                   "steps is chosen")
+    g.add_argument("--skip", default="uniform", type=skip_arg, metavar="SKIP",
+                   help=f"how the sub-sequence tau of the T training steps is chosen: one of {', '.join(SKIPS)}; "
+                        "explicit timesteps (999,799,599 or ascending; --steps does not apply); or a JSON file "
+                        "of them (`ddim schedule --out steps.json`)")
     if solver:
         g.add_argument("--solver", default="ddim", choices=tuple(SOLVERS), help="the update rule")
     if stochastic:
@@ -114,7 +150,13 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
         g.add_argument("--variance", default="eta", choices=VARIANCES,
                        help="the ddim solver's variance: 'eta' is sigma of eq. 16 times eta; 'large' is Table 1's "
                             "sigma-hat sampler")
-        g.add_argument("--clip-denoised", action="store_true", help="clip x0_pred to [-1, 1] at every step")
+        g.add_argument("--clip-denoised", nargs="?", const=True, default=False, type=_clip_mode, metavar="dynamic",
+                       help="clip x0_pred to [-1, 1] at every step; 'dynamic': Imagen's dynamic thresholding "
+                            "(--threshold-ratio, --threshold-max)")
+        g.add_argument("--threshold-ratio", type=float, default=0.995, help="--clip-denoised dynamic: the "
+                       "per-sample quantile of |x0_pred| used as the threshold")
+        g.add_argument("--threshold-max", type=float, default=None, help="--clip-denoised dynamic: the largest "
+                       "threshold (default: no cap, Imagen)")
     if seed:
         g.add_argument("--seed", type=nonnegative_int, default=0, help="sample i is a pure function of (seed, i)")
     if classes:
@@ -124,6 +166,10 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
                        help="class-conditional models: labels cycled over the samples (sample i gets K[i %% len])")
         g.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w: "
                        "eps(-1) + w (eps(y) - eps(-1)); 1 = conditional, 0 = unconditional")
+        g.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                       help="apply --guidance only at timesteps LO <= t <= HI (one network call of B elsewhere)")
+        g.add_argument("--guidance-rescale", type=float, default=0.0, help="CFG rescale phi (Lin et al.): 0 off, "
+                       "0.7 the paper's value")
     if batch:
         g.add_argument("--batch-size", type=batch_size, default=64,
                        help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
@@ -151,7 +197,8 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     """One validated SampleConfig from whichever sampler and model flags this command has."""
     fields = {}
     for name in ("steps", "skip", "solver", "eta", "variance", "clip_denoised", "seed", "dtype", "channels_last",
-                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance"):
+                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance", "guidance_interval",
+                 "guidance_rescale", "threshold_ratio", "threshold_max"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
     fields.update(overrides)

@@ -37,17 +37,19 @@ class Step:
 
 
 def resolve_taus(T: int, steps: int, skip: str | Sequence[int] = "uniform", alphas_cumprod: Tensor | None = None,
-                 steps_offset: int = 0) -> Tensor:
+                 steps_offset: int = 0, order: int = 2) -> Tensor:
     """The ascending sub-sequence tau [S'] (int64), duplicates removed. `skip`: a name or explicit timesteps.
 
-    alphas_cumprod [T] is needed by the skips spaced in noise level ("logsnr", "karras"). steps_offset is
-    added to every tau of a named skip (diffusers' `steps_offset`; 1 in the Stable Diffusion configs); an
-    explicit list is used as given, so it refuses an offset.
+    alphas_cumprod [T] is needed by the skips spaced in noise level ("logsnr", "karras", "optimized"; order:
+    the solver order "optimized" is fitted for). steps_offset is added to every tau of a named skip
+    (diffusers' `steps_offset`; 1 in the Stable Diffusion configs); an explicit list is used as given, so it
+    refuses an offset. An explicit list may be ascending or descending (diffusers' `scheduler.timesteps` as
+    they are, a tensor included); `steps` does not apply to it.
     """
     if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
         raise DDIMError(f"steps_offset must be an integer >= 0, got {steps_offset!r}")
     if isinstance(skip, str):
-        taus = timesteps(T, steps, skip, alphas_cumprod) + steps_offset
+        taus = timesteps(T, steps, skip, alphas_cumprod, order) + steps_offset
         if steps_offset and int(taus[-1]) >= T:
             raise DDIMError(f"steps_offset={steps_offset} moves the last tau of skip={skip!r} to {int(taus[-1])}, "
                             f"past the last timestep {T - 1}")
@@ -55,10 +57,12 @@ def resolve_taus(T: int, steps: int, skip: str | Sequence[int] = "uniform", alph
         if steps_offset:
             raise DDIMError(f"steps_offset={steps_offset} shifts a named skip; an explicit skip list is used as "
                             "given (add the offset to its timesteps instead)")
-        taus = torch.as_tensor(list(skip), dtype=torch.int64)
+        taus = torch.as_tensor([int(t) for t in skip], dtype=torch.int64)
+        if taus.numel() > 1 and (taus[1:] <= taus[:-1]).all():
+            taus = taus.flip(0)                               # diffusers' descending timesteps
         if taus.ndim != 1 or taus.numel() < 1 or (taus < 0).any() or (taus >= T).any() \
                 or (taus[1:] < taus[:-1]).any():
-            raise DDIMError(f"skip: an explicit sequence must be ascending timesteps in [0, {T}); "
+            raise DDIMError(f"skip: an explicit sequence must be ascending (or descending) timesteps in [0, {T}); "
                             f"named ones are {SKIPS}")
     return torch.unique_consecutive(taus)
 

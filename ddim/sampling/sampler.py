@@ -6,6 +6,7 @@ first network call, and hands them to the one walk loop (`ddim.sampling.walk`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from ddim.sampling.denoiser import Denoiser, Model
 from ddim.sampling.editing import Inpainting
 from ddim.sampling.noise import Generator, randn
 from ddim.sampling.plan import Step, invert_plan, resolve_taus, sample_plan
-from ddim.sampling.registry import make_solver
+from ddim.sampling.registry import grid_order, make_solver
 from ddim.sampling.solvers import Solver
 from ddim.sampling.steps import PREDICTIONS
 from ddim.sampling.walk import walk
@@ -46,27 +47,39 @@ class DDIMSampler:
         self.schedule = schedule
         self.prediction = prediction
 
-    def taus(self, steps: int, skip: str | Sequence[int] = "uniform", steps_offset: int = 0) -> Tensor:
-        """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps."""
-        return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset)
+    def taus(self, steps: int, skip: str | Sequence[int] = "uniform", steps_offset: int = 0, order: int = 2) -> Tensor:
+        """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps
+        (ascending, or diffusers' descending `timesteps` as they are); `order`: the solver order the
+        "optimized" grid is fitted for (the sampling methods pass their solver's)."""
+        return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset, order)
 
-    def denoiser(self, clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0) -> Denoiser:
-        """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True or
-        "keep-eps"); a model that keeps state across the calls of a walk (a feature cache) is reset through its
-        `reset_cache`."""
+    def denoiser(self, clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0,
+                 **toolbox: Any) -> Denoiser:
+        """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True,
+        "keep-eps" or "dynamic"; `toolbox`: guidance_interval, guidance_rescale, threshold_ratio, threshold_max,
+        see `Denoiser`); a model that keeps state across the calls of a walk (a feature cache) is reset through
+        its `reset_cache`."""
+        denoiser = Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, **toolbox)
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
-        return Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance)
+        return denoiser
 
     def sample_plan(self, steps: int, skip: str | Sequence[int] = "uniform", final_alpha: float | str = 1.0,
-                    steps_offset: int = 0) -> tuple[Step, ...]:
+                    steps_offset: int = 0, order: int = 2) -> tuple[Step, ...]:
         """The levels `sample` walks: tau_S -> ... -> tau_1 -> alpha = 1 (or alphas_cumprod[0], "alpha_0")."""
-        return sample_plan(self.schedule, self.taus(steps, skip, steps_offset), final_alpha)
+        return sample_plan(self.schedule, self.taus(steps, skip, steps_offset, order), final_alpha)
 
-    def invert_plan(self, steps: int, skip: str | Sequence[int] = "uniform", steps_offset: int = 0) -> tuple[Step, ...]:
+    def invert_plan(self, steps: int, skip: str | Sequence[int] = "uniform", steps_offset: int = 0,
+                    order: int = 2) -> tuple[Step, ...]:
         """The levels `invert` walks: alpha = 1 -> tau_1 -> ... -> tau_S."""
-        return invert_plan(self.schedule, self.taus(steps, skip, steps_offset))
+        return invert_plan(self.schedule, self.taus(steps, skip, steps_offset, order))
+
+    def _bound(self, solver: Solver) -> Solver:
+        """A solver that snaps levels to trained timesteps (churn, restart) gets this schedule's levels."""
+        if callable(getattr(solver, "bind", None)) and getattr(solver, "alphas", None) is None:
+            solver = copy.copy(solver).bind(self.schedule.alphas_cumprod.tolist())
+        return solver
 
     def _walk(self, x: Tensor, plan: Sequence[Step], denoise: Denoiser, solver: Solver, generator: Generator = None,
               progress: bool = False, desc: str = "sampling") -> Iterator[tuple[int, Tensor, Tensor]]:
@@ -78,18 +91,24 @@ class DDIMSampler:
     def iter_sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                     variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
                     progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
-                    steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0
+                    steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0,
+                    guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0,
+                    threshold_ratio: float = 0.995, threshold_max: float | None = None
                     ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
-        template = make_solver(solver, eta, variance)        # everything is validated before the first next()
-        plan = self.sample_plan(steps, skip, final_alpha, steps_offset)
-        denoise = self.denoiser(clip_denoised, y, guidance)
+        template = self._bound(make_solver(solver, eta, variance))   # all validated before the first next()
+        plan = self.sample_plan(steps, skip, final_alpha, steps_offset, order=grid_order(template))
+        denoise = self.denoiser(clip_denoised, y, guidance, guidance_interval=guidance_interval,
+                                guidance_rescale=guidance_rescale, threshold_ratio=threshold_ratio,
+                                threshold_max=threshold_max)
         return self._walk(x_T, plan, denoise, template.fresh(plan), generator, progress)
 
     def sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
                variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
                progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
-               steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0) -> Tensor:
+               steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0,
+               guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0,
+               threshold_ratio: float = 0.995, threshold_max: float | None = None) -> Tensor:
         """Generate x_0 [B, ...] from noise x_T [B, ...] over the sub-sequence tau (eq. 12, sigma of eq. 16).
 
         steps: S, the length of tau. eta: 0 is DDIM (deterministic), 1 is DDPM. skip: "uniform", "quad",
@@ -110,27 +129,38 @@ class DDIMSampler:
         steps_offset, e.g. 1 with "uniform" = diffusers' "leading"). y, guidance: class labels (LongTensor [B]
         or an int; -1 = none) of a class-conditional network and the classifier-free guidance weight (1:
         conditional, 0: unconditional, > 1: guided, one network call of 2B per step); see `Denoiser`.
+
+        The guidance toolbox (see `Denoiser`; docs/SOLVERS.md): guidance_interval=(t_lo, t_hi), w applies only at
+        timesteps t_lo <= t <= t_hi (one call of B elsewhere); guidance_rescale=phi (CFG rescale, diffusers'
+        guidance_rescale); clip_denoised="dynamic" with threshold_ratio (0.995) and threshold_max (None: no
+        cap), Imagen's dynamic thresholding.
         """
         x = x_T
         for _, x, _ in self.iter_sample(x_T, steps, eta, skip, variance, generator, clip_denoised, progress, solver,
-                                        final_alpha=final_alpha, steps_offset=steps_offset, y=y, guidance=guidance):
+                                        final_alpha=final_alpha, steps_offset=steps_offset, y=y, guidance=guidance,
+                                        guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+                                        threshold_ratio=threshold_ratio, threshold_max=threshold_max):
             pass
         return x
 
     def iter_invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
                     progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
-                    y: Tensor | int | None = None, guidance: float = 1.0) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    y: Tensor | int | None = None, guidance: float = 1.0,
+                    guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0
+                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent."""
         template = make_solver(solver)
         if not template.deterministic:
             raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
-        plan = self.invert_plan(steps, skip, steps_offset)
-        return self._walk(x_0, plan, self.denoiser(False, y, guidance), template.fresh(plan), progress=progress,
-                          desc="encoding")
+        plan = self.invert_plan(steps, skip, steps_offset, order=grid_order(template))
+        denoise = self.denoiser(False, y, guidance, guidance_interval=guidance_interval,
+                                guidance_rescale=guidance_rescale)
+        return self._walk(x_0, plan, denoise, template.fresh(plan), progress=progress, desc="encoding")
 
     def invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
                progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
-               y: Tensor | int | None = None, guidance: float = 1.0) -> Tensor:
+               y: Tensor | int | None = None, guidance: float = 1.0,
+               guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0) -> Tensor:
         """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
 
         See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)` reconstructs x_0, with any
@@ -138,7 +168,8 @@ class DDIMSampler:
         """
         x = x_0
         for _, x, _ in self.iter_invert(x_0, steps, skip, progress, solver, steps_offset=steps_offset, y=y,
-                                        guidance=guidance):
+                                        guidance=guidance, guidance_interval=guidance_interval,
+                                        guidance_rescale=guidance_rescale):
             pass
         return x
 
