@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n", type=positive_int, default=256, help="teacher samples")
     g.add_argument("--candidates", type=positive_int, default=40, help="timesteps per candidate grid (a logsnr "
                    "and a trailing one; their union is the teacher's grid)")
+    g.add_argument("--refine", type=nonnegative_int, default=2, help="passes of the search against the end's "
+                   "error after GITS's dynamic programming (0: GITS alone; docs/SOLVERS.md)")
+    g.add_argument("--teacher", type=positive_int, default=250, help="levels of the teacher's fine logsnr grid")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="the teacher's noise")
     g.add_argument("--class", dest="class_", default=None, metavar="K", help="class-conditional models: the "
                    "teacher's label, -1 for none, or 'all'")
@@ -52,9 +55,11 @@ def run(args: argparse.Namespace) -> None:
     from ddim.config import SampleConfig
     sampler = make_sampler(loaded, SampleConfig(), args.device)
     x_T = initial_noise(image_shape(loaded), sample_generators(args.seed, range(args.n)), args.device)
-    taus = fit_gits(sampler, args.nfe, args.solver, x_T=x_T, candidates=args.candidates,
+    taus = fit_gits(sampler, args.nfe, args.solver, x_T=x_T, candidates=args.candidates, teacher=args.teacher,
+                    refine=args.refine,
                     y=None if y is None else y.to(args.device), guidance=args.guidance)
     write_json_atomic(out, {"timesteps": taus[::-1], "solver": args.solver, "nfe": args.nfe,
                             "source": loaded.metadata["source"], "method": "GITS (Chen et al. 2024)",
-                            "n": args.n, "candidates": args.candidates, "seed": args.seed})
+                            "n": args.n, "candidates": args.candidates, "teacher": args.teacher,
+                            "refine": args.refine, "seed": args.seed})
     print(f"wrote {len(taus)} timesteps to {out}: {taus[::-1]}")

@@ -5,8 +5,10 @@ Layers, each importing only those above it:
 - `denoiser`: a network output -> (eps, x0_pred) (prediction type, clipping);
 - `plan`: the noise levels (t, a_t, a_s) a walk visits, for sampling and for inversion;
 - `solvers`: the update rules (DDIM(eta), sigma-hat), each a small `Solver`; `multistep` (PLMS,
-  DPM-Solver++ 2M/3M) and `unipc` (UniPC) build on them; `registry`: them by name;
-- `walk`: the one loop; `sampler`: the `DDIMSampler` front; `noise`, `slerp`: helpers.
+  DPM-Solver++ 2M/3M), `unipc` (UniPC) and `stochastic` (DPM-Solver++(2M) SDE, EDM churn, Restart) build
+  on them; `registry`: them by name;
+- `walk`: the one loop; `sampler`: the `DDIMSampler` front; `gits`: step grids fitted to a model (GITS);
+  `noise`, `slerp`: helpers.
 """
 
 from ddim.sampling.denoiser import CLIPS, Denoiser, Model
@@ -17,6 +19,7 @@ from ddim.sampling.sampler import DDIMSampler
 from ddim.sampling.slerp import slerp
 from ddim.sampling.registry import SOLVERS, VARIANCES, make_solver
 from ddim.sampling.solvers import DDIM, SigmaHat, Solver
+from ddim.sampling.stochastic import Churn, DPMSolverPPSDE, Restart
 from ddim.sampling.steps import PREDICTIONS, ddim_sigma, ddim_step, ddpm_posterior_step, predict_eps_x0
 from ddim.sampling.unipc import UniPC
 from ddim.sampling.walk import walk
@@ -24,4 +27,4 @@ from ddim.sampling.walk import walk
 __all__ = ["DDIMSampler", "slerp", "ddim_sigma", "predict_eps_x0", "ddim_step", "ddpm_posterior_step", "randn",
            "PREDICTIONS", "VARIANCES", "Denoiser", "Model", "Generator", "Step", "resolve_taus", "sample_plan",
            "invert_plan", "Solver", "DDIM", "SigmaHat", "SOLVERS", "make_solver", "walk", "Multistep", "PLMS",
-           "DPMSolverPP", "UniPC", "CLIPS", "FINAL_ALPHAS"]
+           "DPMSolverPP", "UniPC", "CLIPS", "FINAL_ALPHAS", "DPMSolverPPSDE", "Churn", "Restart"]
