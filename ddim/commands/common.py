@@ -16,10 +16,12 @@ from ddim.config import DTYPES, SampleConfig
 from ddim.distributed import resolve_device
 from ddim.generate import EMBEDDED_NAME, class_labels, load_model
 from ddim.sampling import SOLVERS, VARIANCES
+from ddim.sampling.options import DEFAULTS as WALK
 from ddim.schedule import SKIPS
 
-__all__ = ["Formatter", "skip_arg", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
-           "add_output_args", "load", "sample_config", "device", "labels"]
+__all__ = ["Formatter", "skip_arg",
+           "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
+           "add_output_args", "load", "sample_config", "checkpoint_defaults", "device", "labels"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -94,11 +96,26 @@ def skip_arg(text: str) -> str | list[int]:
     return values
 
 
-def _clip_mode(text: str) -> bool | str:
-    """argparse type of --clip-denoised's optional value."""
-    if text in ("dynamic", "keep-eps"):
-        return text
-    raise argparse.ArgumentTypeError(f"must be 'dynamic' or 'keep-eps' (or no value: clip to [-1, 1]), got {text!r}")
+class _ClipAction(argparse.Action):
+    """--clip-denoised [dynamic|keep-eps] (no value: clip to [-1, 1]) and --no-clip-denoised."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string == "--no-clip-denoised":
+            if values is not None:
+                parser.error("--no-clip-denoised takes no value")
+            value: bool | str = False
+        elif values is None:
+            value = True
+        elif values in ("dynamic", "keep-eps"):
+            value = values
+        else:
+            parser.error(f"argument --clip-denoised: must be 'dynamic' or 'keep-eps' (or no value: clip to "
+                         f"[-1, 1]), got {values!r}")
+        setattr(namespace, self.dest, value)
 
 
 def _default_device() -> str:
@@ -128,7 +145,7 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
 
 
 def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic: bool = True, seed: bool = True,
-                     default_steps: Any = 50, batch: bool = True, solver: bool = True, classes: bool = True) -> None:
+                     default_steps: Any = WALK.steps, batch: bool = True, solver: bool = True, classes: bool = True) -> None:
     """The sampler's flags. steps: "one" (--steps S) or "many" (--steps S1 S2 ...); stochastic adds --eta,
     --variance and --clip-denoised (deterministic commands, encoding and ODE figures, have none of them)."""
     g = p.add_argument_group("sampler")
@@ -138,25 +155,26 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
     else:
         g.add_argument("--steps", type=positive_int, nargs="+", default=list(default_steps),
                        help="sampling step counts S, one result each")
-    g.add_argument("--skip", default="uniform", type=skip_arg, metavar="SKIP",
+    g.add_argument("--skip", default=WALK.skip, type=skip_arg, metavar="SKIP",
                    help=f"how the sub-sequence tau of the T training steps is chosen: one of {', '.join(SKIPS)}; "
-                        "explicit timesteps (999,799,599 or ascending; --steps does not apply); or a JSON file "
-                        "of them (`ddim schedule --out steps.json`)")
+                        "explicit timesteps (999,799,599 or ascending; S is their number and --steps does not "
+                        "apply); or a JSON file of them (`ddim schedule --out steps.json`)")
     if solver:
-        g.add_argument("--solver", default="ddim", choices=tuple(SOLVERS), help="the update rule")
+        g.add_argument("--solver", default=WALK.solver, choices=tuple(SOLVERS), help="the update rule")
     if stochastic:
-        g.add_argument("--eta", type=float, default=0.0, help="the ddim solver's eta: 0 = DDIM (deterministic), "
+        g.add_argument("--eta", type=float, default=WALK.eta, help="the ddim solver's eta: 0 = DDIM (deterministic), "
                        "1 = DDPM")
-        g.add_argument("--variance", default="eta", choices=VARIANCES,
+        g.add_argument("--variance", default=WALK.variance, choices=VARIANCES,
                        help="the ddim solver's variance: 'eta' is sigma of eq. 16 times eta; 'large' is Table 1's "
                             "sigma-hat sampler")
-        g.add_argument("--clip-denoised", nargs="?", const=True, default=False, type=_clip_mode, metavar="dynamic",
-                       help="clip x0_pred to [-1, 1] at every step; 'dynamic': Imagen's dynamic thresholding "
-                            "(--threshold-ratio, --threshold-max)")
-        g.add_argument("--threshold-ratio", type=float, default=0.995, help="--clip-denoised dynamic: the "
-                       "per-sample quantile of |x0_pred| used as the threshold")
-        g.add_argument("--threshold-max", type=float, default=None, help="--clip-denoised dynamic: the largest "
-                       "threshold (default: no cap, Imagen)")
+        g.add_argument("--clip-denoised", "--no-clip-denoised", action=_ClipAction, default=None,
+                       metavar="dynamic", help="clip x0_pred to [-1, 1] at every step ('dynamic': Imagen's dynamic "
+                       "thresholding, --threshold-ratio, --threshold-max); when neither form is given, as the "
+                       "checkpoint asks (a diffusers scheduler's clip_sample), else off")
+        g.add_argument("--threshold-ratio", type=float, default=WALK.threshold_ratio, help="--clip-denoised "
+                       "dynamic: the per-sample quantile of |x0_pred| used as the threshold")
+        g.add_argument("--threshold-max", type=float, default=WALK.threshold_max, help="--clip-denoised dynamic: "
+                       "the largest threshold (default: no cap, Imagen)")
     if seed:
         g.add_argument("--seed", type=nonnegative_int, default=0, help="sample i is a pure function of (seed, i)")
     if classes:
@@ -164,12 +182,12 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
                        "label of every sample, -1 for none, or 'all' (one block of samples per class)")
         g.add_argument("--classes", type=int, nargs="+", default=None, metavar="K",
                        help="class-conditional models: labels cycled over the samples (sample i gets K[i %% len])")
-        g.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w: "
+        g.add_argument("--guidance", type=float, default=WALK.guidance, help="classifier-free guidance weight w: "
                        "eps(-1) + w (eps(y) - eps(-1)); 1 = conditional, 0 = unconditional")
         g.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                        help="apply --guidance only at timesteps LO <= t <= HI (one network call of B elsewhere)")
-        g.add_argument("--guidance-rescale", type=float, default=0.0, help="CFG rescale phi (Lin et al.): 0 off, "
-                       "0.7 the paper's value")
+        g.add_argument("--guidance-rescale", type=float, default=WALK.guidance_rescale, help="CFG rescale phi "
+                       "(Lin et al.): 0 off, 0.7 the paper's value")
     if batch:
         g.add_argument("--batch-size", type=batch_size, default=64,
                        help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
@@ -201,8 +219,20 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
                  "guidance_rescale", "threshold_ratio", "threshold_max"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
+    if not isinstance(fields.get("skip", ""), str) and "steps" in fields and not isinstance(fields["steps"], list):
+        fields["steps"] = None                          # explicit timesteps: S is their number
+    if fields.get("clip_denoised", False) is None:      # neither flag: the default until `checkpoint_defaults`
+        del fields["clip_denoised"]
     fields.update(overrides)
     return SampleConfig(**fields)
+
+
+def checkpoint_defaults(args: argparse.Namespace, config: SampleConfig, loaded: LoadedModel) -> SampleConfig:
+    """The config with what the checkpoint asks for where the user gave no flag: a diffusers scheduler's
+    clip_sample (`loaded.clip_denoised`) unless --clip-denoised / --no-clip-denoised was given."""
+    if getattr(args, "clip_denoised", False) is None and loaded.clip_denoised:
+        return config.replace(clip_denoised=loaded.clip_denoised)
+    return config
 
 
 def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):
@@ -212,6 +242,4 @@ def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):
     if spec_one is not None and spec_many is not None:
         raise DDIMError("--class and --classes: give one of them")
     spec = spec_many if spec_many is not None else spec_one
-    if spec is None and getattr(args, "guidance", 1.0) != 1.0:
-        raise DDIMError(f"--guidance {args.guidance} needs class labels: give --class or --classes")
     return class_labels(spec, n, loaded.config.num_classes)

@@ -7,6 +7,7 @@ Layers, each importing only those above it:
 - `solvers`: the update rules (DDIM(eta), sigma-hat), each a small `Solver`; `multistep` (PLMS,
   DPM-Solver++ 2M/3M), `unipc` (UniPC) and `stochastic` (DPM-Solver++(2M) SDE, EDM churn, Restart) build
   on them; `registry`: them by name;
+- `options`: `WalkOptions`, every option of a walk, validated once (by the modules above that use them);
 - `walk`: the one loop; `sampler`: the `DDIMSampler` front; `gits`: step grids fitted to a model (GITS);
   `noise`, `slerp`: helpers.
 """
@@ -14,7 +15,8 @@ Layers, each importing only those above it:
 from ddim.sampling.denoiser import CLIPS, Denoiser, Model
 from ddim.sampling.multistep import PLMS, DPMSolverPP, Multistep
 from ddim.sampling.noise import Generator, randn
-from ddim.sampling.plan import FINAL_ALPHAS, Step, invert_plan, resolve_taus, sample_plan
+from ddim.sampling.options import WalkOptions
+from ddim.sampling.plan import FINAL_ALPHAS, Plan, Step, invert_plan, resolve_taus, sample_plan
 from ddim.sampling.sampler import DDIMSampler
 from ddim.sampling.slerp import slerp
 from ddim.sampling.registry import SOLVERS, VARIANCES, make_solver
@@ -27,4 +29,5 @@ from ddim.sampling.walk import walk
 __all__ = ["DDIMSampler", "slerp", "ddim_sigma", "predict_eps_x0", "ddim_step", "ddpm_posterior_step", "randn",
            "PREDICTIONS", "VARIANCES", "Denoiser", "Model", "Generator", "Step", "resolve_taus", "sample_plan",
            "invert_plan", "Solver", "DDIM", "SigmaHat", "SOLVERS", "make_solver", "walk", "Multistep", "PLMS",
-           "DPMSolverPP", "UniPC", "CLIPS", "FINAL_ALPHAS", "DPMSolverPPSDE", "Churn", "Restart"]
+           "DPMSolverPP", "UniPC", "CLIPS", "FINAL_ALPHAS", "WalkOptions", "Plan", "DPMSolverPPSDE", "Churn",
+           "Restart"]
