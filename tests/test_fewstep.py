@@ -309,3 +309,30 @@ def test_bad_options_are_one_line_errors_naming_the_keyword():
         fit_gits(sampler, 5, "churn", x_T=x)
     with pytest.raises(DDIMError, match="y"):
         Denoiser(Gaussian(), SCHED, guidance=2.0, guidance_interval=(0, 10))
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+def test_schedule_command_writes_a_grid_that_sample_takes_as_skip(tmp_path, capsys):
+    import json
+
+    from ddim.commands import main
+    steps = tmp_path / "steps.json"
+    assert main(["schedule", "--nfe", "3", "--n", "4", "--candidates", "4", "--teacher", "8", "--refine", "0",
+                 "--out", str(steps)]) == 0
+    taus = json.loads(steps.read_text())["timesteps"]
+    assert len(taus) == 3 and taus == sorted(taus, reverse=True) and taus[0] == 999
+    out = tmp_path / "s"
+    assert main(["sample", "--n", "2", "--solver", "dpm++2m", "--skip", str(steps), "--out", str(out), "--quiet",
+                 "--clip-denoised", "dynamic", "--threshold-max", "1.5"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["skip"] == sorted(taus) and run["steps"] == 3 and run["clip_denoised"] == "dynamic"
+    assert main(["sample", "--n", "2", "--guidance-interval", "5", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "guidance_interval" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_zero_terminal_snr_training_config_needs_v_or_x0():
+    from ddim.config import config_from_dict
+    with pytest.raises(DDIMError, match="zero_terminal_snr"):
+        config_from_dict({"diffusion": {"zero_terminal_snr": True, "prediction": "eps"}}).validate()
+    cfg = config_from_dict({"diffusion": {"zero_terminal_snr": True, "prediction": "v"}}).validate()
+    assert cfg.diffusion.zero_terminal_snr
