@@ -77,6 +77,7 @@ class DiffusionConfig:
     prediction: str = "eps"           # the network's target: eps | x0 | v
     loss_reduction: str = "mean"      # over pixels: mean, or sum as the official code does
     antithetic: bool = False          # the official pairing t, T - 1 - t within a batch
+    zero_terminal_snr: bool = False   # rescale the betas to alpha_T = 0 (Lin et al. 2024); needs v or x0
 
 
 @dataclass
@@ -198,7 +199,10 @@ def _check_dataset(data: DataConfig) -> None:
 
 
 def _check_schedule(d: DiffusionConfig) -> None:
-    try:  # build the schedule once: its own checks, named by section
+    if d.zero_terminal_snr and d.prediction == "eps":
+        raise DDIMError("diffusion.zero_terminal_snr needs diffusion.prediction v or x0 (an eps network cannot "
+                        "give x0 at alpha_T = 0)")
+    try:
         NoiseSchedule.from_name(d.beta_schedule, d.num_diffusion_timesteps, d.beta_start, d.beta_end)
     except ValueError as e:
         raise DDIMError(f"diffusion: {e} (diffusion.beta_schedule, beta_start, beta_end)") from None
@@ -453,6 +457,10 @@ class SampleConfig:
     cache_interval: int = 1                         # DeepCache: a full network pass every N calls (1: off, exact)
     cache_branch: int | None = None                 # DeepCache's shallow branch (None: the U-Net's whole top level)
     guidance_mode: str = WALK.guidance_mode         # walk: "cfg", or "cfg++" (guidance is then lambda in [0, 1])
+    guidance_interval: tuple[float, float] | None = WALK.guidance_interval   # walk: w only at t_lo <= t <= t_hi
+    guidance_rescale: float = WALK.guidance_rescale  # walk: CFG rescale phi (Lin et al.)
+    threshold_ratio: float = WALK.threshold_ratio    # walk: clip_denoised="dynamic": Imagen's percentile
+    threshold_max: float | None = WALK.threshold_max  # walk: clip_denoised="dynamic": the largest threshold
 
     def __post_init__(self) -> None:
         if not isinstance(self.solver, str):
@@ -493,6 +501,14 @@ class SampleConfig:
         if self.guidance_mode == WALK.guidance_mode:            # runs recorded before CFG++ resume unchanged
             d.pop("guidance_mode")
         d["skip"] = d["skip"] if isinstance(d["skip"], str) else list(d["skip"])
+        for k, off in (("guidance_interval", None), ("guidance_rescale", 0.0)):   # at their defaults: as before
+            if d[k] == off:
+                d.pop(k)
+            elif k == "guidance_interval":
+                d[k] = list(d[k])
+        if self.clip_denoised != "dynamic":                     # they only matter to dynamic thresholding
+            d.pop("threshold_ratio")
+            d.pop("threshold_max")
         return d
 
     def replace(self, **changes: Any) -> "SampleConfig":

@@ -18,12 +18,13 @@ import torch
 from torch import Tensor
 
 from ddim.errors import DDIMError
+from ddim.stepgrid import optimized_log_snrs
 
 __all__ = ["NoiseSchedule", "timesteps", "SKIPS", "LEVEL_SKIPS"]
 
-Skip = Literal["uniform", "quad", "trailing", "linspace", "logsnr", "karras"]
-SKIPS: tuple[str, ...] = ("uniform", "quad", "trailing", "linspace", "logsnr", "karras")
-LEVEL_SKIPS: tuple[str, ...] = ("logsnr", "karras")      # spaced in noise level: they need the schedule's alphas
+Skip = Literal["uniform", "quad", "trailing", "linspace", "logsnr", "karras", "optimized"]
+SKIPS: tuple[str, ...] = ("uniform", "quad", "trailing", "linspace", "logsnr", "karras", "optimized")
+LEVEL_SKIPS: tuple[str, ...] = ("logsnr", "karras", "optimized")   # spaced in noise level: they need the alphas
 
 
 class NoiseSchedule:
@@ -82,6 +83,18 @@ class NoiseSchedule:
             return cls.cosine(T)
         raise DDIMError(f"beta_schedule must be one of 'linear', 'quad', 'cosine'; got {name!r}")
 
+    def rescale_zero_terminal_snr(self) -> "NoiseSchedule":
+        """Zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+        Algorithm 1; diffusers' `rescale_zero_terminal_snr`): a new schedule whose sqrt(alpha) is shifted to 0
+        at t = T - 1 and rescaled to keep its value at t = 0, so the last level is pure noise (the last beta
+        is 1). Sample it with a v- or x0-prediction network on a grid that starts at T - 1 ("trailing")."""
+        root = self.alphas_cumprod.sqrt()
+        first, last = root[0].clone(), root[-1].clone()
+        root = (root - last) * (first / (first - last))
+        abar = root**2
+        betas = 1 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
+        return NoiseSchedule(betas, name=f"{self.name}+zero-snr")
+
     # --- the forward process ---------------------------------------------------------------------------
     def alpha(self, t: Tensor) -> Tensor:
         """alpha_t for a LongTensor of timesteps; t = -1 means alpha = 1 (clean data). float64, on t's device."""
@@ -113,7 +126,8 @@ def _check_T(T: int) -> None:
         raise DDIMError(f"T must be a positive integer, got {T!r}")
 
 
-def timesteps(T: int, steps: int, skip: str = "uniform", alphas_cumprod: Tensor | None = None) -> Tensor:
+def timesteps(T: int, steps: int, skip: str = "uniform", alphas_cumprod: Tensor | None = None,
+              order: int = 2) -> Tensor:
     """The sub-sequence tau (Sec. 4.2): an ascending LongTensor in [0, T).
 
     Spaced in timestep, with exactly `steps` entries:
@@ -130,7 +144,10 @@ def timesteps(T: int, steps: int, skip: str = "uniform", alphas_cumprod: Tensor 
     - "logsnr": uniform in lambda = log(sqrt(a) / sqrt(1 - a)) (DPM-Solver's "logSNR" spacing, diffusers'
       `use_lu_lambdas`);
     - "karras": uniform in sigma^(1/7), sigma = sqrt((1 - a) / a) (Karras et al. 2022, rho = 7; diffusers'
-      `use_karras_sigmas`).
+      `use_karras_sigmas`);
+    - "optimized": DMN's model-free optimized levels (Xue et al. 2024; `ddim.stepgrid`) for a solver of
+      `order` (1-3: DDIM 1, DPM-Solver++(2M) and UniPC 2, the third-order methods 3; the sampler passes its
+      solver's), fitted from the noise schedule alone in well under a second.
     With steps = 1 both give [T - 1]. If the last levels are 0 (zero terminal SNR) the top level is the
     last positive one.
     """
@@ -138,7 +155,7 @@ def timesteps(T: int, steps: int, skip: str = "uniform", alphas_cumprod: Tensor 
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
         raise DDIMError(f"steps must be an integer in [1, T={T}], got {steps!r}")
     if skip in LEVEL_SKIPS:
-        return _level_spaced(T, steps, skip, alphas_cumprod)
+        return _level_spaced(T, steps, skip, alphas_cumprod, order)
     i = np.arange(steps, dtype=np.float64)
     if skip == "uniform":
         seq = i * (T // steps)
@@ -153,8 +170,8 @@ def timesteps(T: int, steps: int, skip: str = "uniform", alphas_cumprod: Tensor 
     return torch.from_numpy(np.sort(seq).astype(np.int64))
 
 
-def _level_spaced(T: int, steps: int, skip: str, alphas_cumprod: Tensor | None) -> Tensor:
-    """"logsnr" and "karras" (see `timesteps`): levels spaced between timestep 0 and T - 1, as timesteps."""
+def _level_spaced(T: int, steps: int, skip: str, alphas_cumprod: Tensor | None, order: int = 2) -> Tensor:
+    """"logsnr", "karras", "optimized" (see `timesteps`): levels spaced between timestep 0 and T - 1, as timesteps."""
     if alphas_cumprod is None:
         raise DDIMError(f"skip={skip!r} is spaced in noise level: timesteps() needs the schedule's "
                          "alphas_cumprod (DDIMSampler passes it)")
@@ -167,6 +184,8 @@ def _level_spaced(T: int, steps: int, skip: str, alphas_cumprod: Tensor | None) 
     u = np.linspace(0.0, 1.0, steps)                             # 0 at the top (noisiest) level
     if skip == "logsnr":
         levels = lam[top] + u * (lam[0] - lam[top])
+    elif skip == "optimized":
+        levels = optimized_log_snrs(float(lam[top]), float(lam[0]), steps, order)
     else:
         rho = 7.0                                                # Karras et al. (2022), eq. 5
         s_max, s_min = np.exp(-lam[top]), np.exp(-lam[0])        # sigma = sqrt((1 - a) / a) = exp(-lambda)

@@ -491,6 +491,8 @@ def _objective(cfg: TrainConfig, info: Dist) -> tuple[NoiseSchedule, Any]:
         raise DDIMError(f"training.batch_size ({tc.batch_size}) must be divisible by the number of processes "
                         f"({info.world_size}) times training.grad_accum ({tc.grad_accum})")
     schedule = NoiseSchedule.from_name(dc.beta_schedule, dc.num_diffusion_timesteps, dc.beta_start, dc.beta_end)
+    if dc.zero_terminal_snr:
+        schedule = schedule.rescale_zero_terminal_snr()
     return schedule, build_unet_config(cfg)
 
 

@@ -5,6 +5,8 @@ the same thing in each."""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,9 +19,9 @@ from ddim.sampling import GUIDANCE_MODES, SOLVERS, VARIANCES
 from ddim.sampling.options import DEFAULTS as WALK
 from ddim.schedule import SKIPS
 
-__all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
-           "add_refine_arg", "check_refine", "add_output_args", "load", "sample_config", "checkpoint_defaults",
-           "device", "labels"]
+__all__ = ["Formatter", "skip_arg", "positive_int", "nonnegative_int", "batch_size", "add_model_args",
+           "add_sampler_args", "add_refine_arg", "check_refine", "add_output_args", "load", "sample_config",
+           "checkpoint_defaults", "device", "labels"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,6 +71,53 @@ def batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'auto', got {text!r}") from None
 
 
+def skip_arg(text: str) -> str | list[int]:
+    """argparse type of --skip: a name of SKIPS, explicit timesteps ("999,799,599" or spaced), or a JSON file of
+    them (a list, or an object with "timesteps", as `ddim schedule` writes)."""
+    if text in SKIPS:
+        return text
+    if text.endswith(".json") or Path(text).is_file():
+        try:
+            data = json.loads(Path(text).read_text())
+        except (OSError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"cannot read timesteps from {text!r}: {e}") from None
+        data = data.get("timesteps") if isinstance(data, dict) else data
+        if not isinstance(data, list) or not data or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                              for t in data):
+            raise argparse.ArgumentTypeError(f"{text!r} holds no list of integer timesteps")
+        return data
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(SKIPS)}, timesteps like 999,799,599, or a "
+                                         f"JSON file of them; got {text!r}")
+    return values
+
+
+class _ClipAction(argparse.Action):
+    """--clip-denoised [dynamic|keep-eps] (no value: clip to [-1, 1]) and --no-clip-denoised."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string == "--no-clip-denoised":
+            if values is not None:
+                parser.error("--no-clip-denoised takes no value")
+            value: bool | str = False
+        elif values is None:
+            value = True
+        elif values in ("dynamic", "keep-eps"):
+            value = values
+        else:
+            parser.error(f"argument --clip-denoised: must be 'dynamic' or 'keep-eps' (or no value: clip to "
+                         f"[-1, 1]), got {values!r}")
+        setattr(namespace, self.dest, value)
+
+
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -106,8 +155,10 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
     else:
         g.add_argument("--steps", type=positive_int, nargs="+", default=list(default_steps),
                        help="sampling step counts S, one result each")
-    g.add_argument("--skip", default=WALK.skip, choices=SKIPS, help="how the sub-sequence tau of the T training "
-                   "steps is chosen")
+    g.add_argument("--skip", default=WALK.skip, type=skip_arg, metavar="SKIP",
+                   help=f"how the sub-sequence tau of the T training steps is chosen: one of {', '.join(SKIPS)}; "
+                        "explicit timesteps (999,799,599 or ascending; S is their number and --steps does not "
+                        "apply); or a JSON file of them (`ddim schedule --out steps.json`)")
     if solver:
         g.add_argument("--solver", default=WALK.solver, choices=tuple(SOLVERS), help="the update rule")
     if stochastic:
@@ -116,9 +167,14 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
         g.add_argument("--variance", default=WALK.variance, choices=VARIANCES,
                        help="the ddim solver's variance: 'eta' is sigma of eq. 16 times eta; 'large' is Table 1's "
                             "sigma-hat sampler")
-        g.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
-                       help="clip x0_pred to [-1, 1] at every step; when neither form is given, as the checkpoint "
-                            "asks (a diffusers scheduler's clip_sample), else off")
+        g.add_argument("--clip-denoised", "--no-clip-denoised", action=_ClipAction, default=None,
+                       metavar="dynamic", help="clip x0_pred to [-1, 1] at every step ('dynamic': Imagen's dynamic "
+                       "thresholding, --threshold-ratio, --threshold-max); when neither form is given, as the "
+                       "checkpoint asks (a diffusers scheduler's clip_sample), else off")
+        g.add_argument("--threshold-ratio", type=float, default=WALK.threshold_ratio, help="--clip-denoised "
+                       "dynamic: the per-sample quantile of |x0_pred| used as the threshold")
+        g.add_argument("--threshold-max", type=float, default=WALK.threshold_max, help="--clip-denoised dynamic: "
+                       "the largest threshold (default: no cap, Imagen)")
     if seed:
         g.add_argument("--seed", type=nonnegative_int, default=0, help="sample i is a pure function of (seed, i)")
     if classes:
@@ -131,6 +187,10 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
         g.add_argument("--guidance-mode", default=WALK.guidance_mode, choices=GUIDANCE_MODES,
                        help="'cfg++': CFG++ (the guided x0 renoised with the unconditional eps); --guidance is then "
                             "lambda in [0, 1] (docs/SOLVERS.md)")
+        g.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                       help="apply --guidance only at timesteps LO <= t <= HI (one network call of B elsewhere)")
+        g.add_argument("--guidance-rescale", type=float, default=WALK.guidance_rescale, help="CFG rescale phi "
+                       "(Lin et al.): 0 off, 0.7 the paper's value")
     if batch:
         g.add_argument("--batch-size", type=batch_size, default=64,
                        help="images per network call, or 'auto' (CUDA: what fits in free memory; CPU: 64)")
@@ -174,9 +234,12 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     """One validated SampleConfig from whichever sampler and model flags this command has."""
     fields = {}
     for name in ("steps", "skip", "solver", "eta", "variance", "clip_denoised", "seed", "dtype", "channels_last",
-                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance", "guidance_mode"):
+                 "compile", "batch_size", "cache_interval", "cache_branch", "guidance", "guidance_mode",
+                 "guidance_interval", "guidance_rescale", "threshold_ratio", "threshold_max"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
+    if not isinstance(fields.get("skip", ""), str) and "steps" in fields and not isinstance(fields["steps"], list):
+        fields["steps"] = None                          # explicit timesteps: S is their number
     if fields.get("clip_denoised", False) is None:      # neither flag: the default until `checkpoint_defaults`
         del fields["clip_denoised"]
     fields.update(overrides)

@@ -5,10 +5,11 @@ Layers, each importing only those above it:
 - `denoiser`: a network output -> (eps, x0_pred) (prediction type, clipping, guidance: CFG and CFG++);
 - `plan`: the noise levels (t, a_t, a_s) a walk visits, for sampling and for inversion;
 - `solvers`: the update rules (DDIM(eta), sigma-hat), each a small `Solver`; `multistep` (PLMS,
-  DPM-Solver++ 2M/3M) and `unipc` (UniPC) build on them, `exact` (BDIA, EDICT) inverts exactly, `refine`
-  refines inversion steps; `registry`: them by name;
+  DPM-Solver++ 2M/3M), `unipc` (UniPC) and `stochastic` (DPM-Solver++(2M) SDE, EDM churn, Restart) build
+  on them, `exact` (BDIA, EDICT) inverts exactly, `refine` refines inversion steps; `registry`: them by name;
 - `options`: `WalkOptions`, every option of a walk, validated once (by the modules above that use them);
-- `walk`: the one loop; `sampler`: the `DDIMSampler` front; `noise`, `slerp`: helpers.
+- `walk`: the one loop; `sampler`: the `DDIMSampler` front; `gits`: step grids fitted to a model (GITS);
+  `noise`, `slerp`: helpers.
 """
 
 from ddim.sampling.denoiser import CLIPS, GUIDANCE_MODES, Denoiser, Model
@@ -22,6 +23,7 @@ from ddim.sampling.slerp import slerp
 from ddim.sampling.refine import Refined
 from ddim.sampling.registry import SOLVERS, VARIANCES, make_solver
 from ddim.sampling.solvers import DDIM, SigmaHat, Solver
+from ddim.sampling.stochastic import Churn, DPMSolverPPSDE, Restart
 from ddim.sampling.steps import PREDICTIONS, ddim_sigma, ddim_step, ddpm_posterior_step, predict_eps_x0
 from ddim.sampling.unipc import UniPC
 from ddim.sampling.walk import walk
@@ -30,4 +32,4 @@ __all__ = ["DDIMSampler", "slerp", "ddim_sigma", "predict_eps_x0", "ddim_step", 
            "PREDICTIONS", "VARIANCES", "Denoiser", "Model", "Generator", "Step", "resolve_taus", "sample_plan",
            "invert_plan", "Solver", "DDIM", "SigmaHat", "SOLVERS", "make_solver", "walk", "Multistep", "PLMS",
            "DPMSolverPP", "UniPC", "CLIPS", "FINAL_ALPHAS", "WalkOptions", "Plan", "BDIA", "EDICT", "Coupled",
-           "Refined", "GUIDANCE_MODES"]
+           "Refined", "GUIDANCE_MODES", "DPMSolverPPSDE", "Churn", "Restart"]

@@ -18,9 +18,10 @@ from ddim.errors import DDIMError
 from ddim.sampling.steps import PREDICTIONS, predict_eps_x0
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["Model", "Denoiser", "CLIPS", "GUIDANCE_MODES", "check_clip", "check_guidance", "check_guidance_mode"]
+__all__ = ["Model", "Denoiser", "CLIPS", "GUIDANCE_MODES", "check_clip", "check_guidance", "check_guidance_mode",
+           "rescale_guided", "dynamic_threshold", "check_toolbox"]
 
-CLIPS: tuple = (False, True, "keep-eps")
+CLIPS: tuple = (False, True, "keep-eps", "dynamic")
 GUIDANCE_MODES: tuple[str, ...] = ("cfg", "cfg++")
 
 Model = Callable[[Tensor, Tensor], Tensor]
@@ -28,7 +29,7 @@ Model = Callable[[Tensor, Tensor], Tensor]
 
 def check_clip(clip: bool | str) -> bool | str:
     """clip_denoised: one of `CLIPS` (see `Denoiser`)."""
-    if clip != "keep-eps" and (isinstance(clip, str) or clip not in (False, True)):
+    if clip not in ("keep-eps", "dynamic") and (isinstance(clip, str) or clip not in (False, True)):
         raise DDIMError(f"clip_denoised must be one of {CLIPS}, got {clip!r}")
     return clip if isinstance(clip, str) else bool(clip)
 
@@ -77,14 +78,30 @@ class Denoiser:
     the unconditional output, the guided eps to renoise. lambda = 0 is w = 0 (one call of B); otherwise one
     call of 2B. The pair does not agree with x (like "keep-eps"), so solvers that re-derive eps from x0_pred
     see ordinary CFG with weight lambda; clip=True (which re-derives eps) is refused.
+
+    The guidance toolbox, for every solver, inversion and prediction type:
+    - guidance_interval (t_lo, t_hi) (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval"):
+      w applies only at network timesteps t_lo <= t <= t_hi; elsewhere the conditional output alone, one
+      call of B. None: w at every level.
+    - guidance_rescale phi (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+      eq. 15-16; diffusers' `guidance_rescale`): the guided output is rescaled to the per-sample standard
+      deviation of the conditional one and mixed, phi * rescaled + (1 - phi) * guided. 0: off (bit-equal).
+    - clip "dynamic" (Imagen, Saharia et al. 2022): per sample, s = the threshold_ratio quantile of |x0_pred|,
+      s = clamp(s, 1, threshold_max) (threshold_max None: no cap, Imagen), x0_pred = clamp(x0_pred, -s, s) / s;
+      eps is re-derived so the pair agrees with x (as clip=True). diffusers' DDIMScheduler(thresholding=True)
+      with `dynamic_thresholding_ratio` and `sample_max_value`.
     """
 
     def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps",
                  clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0,
-                 guidance_mode: str = "cfg", inverting: bool = False) -> None:
+                 guidance_mode: str = "cfg", inverting: bool = False, *,
+                 guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0,
+                 threshold_ratio: float = 0.995, threshold_max: float | None = None) -> None:
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.model, self.prediction, self.clip = model, prediction, check_clip(clip)
+        (self.guidance_interval, self.guidance_rescale, self.threshold_ratio,
+         self.threshold_max) = check_toolbox(guidance_interval, guidance_rescale, threshold_ratio, threshold_max)
         self.alphas = schedule.alphas_cumprod.tolist()     # float64 host scalars, cast at the point of use
         self.nfe = 0
         guidance = check_guidance(guidance)
@@ -98,8 +115,8 @@ class Denoiser:
         if check_guidance_mode(guidance_mode, guidance) == "cfg++":
             if y is None:
                 raise DDIMError("guidance_mode='cfg++' needs class labels of a class-conditional model (y)")
-            if self.clip is True:
-                raise DDIMError("clip_denoised=True re-derives eps from x0_pred, which undoes CFG++'s "
+            if self.clip is True or self.clip == "dynamic":
+                raise DDIMError(f"clip_denoised={self.clip!r} re-derives eps from x0_pred, which undoes CFG++'s "
                                 "unconditional eps; use 'keep-eps' or False with guidance_mode='cfg++'")
         self.cfgpp = guidance_mode == "cfg++" and guidance != 0       # lambda = 0 is plain w = 0
         self.inverting = bool(inverting)
@@ -118,13 +135,18 @@ class Denoiser:
             out = self._call(t, x, t_b)
         else:
             y = torch.as_tensor(self.y, dtype=torch.long, device=x.device).reshape(-1).expand(B)
-            w = self.guidance
-            if (w == 1 and not self.cfgpp) or w == 0:
+            w, interval = self.guidance, self.guidance_interval
+            outside = interval is not None and not interval[0] <= t <= interval[1]
+            if outside:
+                w = 1.0                               # outside the guidance interval: the conditional output
+            if (w == 1 and (outside or not self.cfgpp)) or w == 0:
                 out = self._call(t, x, t_b, y if w == 1 else torch.full_like(y, -1))
             else:
                 both = self._call(t, torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([torch.full_like(y, -1), y]))
                 uncond, cond = both.chunk(2)
                 out = uncond + w * (cond - uncond)
+                if self.guidance_rescale:
+                    out = rescale_guided(out, cond, self.guidance_rescale)
         self.nfe += 1
         return out, uncond
 
@@ -142,12 +164,15 @@ class Denoiser:
     def __call__(self, x: Tensor, t: int, a_t: float) -> tuple[Tensor, Tensor]:
         out, uncond = self._outputs(x, t)
         eps, x0_pred = self._pair(out, x, t, a_t)
-        if self.cfgpp:                       # CFG++: the guided x0_pred, the unconditional eps (inverting: swapped)
+        if self.cfgpp and uncond is not None:  # CFG++: the guided x0_pred, the unconditional eps (inverting: swapped)
             eps_u, x0_u = self._pair(uncond, x, t, a_t)
             eps, x0_pred = (eps, x0_u) if self.inverting else (eps_u, x0_pred)
         if self.clip:
-            x0_pred = x0_pred.clamp(-1, 1)
-            if self.clip is True:                                  # re-derive eps so the pair still agrees with x
+            if self.clip == "dynamic":
+                x0_pred = dynamic_threshold(x0_pred, self.threshold_ratio, self.threshold_max)
+            else:
+                x0_pred = x0_pred.clamp(-1, 1)
+            if self.clip != "keep-eps":                            # re-derive eps so the pair agrees with x
                 eps = torch.add(x, x0_pred, alpha=-math.sqrt(a_t)).div_(math.sqrt(1 - a_t))
         return eps, x0_pred
 
@@ -164,3 +189,51 @@ class Denoiser:
             r = x - math.sqrt(a_t) * x0_pred - math.sqrt(1 - a_t) * eps
             x0_pred, eps = x0_pred.add_(r, alpha=math.sqrt(a_t)), eps.add_(r, alpha=math.sqrt(1 - a_t))
         return eps, x0_pred
+
+
+def rescale_guided(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
+    """CFG rescale (Lin et al. 2024, eq. 15-16): phi * guided * std(cond) / std(guided) + (1 - phi) * guided,
+    standard deviations per sample over all other dimensions. Tensors [B, ...]."""
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return torch.lerp(guided, rescaled, phi)
+
+
+def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float | None = None) -> Tensor:
+    """Imagen's dynamic thresholding of x0 [B, ...]: per sample s = quantile(|x0|, ratio), at least 1 (at most
+    max_value), then x0 clamped to [-s, s] and divided by s. Computed in float32 or wider."""
+    flat = x0.reshape(len(x0), -1)
+    flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value)
+    s = s.view(-1, *([1] * (x0.ndim - 1))).to(flat.dtype)
+    return (torch.maximum(torch.minimum(flat.view_as(x0), s), -s) / s).to(x0.dtype)
+
+
+def check_toolbox(guidance_interval: object = None, guidance_rescale: object = 0.0, threshold_ratio: object = 0.995,
+                  threshold_max: object = None) -> tuple:
+    """The guidance toolbox's options checked (DDIMError naming the keyword) and normalized to floats."""
+    return (check_interval(guidance_interval), _check_number(guidance_rescale, "guidance_rescale", 0.0, 1.0),
+            _check_number(threshold_ratio, "threshold_ratio", 0.0, 1.0),
+            None if threshold_max is None else _check_number(threshold_max, "threshold_max", 1.0))
+
+
+def check_interval(interval: object) -> tuple[float, float] | None:
+    """guidance_interval: None or a pair (t_lo, t_hi) of timesteps with t_lo <= t_hi, as floats."""
+    if interval is None:
+        return None
+    try:
+        lo, hi = interval                                               # type: ignore[misc]
+    except (TypeError, ValueError):
+        lo = hi = None
+    ok = all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi))
+    if not ok or lo > hi:                                               # type: ignore[operator]
+        raise DDIMError(f"guidance_interval must be a pair (t_lo, t_hi) of timesteps with t_lo <= t_hi, "
+                        f"got {interval!r}")
+    return float(lo), float(hi)                                         # type: ignore[arg-type]
+
+
+def _check_number(value: object, name: str, lo: float, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        span = f"in [{lo:g}, {hi:g}]" if hi < math.inf else f">= {lo:g}"
+        raise DDIMError(f"{name} must be a number {span}, got {value!r}")
+    return float(value)

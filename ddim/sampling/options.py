@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ddim.errors import DDIMError
-from ddim.sampling.denoiser import check_clip, check_guidance, check_guidance_mode
+from ddim.sampling.denoiser import check_clip, check_guidance, check_guidance_mode, check_toolbox
 from ddim.sampling.plan import check_final_alpha, check_steps_offset, check_taus_spec
 from ddim.sampling.registry import make_solver
 from ddim.sampling.solvers import Solver
@@ -34,6 +34,8 @@ class WalkOptions:
     solver: a name of `ddim.sampling.SOLVERS` or a Solver instance. final_alpha: the last step's level, 1.0 or
     "alpha_0". steps_offset: diffusers' offset of a named skip. guidance: the classifier-free guidance weight.
     guidance_mode: "cfg" or "cfg++" (CFG++: guidance is lambda in [0, 1]; `ddim.sampling.denoiser`).
+    The guidance toolbox (see `Denoiser`): guidance_interval (t_lo, t_hi), guidance_rescale phi, and
+    threshold_ratio / threshold_max of clip_denoised="dynamic".
     """
 
     steps: int | None = 50
@@ -46,6 +48,10 @@ class WalkOptions:
     steps_offset: int = 0
     guidance: float = 1.0
     guidance_mode: str = "cfg"
+    guidance_interval: tuple[float, float] | None = None
+    guidance_rescale: float = 0.0
+    threshold_ratio: float = 0.995
+    threshold_max: float | None = None
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)      # noqa: E731 (frozen)
@@ -57,6 +63,9 @@ class WalkOptions:
         put("clip_denoised", check_clip(self.clip_denoised))
         put("guidance", check_guidance(self.guidance))
         check_guidance_mode(self.guidance_mode, self.guidance)
+        toolbox = ("guidance_interval", "guidance_rescale", "threshold_ratio", "threshold_max")
+        for name, value in zip(toolbox, check_toolbox(*(getattr(self, k) for k in toolbox))):
+            put(name, value)
         make_solver(self.solver, self.eta, self.variance)                 # the solver validates its options
         put("eta", float(self.eta))
 
@@ -91,6 +100,11 @@ class WalkOptions:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["skip"] = d["skip"] if isinstance(d["skip"], str) else list(d["skip"])
         return d
+
+    def toolbox(self) -> dict[str, Any]:
+        """The guidance toolbox's options, as keyword arguments of `Denoiser`."""
+        return dict(guidance_interval=self.guidance_interval, guidance_rescale=self.guidance_rescale,
+                    threshold_ratio=self.threshold_ratio, threshold_max=self.threshold_max)
 
 
 DEFAULTS = WalkOptions()

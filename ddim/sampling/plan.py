@@ -80,7 +80,8 @@ class Plan(tuple):
 
 def check_taus_spec(steps: int | None, skip: str | Sequence[int] | Tensor) -> tuple[int, str | tuple[int, ...]]:
     """(steps, skip) as a walk uses them: skip a name of `SKIPS`, or explicit ascending-or-equal timesteps (ints
-    >= 0, a list, tuple or integer tensor) whose number is S: steps must then be that number or None."""
+    >= 0, a list, tuple or integer tensor; strictly descending ones, diffusers' `scheduler.timesteps`, are
+    taken as they are and reversed) whose number is S: steps must then be that number or None."""
     if isinstance(skip, str):
         if skip not in SKIPS:
             raise DDIMError(f"skip must be one of {', '.join(map(repr, SKIPS))} or a list of timesteps; got {skip!r}")
@@ -98,8 +99,10 @@ def check_taus_spec(steps: int | None, skip: str | Sequence[int] | Tensor) -> tu
         if not skip or bad:
             raise DDIMError(f"skip: an explicit list needs timesteps that are integers >= 0, got {list(skip)!r}")
         skip = tuple(int(t) for t in skip)
+        if len(skip) > 1 and all(b < a for a, b in zip(skip, skip[1:])):
+            skip = skip[::-1]                                   # diffusers' descending timesteps, as they are
         if any(b < a for a, b in zip(skip, skip[1:])):
-            raise DDIMError(f"skip: an explicit sequence must be ascending timesteps, got {list(skip)}")
+            raise DDIMError(f"skip: an explicit sequence must be ascending (or descending) timesteps, got {list(skip)}")
         if steps is None:
             steps = len(skip)
         if isinstance(steps, numbers.Integral) and not isinstance(steps, bool) and steps != len(skip):
@@ -128,17 +131,18 @@ def check_final_alpha(final_alpha: float | str) -> float | str:
 
 
 def resolve_taus(T: int, steps: int | None, skip: str | Sequence[int] = "uniform",
-                 alphas_cumprod: Tensor | None = None, steps_offset: int = 0) -> Tensor:
+                 alphas_cumprod: Tensor | None = None, steps_offset: int = 0, order: int = 2) -> Tensor:
     """The ascending sub-sequence tau [S'] (int64), duplicates removed. `skip`: a name or explicit timesteps.
 
-    alphas_cumprod [T] is needed by the skips spaced in noise level ("logsnr", "karras"). steps_offset is
+    alphas_cumprod [T] is needed by the skips spaced in noise level ("logsnr", "karras", "optimized"; order:
+    the solver order "optimized" is fitted for). steps_offset is
     added to every tau of a named skip (diffusers' `steps_offset`; 1 in the Stable Diffusion configs); an
     explicit list is used as given, so it refuses an offset.
     """
     steps, skip = check_taus_spec(steps, skip)
     steps_offset = check_steps_offset(steps_offset)
     if isinstance(skip, str):
-        taus = timesteps(T, steps, skip, alphas_cumprod) + steps_offset
+        taus = timesteps(T, steps, skip, alphas_cumprod, order) + steps_offset
         if steps_offset and int(taus[-1]) >= T:
             raise DDIMError(f"steps_offset={steps_offset} moves the last tau of skip={skip!r} to {int(taus[-1])}, "
                             f"past the last timestep {T - 1}")

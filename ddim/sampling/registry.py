@@ -8,9 +8,10 @@ from ddim.errors import DDIMError
 from ddim.sampling.exact import BDIA, EDICT
 from ddim.sampling.multistep import PLMS, DPMSolverPP
 from ddim.sampling.solvers import DDIM, SigmaHat, Solver
+from ddim.sampling.stochastic import Churn, DPMSolverPPSDE, Restart
 from ddim.sampling.unipc import UniPC
 
-__all__ = ["SOLVERS", "VARIANCES", "make_solver"]
+__all__ = ["SOLVERS", "VARIANCES", "make_solver", "grid_order"]
 
 VARIANCES: tuple[str, ...] = ("eta", "large")
 
@@ -20,16 +21,20 @@ def _ddim(eta: float, variance: str) -> Solver:
     return SigmaHat() if variance == "large" else ddim
 
 
-def _deterministic(name: str, make: Callable[[], Solver]) -> Callable[[float, str], Solver]:
-    """A factory for a solver of the probability-flow ODE, which has no eta or variance to set."""
+def _deterministic(name: str, make: Callable[[], Solver], kind: str = "is deterministic (eta = 0)"
+                   ) -> Callable[[float, str], Solver]:
+    """A factory for a solver with no eta or variance to set (an ODE solver, or a stochastic one whose noise
+    is its own method's)."""
     def factory(eta: float, variance: str) -> Solver:
         if eta != 0:
-            raise DDIMError(f"eta={eta!r}: solver {name!r} is deterministic (eta = 0); eta is an option of 'ddim'")
+            raise DDIMError(f"eta={eta!r}: solver {name!r} {kind}; eta is an option of 'ddim'")
         if variance != "eta":
             raise DDIMError(f"variance={variance!r}: solver {name!r} has no variance option; it belongs to 'ddim'")
         return make()
     return factory
 
+
+_OWN = "draws its own method's noise (no eta)"
 
 # name -> factory(eta, variance). eta and variance are options of the "ddim" family. docs/SOLVERS.md.
 SOLVERS: dict[str, Callable[[float, str], Solver]] = {
@@ -41,6 +46,11 @@ SOLVERS: dict[str, Callable[[float, str], Solver]] = {
     "unipc": _deterministic("unipc", UniPC),
     "bdia": _deterministic("bdia", BDIA),          # gamma = 1; BDIA(gamma) for another
     "edict": _deterministic("edict", EDICT),       # p = 0.93, leapfrog; EDICT(p) for another
+    # iPNDM (Zhang & Chen 2023; diff-sampler) is PLMS with the Euler warm-up, its order never lowered at the end.
+    "ipndm": _deterministic("ipndm", lambda: PLMS(4, "euler", lower_order_final=False)),
+    "dpm++2m-sde": _deterministic("dpm++2m-sde", DPMSolverPPSDE, _OWN),
+    "churn": _deterministic("churn", Churn, _OWN),
+    "restart": _deterministic("restart", Restart, _OWN),
 }
 
 
@@ -62,3 +72,10 @@ def make_solver(solver: str | Solver = "ddim", eta: float = 0.0, variance: str =
         raise DDIMError("eta and variance configure the named 'ddim' solver; set them on the Solver instance "
                         f"instead (got eta={eta!r}, variance={variance!r} with {solver!r})")
     return solver
+
+
+def grid_order(solver: object) -> int:
+    """The order the model-free optimized grid (skip="optimized") is fitted for: a solver's `grid_order` if it
+    has one, else its `order` (at most 3), else 1 (the DDIM step)."""
+    order = getattr(solver, "grid_order", getattr(solver, "order", 1))
+    return min(order, 3) if isinstance(order, int) and not isinstance(order, bool) and order >= 1 else 1

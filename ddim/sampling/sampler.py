@@ -7,6 +7,7 @@ network call, and `walk` hands them to the one walk loop (`ddim.sampling.walk`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from ddim.sampling.options import DEFAULTS as D
 from ddim.sampling.options import WalkOptions
 from ddim.sampling.plan import Plan, invert_plan, resolve_taus, sample_plan
 from ddim.sampling.refine import Refined, check_refine
+from ddim.sampling.registry import grid_order
 from ddim.sampling.solvers import Solver
 from ddim.sampling.steps import PREDICTIONS
 from ddim.sampling.walk import walk
@@ -102,32 +104,42 @@ class DDIMSampler:
         self.schedule = schedule
         self.prediction = prediction
 
-    def taus(self, steps: int | None, skip: str | Sequence[int] = D.skip, steps_offset: int = D.steps_offset
-             ) -> Tensor:
-        """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps."""
-        return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset)
+    def taus(self, steps: int | None, skip: str | Sequence[int] = D.skip, steps_offset: int = D.steps_offset,
+             order: int = 2) -> Tensor:
+        """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps
+        (ascending, or diffusers' descending `timesteps` as they are); `order`: the solver order the
+        "optimized" grid is fitted for (the walks pass their solver's)."""
+        return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset, order)
 
     def denoiser(self, clip: bool | str = D.clip_denoised, y: Tensor | int | None = None,
-                 guidance: float = D.guidance, guidance_mode: str = D.guidance_mode, inverting: bool = False
-                 ) -> Denoiser:
-        """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True or
-        "keep-eps"; guidance_mode "cfg" or "cfg++"; inverting: the pair of eq. 13's inversion); a model that
-        keeps state across the calls of a walk (a feature cache) is reset through its `reset_cache`."""
-        denoise = Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, guidance_mode, inverting)
+                 guidance: float = D.guidance, guidance_mode: str = D.guidance_mode, inverting: bool = False,
+                 **toolbox: Any) -> Denoiser:
+        """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True,
+        "keep-eps" or "dynamic"; guidance_mode "cfg" or "cfg++"; inverting: the pair of eq. 13's inversion;
+        `toolbox`: guidance_interval, guidance_rescale, threshold_ratio, threshold_max, see `Denoiser`); a model
+        that keeps state across the calls of a walk (a feature cache) is reset through its `reset_cache`."""
+        denoise = Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, guidance_mode, inverting,
+                           **toolbox)
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
         return denoise
 
     def sample_plan(self, steps: int | None, skip: str | Sequence[int] = D.skip, final_alpha: float | str =
-                    D.final_alpha, steps_offset: int = D.steps_offset) -> Plan:
+                    D.final_alpha, steps_offset: int = D.steps_offset, order: int = 2) -> Plan:
         """The levels `sample` walks: tau_S -> ... -> tau_1 -> alpha = 1 (or alphas_cumprod[0], "alpha_0")."""
-        return sample_plan(self.schedule, self.taus(steps, skip, steps_offset), final_alpha)
+        return sample_plan(self.schedule, self.taus(steps, skip, steps_offset, order), final_alpha)
 
-    def invert_plan(self, steps: int | None, skip: str | Sequence[int] = D.skip, steps_offset: int = D.steps_offset
-                    ) -> Plan:
+    def invert_plan(self, steps: int | None, skip: str | Sequence[int] = D.skip, steps_offset: int = D.steps_offset,
+                    order: int = 2) -> Plan:
         """The levels `invert` walks: alpha = 1 -> tau_1 -> ... -> tau_S."""
-        return invert_plan(self.schedule, self.taus(steps, skip, steps_offset))
+        return invert_plan(self.schedule, self.taus(steps, skip, steps_offset, order))
+
+    def _bound(self, solver: Solver) -> Solver:
+        """A solver that snaps levels to trained timesteps (churn, restart) gets this schedule's levels."""
+        if callable(getattr(solver, "bind", None)) and getattr(solver, "alphas", None) is None:
+            solver = copy.copy(solver).bind(self.schedule.alphas_cumprod.tolist())
+        return solver
 
     # -- the options object: one walk
     def prepare(self, options: WalkOptions, y: Tensor | int | None = None, invert: bool = False, refine: int = 0
@@ -137,13 +149,15 @@ class DDIMSampler:
         cannot invert), with no network call. `invert`: the levels of encoding (eq. 13) instead of sampling,
         each step refined `refine` times (`ddim.sampling.refine`); an exactly invertible solver (bdia, edict)
         instead walks the sampling plan backwards with its algebraic inverse, on the sampling pair."""
-        template = options.make_solver()
+        template = self._bound(options.make_solver())
+        order = grid_order(template)
         check_refine(refine)
         if not invert:
             if refine:
                 raise DDIMError(f"refine={refine}: refinement is an option of inversion")
-            plan = self.sample_plan(options.steps, options.skip, options.final_alpha, options.steps_offset)
-            denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode)
+            plan = self.sample_plan(options.steps, options.skip, options.final_alpha, options.steps_offset, order)
+            denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode,
+                                   **options.toolbox())
             return plan, denoise, template.fresh(plan)
         options.check_inversion()
         if not template.deterministic:
@@ -152,15 +166,17 @@ class DDIMSampler:
             if refine:
                 raise DDIMError(f"refine={refine}: solver {template.name!r} inverts exactly; refine is for eq. 13's "
                                 "inversion (the other solvers)")
-            plan = self.sample_plan(options.steps, options.skip, D.final_alpha, options.steps_offset)
-            return plan, self.denoiser(False, y, options.guidance, options.guidance_mode), template.fresh(plan)
+            plan = self.sample_plan(options.steps, options.skip, D.final_alpha, options.steps_offset, order)
+            return plan, self.denoiser(False, y, options.guidance, options.guidance_mode,
+                                   **options.toolbox()), template.fresh(plan)
         if refine and options.guidance_mode == "cfg++":
             raise DDIMError(f"refine={refine} with guidance_mode='cfg++': refinement evaluates one eps per point, "
                             "CFG++ two; use refine=0 or guidance_mode='cfg'")
-        plan = self.invert_plan(options.steps, options.skip, options.steps_offset)
+        plan = self.invert_plan(options.steps, options.skip, options.steps_offset, order)
         if refine:
             template = Refined(template, refine)
-        denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode, inverting=True)
+        denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode,
+                                   inverting=True, **options.toolbox())
         return plan, denoise, template.fresh(plan)
 
     def walk(self, x: Tensor | Coupled, options: WalkOptions, generator: Generator = None,
@@ -213,10 +229,13 @@ class DDIMSampler:
                     clip_denoised: bool | str = D.clip_denoised, progress: bool = False, solver: str | Solver =
                     D.solver, *, final_alpha: float | str = D.final_alpha, steps_offset: int = D.steps_offset,
                     y: Tensor | int | None = None, guidance: float = D.guidance,
-                    guidance_mode: str = D.guidance_mode) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    guidance_mode: str = D.guidance_mode,
+                    guidance_interval: tuple[float, float] | None = D.guidance_interval,
+                    guidance_rescale: float = D.guidance_rescale, threshold_ratio: float = D.threshold_ratio,
+                    threshold_max: float | None = D.threshold_max) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
         options = WalkOptions(steps, eta, skip, variance, clip_denoised, solver, final_alpha, steps_offset, guidance,
-                              guidance_mode)
+                              guidance_mode, guidance_interval, guidance_rescale, threshold_ratio, threshold_max)
         return self.walk(x_T, options, generator, y, progress)
 
     def sample(self, x_T: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -244,6 +263,11 @@ class DDIMSampler:
         or an int; -1 = none) of a class-conditional network and the classifier-free guidance weight (1:
         conditional, 0: unconditional, > 1: guided, one network call of 2B per step); see `Denoiser`.
         guidance_mode: "cfg" (the above) or "cfg++" (CFG++: guidance is lambda in [0, 1]; see `Denoiser`).
+
+        The guidance toolbox (see `Denoiser`; docs/SOLVERS.md): guidance_interval=(t_lo, t_hi), w applies only at
+        timesteps t_lo <= t <= t_hi (one call of B elsewhere); guidance_rescale=phi (CFG rescale, diffusers'
+        guidance_rescale); clip_denoised="dynamic" with threshold_ratio (0.995) and threshold_max (None: no
+        cap), Imagen's dynamic thresholding. skip="optimized": DMN's model-free grid for the solver's order.
         """
         return _last(self.iter_sample(x_T, *args, **kwargs))
 
@@ -252,11 +276,14 @@ class DDIMSampler:
     def iter_invert(self, x_0: Tensor, steps: int | None = D.steps, skip: str | Sequence[int] = D.skip,
                     progress: bool = False, solver: str | Solver = D.solver, *, steps_offset: int = D.steps_offset,
                     y: Tensor | int | None = None, guidance: float = D.guidance,
-                    guidance_mode: str = D.guidance_mode, refine: int = 0) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    guidance_mode: str = D.guidance_mode, refine: int = 0,
+                    guidance_interval: tuple[float, float] | None = D.guidance_interval,
+                    guidance_rescale: float = D.guidance_rescale) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent (for "bdia"
         and "edict", the coupled latent's x)."""
         options = WalkOptions(steps, skip=skip, solver=solver, steps_offset=steps_offset, guidance=guidance,
-                              guidance_mode=guidance_mode)
+                              guidance_mode=guidance_mode, guidance_interval=guidance_interval,
+                              guidance_rescale=guidance_rescale)
         return self.walk(x_0, options, y=y, progress=progress, invert=True, refine=refine)
 
     def invert(self, x_0: Tensor, *args: Any, **kwargs: Any) -> Tensor:
