@@ -340,7 +340,7 @@ def test_edit_transfer_takes_solver_and_refine_and_refuses_refine_for_exact_solv
                  "--out", str(tmp_path / "e.npz")]) == 2 and not (tmp_path / "e.npz").exists()
 
 
-def test_eval_table2_takes_the_exact_solvers_and_eval_solvers_refuses_edict(tmp_path):
+def test_eval_table2_takes_the_exact_solvers_and_eval_solvers_counts_edicts_two_calls(tmp_path):
     from ddim import evaluation as ev
     from ddim.config import SampleConfig
     from ddim.generate import load_model
@@ -349,8 +349,9 @@ def test_eval_table2_takes_the_exact_solvers_and_eval_solvers_refuses_edict(tmp_
                      solvers=["ddim", "bdia", "edict"], progress=False)
     mse = {r["solver"]: r["mse"] for r in rows}
     assert mse["bdia"] < 1e-8 and mse["edict"] < 1e-5 and mse["ddim"] > 1e-4, mse
-    with pytest.raises(DDIMError, match="edict"):
-        ev.solvers_table(loaded, solvers=["edict"], n=2, progress=False)
+    rows = ev.solvers_table(loaded, SampleConfig(skip="trailing", batch_size=2), solvers=["edict"], nfes=(3,), n=2,
+                            metric="classifier", progress=False)
+    assert [r["nfe"] for r in rows] == [6]                          # two network calls per step
 
 
 def test_guidance_mode_and_refine_through_walk_options_and_the_command_line(cond_ckpt, tmp_path):
