@@ -305,13 +305,9 @@ def _resolve_config(config: Any) -> tuple[UNetConfig, dict | None]:
         p = Path(config)
         if not p.is_file():
             raise ValueError(f"config {str(config)!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-        text = p.read_text()
-        if p.suffix in (".yml", ".yaml"):
-            import yaml
-
-            config = yaml.safe_load(text)
-        else:
-            config = json.loads(text)
+        from ddim.readers import read_json, read_yaml
+        # plain data only (no !!python tags), duplicate keys refused, binary files refused: one line each
+        config = read_yaml(p) if p.suffix in (".yml", ".yaml") else read_json(p, expect=object)
         if not isinstance(config, Mapping):
             raise ValueError(f"config file {p} does not hold a mapping")
     if isinstance(config, Mapping):
@@ -329,7 +325,8 @@ def _infer_preset(path: Path, state: Mapping[str, Tensor]) -> UNetConfig:
         if expected == shapes:
             return cfg
     raise CheckpointError(f"{path}: official checkpoints carry no model config and this one matches no preset "
-                          f"({', '.join(PRESETS)}); pass config= (a preset, UNetConfig, dict or the official YAML)")
+                          f"({', '.join(PRESETS)}); give its architecture: --config on the command line, config= in Python "
+                          "(a preset name or the official YAML)")
 
 
 def _build(path: Path, cfg: UNetConfig, state: Mapping[str, Tensor], rename: Mapping[str, str] | None = None) -> UNet:

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.write:              # a file that cannot take the section is refused before the benchmark runs
+        bench.check_section_file(args.write)
     results, peaks, flops = bench.run_bench(args.batches, args.steps, args.paths, args.repeats, args.threads,
                                             args.device)
     text = bench.markdown(results, peaks, flops, bench.machine(args.device), args.steps)
