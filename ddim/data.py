@@ -83,7 +83,7 @@ def digits(image_size: int = 16) -> ImageTensorDataset:
 def npz_arrays(path: str | os.PathLike, key: str | None = None) -> ImageTensorDataset:
     """Images (and labels where the file has them) from a .npz or .npy file, as `ddim.images.read_array` reads
     them: uint8 pixels, or floats in [0, 1] or [-1, 1]; shapes [N, H, W], [N, H, W, C] or [N, C, H, W]."""
-    arr, labels = read_array(path, key, key_name="--key (data.key in a config)")
+    arr, labels = read_array(path, key, key_name="data.key")
     return ImageTensorDataset(array_to_nchw(arr, str(path)), None if labels is None else torch.from_numpy(labels),
                               name=Path(path).name)
 

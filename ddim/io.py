@@ -127,8 +127,10 @@ def write_failed(path: str | os.PathLike, error: BaseException, kept: str | None
     Writers raise it for *any* failure of the write, because a full disk is not always an OSError: torch.save's
     zip writer raises RuntimeError and safetensors its SafetensorError. ``errno`` is kept when there was one.
     """
-    if isinstance(error, UnwritableError):        # already one line naming its file (from `atomic_path`)
-        return error
+    if isinstance(error, UnwritableError):        # from `atomic_path`: describe its cause, with the caller's `kept`
+        if error.__cause__ is None:
+            return error
+        error = error.__cause__
     path = Path(path)
     if kept is None:
         kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"

@@ -89,9 +89,10 @@ def _check_npy_stream(f: BinaryIO, stored: int, where: str, limit: int) -> None:
         reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, _, dtype = reader(f, max_header_size=10000)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
-        raise DDIMError(f"{where}: not a readable .npy array ({one_line(e)})") from None
+        raise DDIMError(f"{where}: not a readable .npz/.npy file ({one_line(e)})") from None
     if dtype.hasobject:
-        raise DDIMError(f"{where}: holds Python objects (a pickle); only plain numeric arrays are read")
+        raise DDIMError(f"{where}: not a readable .npz/.npy file: it holds Python objects (a pickle); only plain "
+                        "numeric arrays are read")
     need = math.prod(shape) * dtype.itemsize
     have = stored - f.tell()
     if need > have:
@@ -111,7 +112,11 @@ def check_array_file(path: str | os.PathLike, what: str | None = None, limit: in
     name = _name(path, what)
     if not path.is_file():
         raise MissingFileError(f"{name}: array file does not exist")
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        zipped = f.read(2) == b"PK"
+    if zipped and not zipfile.is_zipfile(path):
+        raise DDIMError(f"{name}: not a readable .npz/.npy file (truncated or corrupt?: no zip directory)")
+    if not zipped:
         with open(path, "rb") as f:
             _check_npy_stream(f, path.stat().st_size, name, limit)
         return
@@ -126,7 +131,7 @@ def check_array_file(path: str | os.PathLike, what: str | None = None, limit: in
                 with z.open(info) as f:
                     _check_npy_stream(f, info.file_size, f"{name} (array {info.filename[:-4]!r})", limit)
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
-        raise DDIMError(f"{name}: not a readable .npz file (truncated or corrupt?) ({one_line(e)})") from None
+        raise DDIMError(f"{name}: not a readable .npz/.npy file (truncated or corrupt?) ({one_line(e)})") from None
 
 
 # --- text, YAML, JSON ------------------------------------------------------------------------------------------
