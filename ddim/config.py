@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ddim.errors import DDIMError, MissingDependencyError, MissingFileError
-from ddim.sampling.registry import SOLVERS, VARIANCES
-from ddim.schedule import SKIPS
+from ddim.models.deepcache import check_interval
+from ddim.predictions import PREDICTIONS
+from ddim.sampling.options import DEFAULTS as WALK
+from ddim.sampling.options import WalkOptions
+from ddim.sampling.registry import SOLVERS
 
 __all__ = [
     "DataConfig", "ModelConfig", "DiffusionConfig", "TrainingConfig", "OptimConfig", "TrainConfig",
@@ -158,7 +161,7 @@ class TrainConfig:
             (o.optimizer.lower() in ("adam", "adamw"), f"optim.optimizer must be Adam or AdamW, got {o.optimizer!r}"),
             (0.0 <= m.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1), got {m.ema_rate}"),
             (m.dropout is None or 0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}"),
-            (d.prediction in ("eps", "x0", "v"), f"diffusion.prediction must be eps, x0 or v, got {d.prediction!r}"),
+            (d.prediction in PREDICTIONS, f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, got {d.prediction!r}"),
             (d.loss_reduction in ("mean", "sum"), f"diffusion.loss_reduction must be mean or sum, got {d.loss_reduction!r}"),
             (data.channels in (1, 3), f"data.channels must be 1 or 3, got {data.channels}"),
             (data.image_size >= 1, f"data.image_size must be >= 1, got {data.image_size}"),
@@ -476,56 +479,38 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 class SampleConfig:
     """How to sample: every option from the command line to the sampler travels in this one object.
 
-    Validated completely when built (a DDIMError naming the field, which is also the flag's name, before any
-    file is written); checks that need the model (steps <= T, eta too large for a plan) happen when the
-    sampler is built, still before anything is written. `manifest()` is what changes the images.
+    The walk's options (steps .. steps_offset, marked below) are a `ddim.sampling.WalkOptions`, which defaults
+    and validates each of them once (`walk`); this object adds how the network runs and how many images a
+    call takes. Validated completely when built (a DDIMError naming the field, which is also the flag's name,
+    before any file is written); checks that need the model (steps <= T, eta too large for a plan) happen in
+    `DDIMSampler.prepare`, still before anything is written. `manifest()` is what changes the images.
     """
 
-    steps: int = 50                         # S, the number of sampling steps (length of tau)
-    skip: str | tuple[int, ...] = "uniform"  # how tau is chosen (a name of ddim.schedule.SKIPS) or explicit taus
-    solver: str = "ddim"                    # a name of ddim.sampling.SOLVERS
-    eta: float = 0.0                        # the ddim solver's eta: 0 = DDIM, 1 = DDPM
-    variance: str = "eta"                   # the ddim solver's variance: "eta" or "large" (sigma-hat)
-    clip_denoised: bool | str = False       # clip x0_pred to [-1, 1] at every step (True, or "keep-eps")
-    seed: int = 0                           # sample i is a pure function of (seed, i)
-    dtype: str = "float32"                  # network compute dtype (autocast)
+    steps: int = WALK.steps                         # walk: S, the number of sampling steps (length of tau)
+    skip: str | tuple[int, ...] = WALK.skip         # walk: a name of ddim.schedule.SKIPS or explicit taus
+    solver: str = WALK.solver                       # walk: a name of ddim.sampling.SOLVERS
+    eta: float = WALK.eta                           # walk: the ddim solver's eta: 0 = DDIM, 1 = DDPM
+    variance: str = WALK.variance                   # walk: the ddim solver's variance: "eta" or "large"
+    clip_denoised: bool | str = WALK.clip_denoised  # walk: clip x0_pred to [-1, 1] (True, or "keep-eps")
+    seed: int = 0                                   # sample i is a pure function of (seed, i)
+    dtype: str = "float32"                          # network compute dtype (autocast)
     channels_last: bool = False
     compile: bool = False
-    batch_size: int | str = 64              # images per network call, or "auto"
-    guidance: float = 1.0                   # classifier-free guidance weight (class-conditional models)
-    final_alpha: float | str = 1.0          # the last step's level: 1.0 (paper) or "alpha_0" (set_alpha_to_one=False)
-    steps_offset: int = 0                   # diffusers' steps_offset, added to every tau of a named skip
-    cache_interval: int = 1                 # DeepCache: a full network pass every N calls (1: off, exact)
-    cache_branch: int | None = None         # DeepCache's shallow branch (None: the U-Net's whole top level)
+    batch_size: int | str = 64                      # images per network call, or "auto" (`generate.resolve_batch_size`)
+    guidance: float = WALK.guidance                 # walk: classifier-free guidance weight (conditional models)
+    final_alpha: float | str = WALK.final_alpha     # walk: the last step's level: 1.0 or "alpha_0"
+    steps_offset: int = WALK.steps_offset           # walk: diffusers' steps_offset, added to a named skip's taus
+    cache_interval: int = 1                         # DeepCache: a full network pass every N calls (1: off, exact)
+    cache_branch: int | None = None                 # DeepCache's shallow branch (None: the U-Net's whole top level)
 
     def __post_init__(self) -> None:
-        check_int(self.steps, "steps")
-        if isinstance(self.skip, str):
-            if self.skip not in SKIPS:
-                raise DDIMError(f"skip must be one of {', '.join(map(repr, SKIPS))} or a list of timesteps; "
-                                f"got {self.skip!r}")
-        else:
-            object.__setattr__(self, "skip", tuple(check_int(t, "skip: each timestep", 0) for t in self.skip))
-            if not self.skip:
-                raise DDIMError("skip: an explicit list needs at least one timestep")
-        if self.solver not in SOLVERS:
-            raise DDIMError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
-        eta = self.eta
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-            raise DDIMError(f"eta must be a finite number >= 0, got {eta!r}")
-        object.__setattr__(self, "eta", float(eta))
-        if self.variance not in VARIANCES:
-            raise DDIMError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
-        if self.clip_denoised != "keep-eps" and not isinstance(self.clip_denoised, bool):
-            raise DDIMError(f"clip_denoised must be false, true or 'keep-eps', got {self.clip_denoised!r}")
-        g = self.guidance
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
-            raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {g!r}")
-        object.__setattr__(self, "guidance", float(g))
-        if self.final_alpha != "alpha_0" and (isinstance(self.final_alpha, (bool, str)) or not isinstance(
-                self.final_alpha, (int, float)) or not 0 < self.final_alpha <= 1):
-            raise DDIMError(f"final_alpha must be 1.0, 'alpha_0' or a level in (0, 1], got {self.final_alpha!r}")
-        check_int(self.steps_offset, "steps_offset", 0)
+        if not isinstance(self.solver, str):
+            raise DDIMError(f"solver must be one of {', '.join(SOLVERS)} (a config names its solver), "
+                            f"got {self.solver!r}")
+        walk = WalkOptions(**{name: getattr(self, name) for name in WalkOptions.__dataclass_fields__})
+        for name in WalkOptions.__dataclass_fields__:                 # as normalised (e.g. skip a tuple)
+            object.__setattr__(self, name, getattr(walk, name))
+        object.__setattr__(self, "_walk", walk)
         for flag in ("channels_last", "compile"):
             if not isinstance(getattr(self, flag), bool):
                 raise DDIMError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
@@ -534,15 +519,18 @@ class SampleConfig:
             raise DDIMError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batch_size != "auto":
             check_int(self.batch_size, "batch_size (an integer >= 1 or 'auto')")
-        check_int(self.cache_interval, "cache_interval")
+        check_interval(self.cache_interval)
         if self.cache_branch is not None:
             check_int(self.cache_branch, "cache_branch", 0)
 
+    @property
+    def walk(self) -> WalkOptions:
+        """The walk's options, the object `DDIMSampler.walk` takes."""
+        return self._walk
+
     def walk_options(self) -> dict[str, Any]:
         """The keyword arguments of `DDIMSampler.sample` / `iter_sample` this config sets."""
-        return dict(steps=self.steps, eta=self.eta, skip=self.skip if isinstance(self.skip, str) else list(self.skip),
-                    variance=self.variance, clip_denoised=self.clip_denoised, solver=self.solver,
-                    final_alpha=self.final_alpha, steps_offset=self.steps_offset, guidance=self.guidance)
+        return self._walk.kwargs()
 
     def manifest(self) -> dict[str, Any]:
         """The settings that change the images (what a resumed run must match); JSON-ready."""

@@ -36,6 +36,8 @@ def resolve_device(device_str: str | None, local_rank: int = 0) -> torch.device:
         device = torch.device(device_str)
     except (RuntimeError, TypeError, ValueError):
         raise DDIMError(f"device {device_str!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "meta":
+        raise DDIMError(f"device {device_str!r} holds no data (tensors without values); use cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DDIMError(f"device {device_str!r}: CUDA is not available here (torch.cuda.is_available() is "
                         "false); use --device cpu")

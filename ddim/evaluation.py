@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,8 +37,8 @@ from torch import Tensor
 from ddim.checkpoint import LoadedModel
 from ddim.config import SampleConfig, check_int, check_steps
 from ddim.errors import DDIMError, MissingDependencyError, MissingFileError, OutputExistsError
-from ddim.generate import (check_plan, decode, encode, image_shape, initial_noise, make_sampler, sample_batch,
-                           sample_generators, weights_fingerprint)
+from ddim.generate import (check_plan, decode, encode, image_shape, initial_noise, make_sampler,
+                           resolve_batch_size, sample_batch, sample_generators, weights_fingerprint)
 from ddim.images import load_images
 from ddim.io import atomic_path, write_text_atomic
 from ddim.metrics import fid
@@ -189,7 +190,7 @@ def generate_samples(loaded: LoadedModel, n: int, config: SampleConfig, device: 
     (config.seed, i) only, so every (steps, eta) cell starts from the same x_T."""
     from tqdm.auto import tqdm
     sampler = make_sampler(loaded, config, device)
-    bs = int(config.batch_size) if config.batch_size != "auto" else 250
+    bs = resolve_batch_size(config, loaded, device, n)
     out = []
     for b in tqdm(range(0, n, bs), desc=f"S={config.steps}", unit="batch", disable=not progress, leave=False):
         gens = sample_generators(config.seed, range(b, min(b + bs, n)))
@@ -487,8 +488,7 @@ def table2(loaded: LoadedModel, config: SampleConfig = SampleConfig(batch_size=2
     with the same settings reuses the finished cells, also when it asks for more solvers or S."""
     steps = check_steps(steps, loaded.schedule.T)
     n = check_int(n, "n")
-    if config.batch_size == "auto":
-        config = config.replace(batch_size=256)
+    config = config.replace(batch_size=resolve_batch_size(config, loaded, device, n))
     configs = {name: config.replace(solver=name) for name in (solvers or [config.solver])}  # validates the names
     x0 = load_images(images, *image_shape(loaded)[:2], n=n, what="images")
     sampler = make_sampler(loaded, config, device)           # the solver is a walk option: one sampler serves all
@@ -583,7 +583,7 @@ def timing(loaded: LoadedModel, config: SampleConfig = SampleConfig(), *, steps:
     batch_size, repeats, seconds_per_image, seconds_per_batch); with `out`, writes timing.md (with the linear
     fit and R^2), timing.csv, timing.png."""
     steps = check_steps(steps, loaded.schedule.T)
-    batch_size = check_int(64 if config.batch_size == "auto" else config.batch_size, "batch_size")
+    batch_size = resolve_batch_size(config, loaded, device, sys.maxsize)    # "auto": the largest batch that fits
     repeats = check_int(repeats, "repeats")
     warmup = check_int(warmup, "warmup", 0)
     sampler = make_sampler(loaded, config, device)

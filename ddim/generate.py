@@ -30,7 +30,7 @@ from ddim.io import atomic_path
 from ddim.models.deepcache import DeepCache
 from ddim.readers import open_image
 from ddim.runs import check_output_path, open_run
-from ddim.sampling import DDIMSampler
+from ddim.sampling import DDIMSampler, WalkOptions
 
 __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "load_model", "sample_generators", "initial_noise",
            "cast_matmul_weights", "network",
@@ -139,45 +139,50 @@ def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.
 
 
 def check_plan(sampler: DDIMSampler, config: SampleConfig, conditional: bool = False) -> None:
-    """Everything about the config that needs the model (steps <= T, an eta too large for the plan, ...),
-    checked without a network call, so a bad run fails before any file is written."""
-    probe = torch.zeros(0, 1)
-    if config.guidance != 1 and not conditional:
-        raise DDIMError(f"guidance={config.guidance} needs a class-conditional model and class labels (--class)")
-    sampler.iter_sample(probe, y=0 if conditional else None, **config.walk_options())
+    """Everything about the config that needs the model (steps <= T, an eta too large for the plan, guidance
+    without class labels), checked by `DDIMSampler.prepare` with no network call, so a bad run fails before any
+    file is written."""
+    sampler.prepare(config.walk, y=0 if conditional else None)
 
 
-def _batch(config: SampleConfig, n: int) -> int:
-    """The config's batch size as a number; "auto" is all n at once (callers resolve it on CUDA first)."""
-    return int(config.batch_size) if config.batch_size != "auto" else max(n, 1)
+def _batch(config: SampleConfig, sampler: DDIMSampler, x: Tensor) -> int:
+    """The config's batch size for the batch-wise walks of x [N, ...]; "auto" as `resolve_batch_size` has it,
+    probing the network the sampler calls."""
+    if config.batch_size != "auto":
+        return int(config.batch_size)
+    return auto_batch_size(sampler.model, x.shape[1:], x.device, max(len(x), 1))
 
 
 def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None,
                  y: Tensor | None = None) -> Tensor:
-    """x_0 [B, ...] from x_T [B, ...] with the config's steps, skip, solver and its options; y: class labels [B]
-    (-1: none) of a class-conditional model, guided by config.guidance."""
-    return sampler.sample(x_T, generator=generator, y=y, **config.walk_options())
+    """x_0 [B, ...] from x_T [B, ...] with the config's walk options (steps, skip, solver, ...); y: class labels
+    [B] (-1: none) of a class-conditional model, guided by config.guidance. The network calls this walk made
+    are then `sampler.last_nfe`."""
+    return sampler.run(x_T, config.walk, generator, y)
 
 
 def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False,
            y: Tensor | None = None) -> Tensor:
     """Latents x_T [B, ...] of data x_0 [B, ...] with the deterministic ODE (eq. 13), the config's steps,
-    skip and solver (and labels y, guidance), in batches of config.batch_size."""
-    skip, bs = config.walk_options()["skip"], _batch(config, len(x_0))
-    return torch.cat([sampler.invert(x_0[i:i + bs], config.steps, skip, progress=progress, solver=config.solver,
-                                     steps_offset=config.steps_offset, y=None if y is None else y[i:i + bs],
-                                     guidance=config.guidance if y is not None else 1.0)
-                      for i in range(0, len(x_0), bs)])
+    skip and solver (and labels y, guidance), in batches of config.batch_size. `sampler.last_nfe` is the
+    calls of one batch's walk."""
+    opts, bs = _ode(config, y), _batch(config, sampler, x_0)
+    return torch.cat([sampler.run(x_0[i:i + bs], opts, y=None if y is None else y[i:i + bs], progress=progress,
+                                  invert=True) for i in range(0, len(x_0), bs)])
 
 
 def decode(sampler: DDIMSampler, z: Tensor, config: SampleConfig, y: Tensor | None = None) -> Tensor:
     """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode`."""
-    cfg = config.replace(eta=0.0, variance="eta", clip_denoised=False, guidance=config.guidance if y is not None
-                         else 1.0)
-    bs = _batch(config, len(z))
-    return torch.cat([sample_batch(sampler, z[i:i + bs], cfg, y=None if y is None else y[i:i + bs])
+    opts, bs = _ode(config, y), _batch(config, sampler, z)
+    return torch.cat([sampler.run(z[i:i + bs], opts, y=None if y is None else y[i:i + bs])
                       for i in range(0, len(z), bs)])
+
+
+def _ode(config: SampleConfig, y: Tensor | None) -> WalkOptions:
+    """The walk options of encoding and decoding: the config's, deterministic, guided only with labels."""
+    ode = config.walk.deterministic()
+    return ode if y is not None else ode.replace(guidance=WalkOptions.guidance)
 
 
 def class_labels(spec: str | int | Sequence[int] | None, n: int, num_classes: int) -> Tensor | None:
@@ -251,7 +256,8 @@ def auto_batch_size(fn: Callable[[Tensor, Tensor], Tensor], shape: Sequence[int]
 
 
 def resolve_batch_size(config: SampleConfig, loaded: LoadedModel, device: str | torch.device, n: int) -> int:
-    """The config's batch size as a number; "auto" probes the eager network (see `auto_batch_size`)."""
+    """The config's batch size as a number, for making n images. The one meaning of "auto": the largest batch
+    that fits (CUDA: one probe of the eager network, see `auto_batch_size`; other devices: 64), at most n."""
     if config.batch_size != "auto":
         return int(config.batch_size)
     fn = network(loaded.model.to(device), config.dtype, config.channels_last)  # compiled code needs no more memory

@@ -11,6 +11,8 @@ from ddim import DDIMSampler, NoiseSchedule, slerp
 from ddim.checkpoint import save
 from ddim.commands import main
 from ddim.config import SampleConfig
+from ddim.errors import DDIMError
+from ddim.sampling import DDIM, Solver
 from ddim.models import PRESETS, UNet
 
 
@@ -51,7 +53,8 @@ CASES = [
     ("sample --ckpt {d}/missing.safetensors", "missing.safetensors"),
     ("sample --ckpt {d}/garbage.safetensors", "garbage.safetensors"),
     ("sample --ckpt {d}/empty", "empty"), ("sample --device bogus", "device"),
-    ("sample --device cuda", "CUDA"), ("sample --out {d}/existing.png", "existing.png"),
+    ("sample --device cuda", "CUDA"), ("sample --device meta", "device"), ("sample --eta 1e308", "eta=1e+308"),
+    ("sample --guidance 2", "--class"), ("sample --solver plms --eta 0.5", "eta=0.5"), ("sample --out {d}/existing.png", "existing.png"),
     ("sample --out {d}/existing.png/sub", "existing.png"),
     # --- encode
     ("encode --input {d}/missing.png", "--input"), ("encode --input {d}/garbage.png", "garbage.png"),
@@ -155,6 +158,8 @@ SCHED = NoiseSchedule.linear()
     (dict(variance="small"), "variance"), (dict(clip_denoised="yes"), "clip_denoised"), (dict(seed=-1), "seed"),
     (dict(dtype="float8"), "dtype"), (dict(batch_size=0), "batch_size"), (dict(batch_size="big"), "batch_size"),
     (dict(cache_interval=0), "cache_interval"), (dict(compile="no"), "compile"),
+    (dict(final_alpha=0.5), "final_alpha"), (dict(steps=5, skip=(10, 20)), "steps=5"),
+    (dict(skip=(10.5, 20), steps=2), "skip"), (dict(solver="plms", eta=0.5), "eta"),
 ])
 def test_sample_config_names_the_field(kwargs, words):
     with pytest.raises(ValueError, match=words):
@@ -175,6 +180,37 @@ def test_sampler_api_names_the_argument(call, words):
     sampler = DDIMSampler(lambda x, t: 0.1 * x, SCHED)
     with pytest.raises(ValueError, match=words):
         call(sampler)
+
+
+class _DropsHalf(Solver):
+    """A custom solver that loses part of the batch."""
+
+    def step(self, denoise, x, i, noise):
+        s = self.plan[i]
+        eps, x0 = denoise(x, s.t, s.a_t)
+        return x0[: len(x) // 2], x0
+
+
+# issue 24's Python API cases: each was silently wrong or a traceback; each is now a DDIMError naming the input
+@pytest.mark.parametrize("call, words", [
+    (lambda s: s.sample(torch.randn(2, 3), steps=5, skip=[10, 20]), "steps=5"),
+    (lambda s: s.sample(torch.randn(2, 3), steps=2, skip=[10.5, 20]), "skip"),
+    (lambda s: s.sample(torch.randn(2, 3, dtype=torch.complex64), steps=2), "x_T"),
+    (lambda s: s.sample(torch.randn(4, 3), steps=2, solver=_DropsHalf()), "solver"),
+    (lambda s: slerp(torch.zeros(2, 3), torch.randn(2, 3), 0.5), "z0"),
+    (lambda s: s.sample(torch.randn(2, 3), steps=2, y=torch.tensor([0, 1, 2])), "y"),
+    (lambda s: s.sample(torch.randn(2, 3), steps=2, eta=1.0, generator=123), "generator"),
+    (lambda s: DDIMSampler(lambda x, t: None, SCHED).sample(torch.randn(2, 3), steps=2), "model"),
+    (lambda s: DDIMSampler(lambda x, t: x, "linear").sample(torch.randn(2, 3), steps=2), "schedule"),
+    (lambda s: s.sample(torch.randn(2, 3), steps=2, solver=DDIM), "solver"),
+    (lambda s: s.sample(torch.randn(2, 3), steps=2, eta=1e308), "eta"),
+    (lambda s: s.sdedit(torch.randn(2, 3), 0.5, steps=4, bogus=1), "bogus"),
+])
+def test_sampler_api_refuses_what_was_silently_wrong(call, words):
+    sampler = DDIMSampler(lambda x, t, y=None: 0.1 * x, SCHED)
+    with pytest.raises(DDIMError) as e:
+        call(sampler)
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_traceback_on_request(files, tmp_path, monkeypatch):

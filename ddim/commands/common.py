@@ -14,10 +14,11 @@ from ddim.config import DTYPES, SampleConfig
 from ddim.distributed import resolve_device
 from ddim.generate import EMBEDDED_NAME, class_labels, load_model
 from ddim.sampling import SOLVERS, VARIANCES
+from ddim.sampling.options import DEFAULTS as WALK
 from ddim.schedule import SKIPS
 
 __all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
-           "add_output_args", "load", "sample_config", "device", "labels"]
+           "add_output_args", "load", "sample_config", "checkpoint_defaults", "device", "labels"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -101,7 +102,7 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
 
 
 def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic: bool = True, seed: bool = True,
-                     default_steps: Any = 50, batch: bool = True, solver: bool = True, classes: bool = True) -> None:
+                     default_steps: Any = WALK.steps, batch: bool = True, solver: bool = True, classes: bool = True) -> None:
     """The sampler's flags. steps: "one" (--steps S) or "many" (--steps S1 S2 ...); stochastic adds --eta,
     --variance and --clip-denoised (deterministic commands, encoding and ODE figures, have none of them)."""
     g = p.add_argument_group("sampler")
@@ -111,17 +112,19 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
     else:
         g.add_argument("--steps", type=positive_int, nargs="+", default=list(default_steps),
                        help="sampling step counts S, one result each")
-    g.add_argument("--skip", default="uniform", choices=SKIPS, help="how the sub-sequence tau of the T training "
+    g.add_argument("--skip", default=WALK.skip, choices=SKIPS, help="how the sub-sequence tau of the T training "
                    "steps is chosen")
     if solver:
-        g.add_argument("--solver", default="ddim", choices=tuple(SOLVERS), help="the update rule")
+        g.add_argument("--solver", default=WALK.solver, choices=tuple(SOLVERS), help="the update rule")
     if stochastic:
-        g.add_argument("--eta", type=float, default=0.0, help="the ddim solver's eta: 0 = DDIM (deterministic), "
+        g.add_argument("--eta", type=float, default=WALK.eta, help="the ddim solver's eta: 0 = DDIM (deterministic), "
                        "1 = DDPM")
-        g.add_argument("--variance", default="eta", choices=VARIANCES,
+        g.add_argument("--variance", default=WALK.variance, choices=VARIANCES,
                        help="the ddim solver's variance: 'eta' is sigma of eq. 16 times eta; 'large' is Table 1's "
                             "sigma-hat sampler")
-        g.add_argument("--clip-denoised", action="store_true", help="clip x0_pred to [-1, 1] at every step")
+        g.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                       help="clip x0_pred to [-1, 1] at every step; when neither form is given, as the checkpoint "
+                            "asks (a diffusers scheduler's clip_sample), else off")
     if seed:
         g.add_argument("--seed", type=nonnegative_int, default=0, help="sample i is a pure function of (seed, i)")
     if classes:
@@ -129,7 +132,7 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
                        "label of every sample, -1 for none, or 'all' (one block of samples per class)")
         g.add_argument("--classes", type=int, nargs="+", default=None, metavar="K",
                        help="class-conditional models: labels cycled over the samples (sample i gets K[i %% len])")
-        g.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w: "
+        g.add_argument("--guidance", type=float, default=WALK.guidance, help="classifier-free guidance weight w: "
                        "eps(-1) + w (eps(y) - eps(-1)); 1 = conditional, 0 = unconditional")
     if batch:
         g.add_argument("--batch-size", type=batch_size, default=64,
@@ -161,8 +164,18 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
                  "compile", "batch_size", "cache_interval", "cache_branch", "guidance"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
+    if fields.get("clip_denoised", False) is None:      # neither flag: the default until `checkpoint_defaults`
+        del fields["clip_denoised"]
     fields.update(overrides)
     return SampleConfig(**fields)
+
+
+def checkpoint_defaults(args: argparse.Namespace, config: SampleConfig, loaded: LoadedModel) -> SampleConfig:
+    """The config with what the checkpoint asks for where the user gave no flag: a diffusers scheduler's
+    clip_sample (`loaded.clip_denoised`) unless --clip-denoised / --no-clip-denoised was given."""
+    if getattr(args, "clip_denoised", False) is None and loaded.clip_denoised:
+        return config.replace(clip_denoised=loaded.clip_denoised)
+    return config
 
 
 def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):
@@ -172,6 +185,4 @@ def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):
     if spec_one is not None and spec_many is not None:
         raise DDIMError("--class and --classes: give one of them")
     spec = spec_many if spec_many is not None else spec_one
-    if spec is None and getattr(args, "guidance", 1.0) != 1.0:
-        raise DDIMError(f"--guidance {args.guidance} needs class labels: give --class or --classes")
     return class_labels(spec, n, loaded.config.num_classes)

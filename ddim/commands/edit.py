@@ -13,6 +13,7 @@ from ddim.errors import DDIMError
 from ddim.generate import image_shape, make_sampler, sample_generators
 from ddim.images import array_to_nchw, load_images, read_array, save_image_grid
 from ddim.runs import prepare_output
+from ddim.sampling.options import DEFAULTS as WALK
 
 EPILOG = """examples:
   ddim edit sdedit --input digits --n 8 --strength 0.5 --out sdedit.png
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p, "transfer.png")
     p.add_argument("--from-class", type=int, required=True, help="the class the images are (used to encode)")
     p.add_argument("--to-class", type=int, required=True, help="the class to decode them as")
-    p.add_argument("--guidance", type=float, default=1.0, help="guidance weight of the decoding")
+    p.add_argument("--guidance", type=float, default=WALK.guidance, help="guidance weight of the decoding")
     p.set_defaults(fn=run)
 
 

@@ -10,7 +10,7 @@ import torch
 from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
                                   sample_config)
 from ddim.evaluation import reconstruction_mse
-from ddim.generate import decode, encode, image_shape, make_sampler
+from ddim.generate import decode, encode, image_shape, make_sampler, resolve_batch_size
 from ddim.images import load_images, save_image_grid
 from ddim.io import atomic_path, write_json_atomic
 from ddim.runs import claim_folder, prepare_output, remove_owned
@@ -47,8 +47,7 @@ def run_encode(args: argparse.Namespace) -> None:
     loaded = load(args)
     x0 = load_images(args.input, *image_shape(loaded)[:2], n=args.n, what="--input").to(args.device)
     sampler = make_sampler(loaded, config, args.device)
-    if config.batch_size == "auto":
-        config = config.replace(batch_size=len(x0))
+    config = config.replace(batch_size=resolve_batch_size(config, loaded, args.device, len(x0)))
     y = labels(args, loaded, len(x0))
     z = encode(sampler, x0, config, progress=not args.quiet, y=None if y is None else y.to(args.device))
     with atomic_path(out) as tmp, open(tmp, "wb") as f:       # a file object: numpy appends no ".npz"
@@ -67,9 +66,9 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     rows, results = [x0.cpu()], {}
     y = labels(args, loaded, len(x0))
     y = None if y is None else y.to(args.device)
+    bs = resolve_batch_size(configs[0], loaded, args.device, len(x0))
     for cfg in configs:
-        if cfg.batch_size == "auto":
-            cfg = cfg.replace(batch_size=len(x0))
+        cfg = cfg.replace(batch_size=bs)
         rec = decode(sampler, encode(sampler, x0, cfg, y=y), cfg, y=y)
         results[cfg.steps] = reconstruction_mse(x0, rec)
         rows.append(rec.cpu())

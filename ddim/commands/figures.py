@@ -6,8 +6,8 @@ import argparse
 
 import torch
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
-                                  positive_int, sample_config)
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, checkpoint_defaults,
+                                  labels, load, positive_int, sample_config)
 from ddim.generate import (decode, encode, image_shape, initial_noise, make_sampler, resolve_batch_size,
                            sample_generators)
 from ddim.images import load_images, save_image_grid
@@ -94,11 +94,11 @@ def run_trajectory(args: argparse.Namespace) -> None:
     config = sample_config(args)
     out = prepare_output(args.out, args.overwrite)
     loaded = load(args)
+    config = checkpoint_defaults(args, config, loaded)
     sampler = make_sampler(loaded, config, args.device)
     x_T, gens = _noise(loaded, config.seed, args.n, args.device)
     y = labels(args, loaded, args.n)
-    steps = list(sampler.iter_sample(x_T, generator=gens, y=None if y is None else y.to(args.device),
-                                     **config.walk_options()))
+    steps = list(sampler.walk(x_T, config.walk, gens, None if y is None else y.to(args.device)))
     keep = sorted(set(torch.linspace(0, len(steps) - 1, min(args.columns, len(steps))).round().long().tolist()))
     cols = [x_T.cpu()] + [steps[k][2].cpu() for k in keep]            # x_T, then x0_pred along the way
     save_image_grid(torch.stack(cols, 1).flatten(0, 1), out, nrow=len(cols), scale="auto")

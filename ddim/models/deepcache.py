@@ -16,19 +16,25 @@ from torch import Tensor, nn
 from ddim.errors import DDIMError
 from ddim.models.unet import UNet
 
-__all__ = ["DeepCache"]
+__all__ = ["DeepCache", "check_interval"]
+
+
+def check_interval(interval: int) -> int:
+    """cache_interval: an integer >= 1 (1: every call a full pass, the cache off)."""
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise DDIMError(f"cache_interval must be an integer >= 1, got {interval!r}")
+    return interval
 
 
 class DeepCache(nn.Module):
     """`DeepCache(unet, interval, branch)(x, t) -> eps`: a stateful wrapper; branch None is num_res_blocks
     (the whole top level is the shallow branch, DeepCache's D1/U1)."""
 
-    def __init__(self, unet: UNet, interval: int = 3, branch: int | None = None, compile: bool = False) -> None:
+    def __init__(self, unet: UNet, interval: int, branch: int | None = None, compile: bool = False) -> None:
         super().__init__()
         if not isinstance(unet, UNet):
             raise DDIMError(f"cache_interval > 1 needs a ddim.models.UNet, got {type(unet).__name__}")
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise DDIMError(f"cache_interval must be an integer >= 1, got {interval!r}")
+        check_interval(interval)
         nrb = unet.config.num_res_blocks
         branch = nrb if branch is None else branch
         if isinstance(branch, bool) or not isinstance(branch, int) or not 0 <= branch <= nrb:

@@ -6,13 +6,15 @@ Layers, each importing only those above it:
 - `plan`: the noise levels (t, a_t, a_s) a walk visits, for sampling and for inversion;
 - `solvers`: the update rules (DDIM(eta), sigma-hat), each a small `Solver`; `multistep` (PLMS,
   DPM-Solver++ 2M/3M) and `unipc` (UniPC) build on them; `registry`: them by name;
+- `options`: `WalkOptions`, every option of a walk, validated once (by the modules above that use them);
 - `walk`: the one loop; `sampler`: the `DDIMSampler` front; `noise`, `slerp`: helpers.
 """
 
 from ddim.sampling.denoiser import CLIPS, Denoiser, Model
 from ddim.sampling.multistep import PLMS, DPMSolverPP, Multistep
 from ddim.sampling.noise import Generator, randn
-from ddim.sampling.plan import FINAL_ALPHAS, Step, invert_plan, resolve_taus, sample_plan
+from ddim.sampling.options import WalkOptions
+from ddim.sampling.plan import FINAL_ALPHAS, Plan, Step, invert_plan, resolve_taus, sample_plan
 from ddim.sampling.sampler import DDIMSampler
 from ddim.sampling.slerp import slerp
 from ddim.sampling.registry import SOLVERS, VARIANCES, make_solver
@@ -24,4 +26,4 @@ from ddim.sampling.walk import walk
 __all__ = ["DDIMSampler", "slerp", "ddim_sigma", "predict_eps_x0", "ddim_step", "ddpm_posterior_step", "randn",
            "PREDICTIONS", "VARIANCES", "Denoiser", "Model", "Generator", "Step", "resolve_taus", "sample_plan",
            "invert_plan", "Solver", "DDIM", "SigmaHat", "SOLVERS", "make_solver", "walk", "Multistep", "PLMS",
-           "DPMSolverPP", "UniPC", "CLIPS", "FINAL_ALPHAS"]
+           "DPMSolverPP", "UniPC", "CLIPS", "FINAL_ALPHAS", "WalkOptions", "Plan"]

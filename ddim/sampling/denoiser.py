@@ -18,11 +18,25 @@ from ddim.errors import DDIMError
 from ddim.sampling.steps import PREDICTIONS, predict_eps_x0
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["Model", "Denoiser", "CLIPS"]
+__all__ = ["Model", "Denoiser", "CLIPS", "check_clip", "check_guidance"]
 
 CLIPS: tuple = (False, True, "keep-eps")
 
 Model = Callable[[Tensor, Tensor], Tensor]
+
+
+def check_clip(clip: bool | str) -> bool | str:
+    """clip_denoised: one of `CLIPS` (see `Denoiser`)."""
+    if clip != "keep-eps" and (isinstance(clip, str) or clip not in (False, True)):
+        raise DDIMError(f"clip_denoised must be one of {CLIPS}, got {clip!r}")
+    return clip if isinstance(clip, str) else bool(clip)
+
+
+def check_guidance(guidance: float) -> float:
+    """The classifier-free guidance weight: a finite number (1: conditional, 0: unconditional)."""
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {guidance!r}")
+    return float(guidance)
 
 
 class Denoiser:
@@ -52,37 +66,42 @@ class Denoiser:
                  clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0) -> None:
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        if clip != "keep-eps" and (isinstance(clip, str) or clip not in (False, True)):
-            raise DDIMError(f"clip_denoised must be one of {CLIPS}, got {clip!r}")
-        self.model, self.prediction = model, prediction
-        self.clip = clip if isinstance(clip, str) else bool(clip)
+        self.model, self.prediction, self.clip = model, prediction, check_clip(clip)
         self.alphas = schedule.alphas_cumprod.tolist()     # float64 host scalars, cast at the point of use
         self.nfe = 0
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise DDIMError(f"guidance must be a finite number (1: conditional, 0: unconditional), got {guidance!r}")
+        guidance = check_guidance(guidance)
         bad_int = isinstance(y, bool) or (y is not None and not isinstance(y, (int, Tensor)))
         if bad_int or (isinstance(y, Tensor) and (y.dtype.is_floating_point or y.ndim > 1)):
             raise DDIMError(f"y must be an int or a LongTensor [B] of class labels (-1: none), got {y!r}")
         if y is None and guidance != 1:
-            raise DDIMError(f"guidance={guidance} needs class labels y (classifier-free guidance)")
-        self.y, self.guidance = y, float(guidance)
+            raise DDIMError(f"guidance={guidance} needs class labels of a class-conditional model (y; on the command "
+                            "line --class or --classes)")
+        self.y, self.guidance = y, guidance
 
     def network(self, x: Tensor, t: int) -> Tensor:
         """One network call at timestep t for the whole batch (guided: one call of 2B); checks the output's shape."""
         B = x.shape[0]
         t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
         if self.y is None:
-            out = self.model(x, t_b)
+            out = self._call(t, x, t_b)
         else:
             y = torch.as_tensor(self.y, dtype=torch.long, device=x.device).reshape(-1).expand(B)
             w = self.guidance
             if w == 1 or w == 0:
-                out = self.model(x, t_b, y if w == 1 else torch.full_like(y, -1))
+                out = self._call(t, x, t_b, y if w == 1 else torch.full_like(y, -1))
             else:
-                both = self.model(torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([torch.full_like(y, -1), y]))
+                both = self._call(t, torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([torch.full_like(y, -1), y]))
                 uncond, cond = both.chunk(2)
                 out = uncond + w * (cond - uncond)
         self.nfe += 1
+        return out
+
+    def _call(self, t: int, x: Tensor, *args: Tensor) -> Tensor:
+        """The model on (x, *args); its output must be a tensor shaped like x."""
+        out = self.model(x, *args)
+        if not isinstance(out, Tensor):
+            raise DDIMError(f"the model returned {type(out).__name__} at t={t}; it must return a tensor shaped "
+                            f"like x {tuple(x.shape)}")
         if out.shape != x.shape:
             raise DDIMError(f"model output has shape {tuple(out.shape)} but x has {tuple(x.shape)} (t={t}); "
                             "the model must return a prediction shaped like x")

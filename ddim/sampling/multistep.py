@@ -198,8 +198,8 @@ class PLMS(Multistep):
                 e.add_(past, alpha=wj)
         elif self.warmup == "heun" and len(self._hist) == 1 and i + 1 < len(self.plan) and 0 < s.a_s < 1 \
                 and 0 < s.a_t < 1:
-            # Pseudo improved Euler: evaluate at the Euler point (the next step's level and timestep).
-            eps2, _ = denoise(ddim_step(x0_pred, eps, s.a_s), self.plan[i + 1].t, s.a_s)
+            # Pseudo improved Euler: evaluate at the Euler point, at level a_s.
+            eps2, _ = denoise(ddim_step(x0_pred, eps, s.a_s), self.plan.timestep_at(s.a_s), s.a_s)
             e = (eps + eps2) * 0.5
         else:
             return ddim_step(x0_pred, eps, s.a_s), x0_pred     # the DDIM step

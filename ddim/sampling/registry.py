@@ -15,7 +15,8 @@ VARIANCES: tuple[str, ...] = ("eta", "large")
 
 
 def _ddim(eta: float, variance: str) -> Solver:
-    return SigmaHat() if variance == "large" else DDIM(eta)
+    ddim = DDIM(eta)                     # validates eta, which variance="large" then ignores
+    return SigmaHat() if variance == "large" else ddim
 
 
 def _deterministic(name: str, make: Callable[[], Solver]) -> Callable[[float, str], Solver]:
@@ -48,6 +49,9 @@ def make_solver(solver: str | Solver = "ddim", eta: float = 0.0, variance: str =
         if solver not in SOLVERS:
             raise DDIMError(f"solver must be one of {tuple(SOLVERS)} or a Solver instance, got {solver!r}")
         return SOLVERS[solver](eta, variance)
+    if isinstance(solver, type):
+        raise DDIMError(f"solver must be a Solver instance, got the class {solver.__name__}; pass "
+                        f"{solver.__name__}(...)")
     if not (callable(getattr(solver, "fresh", None)) and callable(getattr(solver, "step", None))):
         raise DDIMError(f"solver must be one of {tuple(SOLVERS)} or a Solver instance (with fresh and step), "
                         f"got {solver!r}")

@@ -1,11 +1,13 @@
 """`DDIMSampler`, the public front: sampling (eq. 12), deterministic encoding (eq. 13), and their trajectories.
 
-It resolves the user's options into a plan of levels, a denoiser and a fresh solver, all validated before the
-first network call, and hands them to the one walk loop (`ddim.sampling.walk`).
+Its keyword API builds one `WalkOptions` (each option defaulted and validated there, once); `prepare` resolves
+the options against the model into a plan of levels, a denoiser and a fresh solver, checked before the first
+network call, and `walk` hands them to the one walk loop (`ddim.sampling.walk`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,15 +17,38 @@ from torch import Tensor
 from ddim.errors import DDIMError
 from ddim.sampling.denoiser import Denoiser, Model
 from ddim.sampling.editing import Inpainting
-from ddim.sampling.noise import Generator, randn
-from ddim.sampling.plan import Step, invert_plan, resolve_taus, sample_plan
-from ddim.sampling.registry import make_solver
+from ddim.sampling.noise import Generator, check_generator, randn
+from ddim.sampling.options import DEFAULTS as D
+from ddim.sampling.options import WalkOptions
+from ddim.sampling.plan import Plan, invert_plan, resolve_taus, sample_plan
 from ddim.sampling.solvers import Solver
 from ddim.sampling.steps import PREDICTIONS
 from ddim.sampling.walk import walk
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["DDIMSampler"]
+
+_RUNTIME = ("y", "progress")          # what `options` of the editing methods may hold besides WalkOptions' fields
+_WALK = tuple(WalkOptions.__dataclass_fields__)
+
+
+def _last(trajectory: Iterator[tuple[int, Tensor, Tensor]]) -> Tensor:
+    """The last x_s of a walk's trajectory: the sample (or the latent)."""
+    for _, x, _ in trajectory:
+        pass
+    return x
+
+
+def _same_parameters(iterate: Any) -> inspect.Signature:
+    """The signature of `iterate` (an iter_* method) returning a Tensor: its draining twin takes the same."""
+    return inspect.signature(iterate).replace(return_annotation=Tensor)
+
+
+def _check_state(x: Any, name: str) -> None:
+    """x_T / x_0: a real floating-point tensor [B, ...]."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        what = f"{x.dtype} tensor {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise DDIMError(f"{name} must be a real floating-point tensor [B, ...], got a {what}")
 
 
 class DDIMSampler:
@@ -37,6 +62,11 @@ class DDIMSampler:
     last_nfe: int | None = None
 
     def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+        if not callable(model):
+            raise DDIMError(f"model must be callable as model(x, t), got {type(model).__name__}")
+        if not isinstance(schedule, NoiseSchedule):
+            raise DDIMError(f"schedule must be a ddim.NoiseSchedule (e.g. NoiseSchedule.linear(), or "
+                            f"NoiseSchedule.from_name(name)), got {schedule!r}")
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if prediction == "eps" and schedule.alphas_cumprod[-1] <= 0:
@@ -46,11 +76,13 @@ class DDIMSampler:
         self.schedule = schedule
         self.prediction = prediction
 
-    def taus(self, steps: int, skip: str | Sequence[int] = "uniform", steps_offset: int = 0) -> Tensor:
+    def taus(self, steps: int | None, skip: str | Sequence[int] = D.skip, steps_offset: int = D.steps_offset
+             ) -> Tensor:
         """The ascending sub-sequence tau, duplicates removed. `skip` a name or an explicit list of timesteps."""
         return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset)
 
-    def denoiser(self, clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0) -> Denoiser:
+    def denoiser(self, clip: bool | str = D.clip_denoised, y: Tensor | int | None = None,
+                 guidance: float = D.guidance) -> Denoiser:
         """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True or
         "keep-eps"); a model that keeps state across the calls of a walk (a feature cache) is reset through its
         `reset_cache`."""
@@ -59,42 +91,84 @@ class DDIMSampler:
             reset()
         return Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance)
 
-    def sample_plan(self, steps: int, skip: str | Sequence[int] = "uniform", final_alpha: float | str = 1.0,
-                    steps_offset: int = 0) -> tuple[Step, ...]:
+    def sample_plan(self, steps: int | None, skip: str | Sequence[int] = D.skip, final_alpha: float | str =
+                    D.final_alpha, steps_offset: int = D.steps_offset) -> Plan:
         """The levels `sample` walks: tau_S -> ... -> tau_1 -> alpha = 1 (or alphas_cumprod[0], "alpha_0")."""
         return sample_plan(self.schedule, self.taus(steps, skip, steps_offset), final_alpha)
 
-    def invert_plan(self, steps: int, skip: str | Sequence[int] = "uniform", steps_offset: int = 0) -> tuple[Step, ...]:
+    def invert_plan(self, steps: int | None, skip: str | Sequence[int] = D.skip, steps_offset: int = D.steps_offset
+                    ) -> Plan:
         """The levels `invert` walks: alpha = 1 -> tau_1 -> ... -> tau_S."""
         return invert_plan(self.schedule, self.taus(steps, skip, steps_offset))
 
-    def _walk(self, x: Tensor, plan: Sequence[Step], denoise: Denoiser, solver: Solver, generator: Generator = None,
-              progress: bool = False, desc: str = "sampling") -> Iterator[tuple[int, Tensor, Tensor]]:
+    # -- the options object: one walk
+    def prepare(self, options: WalkOptions, y: Tensor | int | None = None, invert: bool = False
+                ) -> tuple[Plan, Denoiser, Solver]:
+        """The plan, the denoiser and this walk's fresh solver for `options` (and labels y): every check that
+        needs the model (steps <= T, an eta too large for the plan, guidance without labels, a solver that
+        cannot invert), with no network call. `invert`: the levels of encoding (eq. 13) instead of sampling."""
+        template = options.make_solver()
+        if invert:
+            options.check_inversion()
+            if not template.deterministic:
+                raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
+            plan = self.invert_plan(options.steps, options.skip, options.steps_offset)
+        else:
+            plan = self.sample_plan(options.steps, options.skip, options.final_alpha, options.steps_offset)
+        denoise = self.denoiser(options.clip_denoised, y, options.guidance)
+        return plan, denoise, template.fresh(plan)
+
+    def walk(self, x: Tensor, options: WalkOptions, generator: Generator = None, y: Tensor | int | None = None,
+             progress: bool = False, invert: bool = False) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """Walk x [B, ...] with `options`, yielding (t, x_s, x0_pred) after each step (sampling from x_T, or with
+        invert=True encoding x_0); everything is validated before the first next(). `last_nfe` is set when the
+        walk has finished."""
+        _check_state(x, "x_0" if invert else "x_T")
+        if isinstance(y, Tensor) and y.numel() not in (1, len(x)):
+            raise DDIMError(f"y: {y.numel()} class labels for a batch of {len(x)} (give one per sample, or one "
+                            "for all)")
+        check_generator(generator, len(x))
+        plan, denoise, solver = self.prepare(options, y, invert)
+        return self._walk(x, plan, denoise, solver, generator, progress, "encoding" if invert else "sampling")
+
+    def run(self, x: Tensor, options: WalkOptions, generator: Generator = None, y: Tensor | int | None = None,
+            progress: bool = False, invert: bool = False) -> Tensor:
+        """The last x_s of `walk`: the sample from x_T (or, invert=True, the latent of x_0)."""
+        return _last(self.walk(x, options, generator, y, progress, invert))
+
+    def _walk(self, x: Tensor, plan: Sequence, denoise: Denoiser, solver: Solver, generator: Generator,
+              progress: bool, desc: str) -> Iterator[tuple[int, Tensor, Tensor]]:
         """`walk`, recording the denoiser's call count in `last_nfe` once the walk has finished."""
         yield from walk(x, plan, denoise, solver, generator, progress, desc)
         self.last_nfe = denoise.nfe
 
+    def _options(self, steps: int | None, options: dict[str, Any]) -> tuple[WalkOptions, dict[str, Any]]:
+        """An editing method's **options split into WalkOptions (with steps) and the walk's y / progress."""
+        unknown = sorted(set(options) - set(_WALK) - set(_RUNTIME) - {"steps"})
+        if unknown:
+            raise DDIMError(f"unknown option {unknown[0]!r}; the options are {', '.join(_WALK + _RUNTIME)}")
+        walk_opts = {k: v for k, v in options.items() if k in _WALK and k != "steps"}
+        return WalkOptions(steps, **walk_opts), {k: v for k, v in options.items() if k in _RUNTIME}
+
     # -- public API
-    def iter_sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
-                    variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
-                    progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
-                    steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0
+    def iter_sample(self, x_T: Tensor, steps: int | None = D.steps, eta: float = D.eta,
+                    skip: str | Sequence[int] = D.skip, variance: str = D.variance, generator: Generator = None,
+                    clip_denoised: bool | str = D.clip_denoised, progress: bool = False, solver: str | Solver =
+                    D.solver, *, final_alpha: float | str = D.final_alpha, steps_offset: int = D.steps_offset,
+                    y: Tensor | int | None = None, guidance: float = D.guidance
                     ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
-        template = make_solver(solver, eta, variance)        # everything is validated before the first next()
-        plan = self.sample_plan(steps, skip, final_alpha, steps_offset)
-        denoise = self.denoiser(clip_denoised, y, guidance)
-        return self._walk(x_T, plan, denoise, template.fresh(plan), generator, progress)
+        options = WalkOptions(steps, eta, skip, variance, clip_denoised, solver, final_alpha, steps_offset, guidance)
+        return self.walk(x_T, options, generator, y, progress)
 
-    def sample(self, x_T: Tensor, steps: int = 50, eta: float = 0.0, skip: str | Sequence[int] = "uniform",
-               variance: str = "eta", generator: Generator = None, clip_denoised: bool | str = False,
-               progress: bool = False, solver: str | Solver = "ddim", *, final_alpha: float | str = 1.0,
-               steps_offset: int = 0, y: Tensor | int | None = None, guidance: float = 1.0) -> Tensor:
+    def sample(self, x_T: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Generate x_0 [B, ...] from noise x_T [B, ...] over the sub-sequence tau (eq. 12, sigma of eq. 16).
 
-        steps: S, the length of tau. eta: 0 is DDIM (deterministic), 1 is DDPM. skip: "uniform", "quad",
-        "trailing", "linspace", "logsnr", "karras" (these two can give fewer than S distinct timesteps; see
-        `ddim.schedule.timesteps`) or an explicit ascending list of timesteps. variance: "eta" (eq. 16 times
+        The parameters are `iter_sample`'s (the same object, `WalkOptions`, is built from them). steps: S, the
+        length of tau. eta: 0 is DDIM (deterministic), 1 is DDPM. skip: "uniform", "quad", "trailing",
+        "linspace", "logsnr", "karras" (these two can give fewer than S distinct timesteps; see
+        `ddim.schedule.timesteps`) or an explicit ascending list of timesteps, whose length S is (steps must
+        equal it, or be None). variance: "eta" (eq. 16 times
         eta) or "large" (Table 1's sigma-hat: DDPM ancestral steps with variance 1 - a_t/a_s, x0_pred
         clipped to [-1, 1], no noise on the final step; eta is then ignored). generator: a torch.Generator,
         or a list of one per sample so that sample i does not depend on its batch. clip_denoised: True clips
@@ -111,40 +185,31 @@ class DDIMSampler:
         or an int; -1 = none) of a class-conditional network and the classifier-free guidance weight (1:
         conditional, 0: unconditional, > 1: guided, one network call of 2B per step); see `Denoiser`.
         """
-        x = x_T
-        for _, x, _ in self.iter_sample(x_T, steps, eta, skip, variance, generator, clip_denoised, progress, solver,
-                                        final_alpha=final_alpha, steps_offset=steps_offset, y=y, guidance=guidance):
-            pass
-        return x
+        return _last(self.iter_sample(x_T, *args, **kwargs))
 
-    def iter_invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
-                    progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
-                    y: Tensor | int | None = None, guidance: float = 1.0) -> Iterator[tuple[int, Tensor, Tensor]]:
+    sample.__signature__ = _same_parameters(iter_sample)
+
+    def iter_invert(self, x_0: Tensor, steps: int | None = D.steps, skip: str | Sequence[int] = D.skip,
+                    progress: bool = False, solver: str | Solver = D.solver, *, steps_offset: int = D.steps_offset,
+                    y: Tensor | int | None = None, guidance: float = D.guidance
+                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent."""
-        template = make_solver(solver)
-        if not template.deterministic:
-            raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
-        plan = self.invert_plan(steps, skip, steps_offset)
-        return self._walk(x_0, plan, self.denoiser(False, y, guidance), template.fresh(plan), progress=progress,
-                          desc="encoding")
+        options = WalkOptions(steps, skip=skip, solver=solver, steps_offset=steps_offset, guidance=guidance)
+        return self.walk(x_0, options, y=y, progress=progress, invert=True)
 
-    def invert(self, x_0: Tensor, steps: int = 50, skip: str | Sequence[int] = "uniform",
-               progress: bool = False, solver: str | Solver = "ddim", *, steps_offset: int = 0,
-               y: Tensor | int | None = None, guidance: float = 1.0) -> Tensor:
+    def invert(self, x_0: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
 
-        See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)` reconstructs x_0, with any
-        deterministic solver (the same formulas walk the levels in the other order).
+        The parameters are `iter_invert`'s. See `ddim.sampling.plan` for the levels; `sample(invert(x_0, S), S)`
+        reconstructs x_0, with any deterministic solver (the same formulas walk the levels in the other order).
         """
-        x = x_0
-        for _, x, _ in self.iter_invert(x_0, steps, skip, progress, solver, steps_offset=steps_offset, y=y,
-                                        guidance=guidance):
-            pass
-        return x
+        return _last(self.iter_invert(x_0, *args, **kwargs))
+
+    invert.__signature__ = _same_parameters(iter_invert)
 
     # -- editing real images (Sec. 5.4's encoder and what came after)
-    def sdedit(self, x_0: Tensor, strength: float, steps: int = 50, generator: Generator = None, **options: Any
-               ) -> Tensor:
+    def sdedit(self, x_0: Tensor, strength: float, steps: int | None = D.steps, generator: Generator = None,
+               **options: Any) -> Tensor:
         """SDEdit (Meng et al. 2022): noise x_0 [B, ...] part of the way and sample back.
 
         The last round(strength * S) of the S taus are walked: x_0 is noised to the first of them with
@@ -153,32 +218,41 @@ class DDIMSampler:
         """
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
             raise DDIMError(f"strength must be a number in [0, 1], got {strength!r}")
-        taus = self.taus(steps, options.pop("skip", "uniform"), options.pop("steps_offset", 0))
+        _check_state(x_0, "x_0")
+        opts, rest = self._options(steps, options)
+        taus = self.taus(opts.steps, opts.skip, opts.steps_offset)
         k = round(strength * len(taus))
         if k == 0:
             return x_0.clone()
+        check_generator(generator, len(x_0))
         z = randn(x_0.shape, generator, x_0.device, x_0.dtype)
         if k == len(taus):
             x_t = z
         else:
             a = float(self.schedule.alphas_cumprod[taus[k - 1]])
             x_t = math.sqrt(a) * x_0 + math.sqrt(1 - a) * z                       # q(x_t | x_0), eq. 4
-        return self.sample(x_t, k, skip=taus[:k].tolist(), generator=generator, **options)
+        tail = opts.replace(steps=k, skip=taus[:k].tolist(), steps_offset=D.steps_offset)
+        return self.run(x_t, tail, generator, **rest)
 
-    def inpaint(self, x_0: Tensor, mask: Tensor, steps: int = 50, generator: Generator = None,
+    def inpaint(self, x_0: Tensor, mask: Tensor, steps: int | None = D.steps, generator: Generator = None,
                 resample: int = 1, **options: Any) -> Tensor:
         """Fill in x_0 [B, ...] where mask = 0 (mask [B or 1, 1 or C, H, W], 1 = keep): sample from pure noise
         while, after every step, the kept pixels are replaced by q(x_s | x_0); they end exactly as x_0.
         resample > 1: RePaint's resampling (each step redone that many times). `options` as in `sample`."""
-        inner = make_solver(options.pop("solver", "ddim"), options.pop("eta", 0.0), options.pop("variance", "eta"))
-        solver = Inpainting(inner, x_0, mask, resample)
+        _check_state(x_0, "x_0")
+        opts, rest = self._options(steps, options)
+        solver = Inpainting(opts.make_solver(), x_0, mask, resample)
+        check_generator(generator, len(x_0))
         x_T = randn(x_0.shape, generator, x_0.device, x_0.dtype)
-        return self.sample(x_T, steps, generator=generator, solver=solver, **options)
+        return self.run(x_T, opts.with_solver(solver), generator, **rest)
 
-    def transfer(self, x_0: Tensor, y_from: Tensor | int, y_to: Tensor | int, steps: int = 50,
-                 guidance: float = 1.0, **options: Any) -> Tensor:
+    def transfer(self, x_0: Tensor, y_from: Tensor | int, y_to: Tensor | int, steps: int | None = D.steps,
+                 guidance: float = D.guidance, **options: Any) -> Tensor:
         """Class transfer: encode x_0 [B, ...] with its class y_from (deterministic inversion, guidance 1) and
         decode the latent with class y_to and `guidance` (eta 0): the same "style", another class."""
-        z = self.invert(x_0, steps, y=y_from, **{k: v for k, v in options.items() if k in ("skip", "solver",
-                                                                                       "steps_offset")})
-        return self.sample(z, steps, y=y_to, guidance=guidance, **options)
+        opts, rest = self._options(steps, dict(options, guidance=guidance))
+        if "y" in rest:
+            raise DDIMError("y: transfer takes the classes as y_from and y_to")
+        z = self.run(x_0, opts.deterministic().replace(guidance=D.guidance, final_alpha=D.final_alpha), y=y_from,
+                     invert=True)
+        return self.run(z, opts, y=y_to, **rest)

@@ -26,7 +26,13 @@ def slerp(z0: Tensor, z1: Tensor, alpha: float | Tensor, dot_threshold: float = 
     f0, f1 = z0.flatten(1), z1.flatten(1)
     work = torch.promote_types(z0.dtype, torch.float32)
     a = torch.as_tensor(alpha, dtype=work, device=z0.device).reshape(-1, 1)
-    cos = (f0 * f1).sum(1, dtype=work) / (f0.norm(dim=1, dtype=work) * f1.norm(dim=1, dtype=work))
+    n0, n1 = f0.norm(dim=1, dtype=work), f1.norm(dim=1, dtype=work)
+    for name, n in (("z0", n0), ("z1", n1)):
+        zero = torch.nonzero(~(n > 0)).flatten().tolist()            # also NaN norms
+        if zero:
+            raise DDIMError(f"{name}: sample {zero[0]} is all zeros (or not finite); slerp interpolates directions "
+                            "and needs a nonzero latent")
+    cos = (f0 * f1).sum(1, dtype=work) / (n0 * n1)
     theta = torch.arccos(cos.clamp(-1, 1)).unsqueeze(1)
     w0 = torch.sin((1 - a) * theta) / torch.sin(theta)
     w1 = torch.sin(a * theta) / torch.sin(theta)

@@ -4,7 +4,8 @@ A solver is a small object. `fresh(plan)` returns a new instance for one walk, b
 against it before any network call) and owning whatever history its method keeps; `step(denoise, x, i, noise)`
 moves x from plan[i].a_t to plan[i].a_s and returns (x_s, x0_pred). It calls `denoise(x, t, a_t) -> (eps,
 x0_pred)` once per step, or more where its method needs more evaluations (it says so in its docstring; the
-denoiser counts them), and `noise()` for N(0, I) shaped like x, drawn from the caller's generator.
+denoiser counts them; a level other than a step's own start asks `plan.timestep_at(level)` for the network's
+timestep), and `noise()` for N(0, I) shaped like x, drawn from the caller's generator.
 
 To add a solver: subclass `Solver`, keep its options in `__init__`, its per-walk state in `begin`, its update in
 `step`; register a factory in `ddim.sampling.registry.SOLVERS`. docs/ARCHITECTURE.md has the test recipe.
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor
 
 from ddim.errors import DDIMError
-from ddim.sampling.plan import Step
+from ddim.sampling.plan import Plan, Step
 from ddim.sampling.steps import ddim_sigma, ddim_step, ddpm_posterior_step
 
 __all__ = ["Solver", "DDIM", "SigmaHat", "Denoise", "Noise"]
@@ -39,7 +40,7 @@ class Solver:
     def fresh(self, plan: Sequence[Step]) -> "Solver":
         """A new instance for one walk over `plan`: options copied, history empty, plan checked."""
         run = copy.copy(self)
-        run.plan = tuple(plan)
+        run.plan = plan if isinstance(plan, Plan) else Plan(plan)
         run.begin()
         return run
 
@@ -71,7 +72,7 @@ class DDIM(Solver):
     def begin(self) -> None:
         self._sigmas = [ddim_sigma(s.a_t, s.a_s, self.eta) for s in self.plan]
         for s, sigma in zip(self.plan, self._sigmas):
-            if 1 - s.a_s - sigma**2 < -1e-12:
+            if 1 - s.a_s - sigma * sigma < -1e-12:           # sigma * sigma: inf for a huge eta, not an error
                 raise DDIMError(f"eta={self.eta} makes 1 - a_s - sigma^2 negative at t={s.t} (eq. 12 needs its "
                                 "square root); use eta <= 1, or variance='large' for the sigma-hat sampler")
 

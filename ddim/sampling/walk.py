@@ -22,12 +22,18 @@ def walk(x: Tensor, plan: Sequence[Step], denoise: Denoise, solver: Solver, gene
     """Yield (t, x_s, x0_pred) after each step of `plan`; `solver` is this walk's own (fresh) instance.
 
     Noise is drawn from `generator` (one per sample if a list) only when the solver asks. The finiteness of
-    each step's result is recorded on the device and read once, after the loop (a single host sync).
+    each step's result is recorded on the device and read once, after the loop (a single host sync); its shape,
+    which needs no sync, after every step (a solver must return the whole batch).
     """
+    shape = x.shape
     noise = lambda: randn(x.shape, generator, x.device, x.dtype)       # noqa: E731
     sums = torch.zeros(len(plan), dtype=torch.float32, device=x.device)
     for i, step in enumerate(tqdm(plan, desc=desc, unit="step", disable=not progress, leave=False)):
         x, x0_pred = solver.step(denoise, x, i, noise)
+        if not isinstance(x, Tensor) or x.shape != shape:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise DDIMError(f"solver {solver!r} returned x_s of shape {got} at step {i + 1} (t={step.t}); "
+                            f"the walk's x is {tuple(shape)}")
         torch.sum(x.reshape(-1), 0, dtype=torch.float32, out=sums[i])
         yield step.t, x, x0_pred
     bad = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
