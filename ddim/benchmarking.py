@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ddim.errors import DDIMError
 
 __all__ = ["synchronize", "time_call", "median_seconds", "interleaved", "medians", "machine", "write_section",
-           "write_report", "BENCHMARKS_HEADER"]
+           "write_report", "check_section_file", "BENCHMARKS_HEADER"]
 
 
 def synchronize(device: str | torch.device = "cpu") -> None:
@@ -83,13 +84,25 @@ def machine(device: str = "cpu") -> str:
 BENCHMARKS_HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
 
 
+def check_section_file(path: str | os.PathLike) -> str:
+    """The text of the markdown file `--write` names (the header of a new one), refused by name if it is not a
+    UTF-8 text file (binary, too big, a folder) or cannot be written; before any work."""
+    from ddim.readers import read_text
+    from ddim.runs import check_output_path, check_writable
+    path = check_output_path(path, "--write")
+    if path.is_dir():
+        raise DDIMError(f"--write {str(path)!r} is a folder; give a markdown file")
+    check_writable(path.parent)
+    return read_text(path, "--write") if path.exists() else BENCHMARKS_HEADER
+
+
 def write_section(path: str | os.PathLike, name: str, body: str) -> None:
     """Put `body` between the markers of section `name` in the markdown file `path` (atomically), leaving the
     other sections alone."""
     from ddim.io import write_text_atomic
     path = Path(path)
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else BENCHMARKS_HEADER
+    text = check_section_file(path)
     block = f"{start}\n{body.strip()}\n{end}"
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]

@@ -377,15 +377,10 @@ def config_path(spec: str | Path) -> Path:
 def load_yaml(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Read a YAML file in the official layout (data / model / diffusion / training / optim), type-checked.
     `path` may also name a packaged config (`config_path`)."""
-    import yaml
+    from ddim.readers import read_yaml
     path = config_path(path)
-    try:
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise DDIMError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
+    d = read_yaml(path)       # text only, plain data (no !!python tags), duplicate keys refused by key and line
+    d = {} if d is None else d
     if not isinstance(d, Mapping):
         raise DDIMError(f"{path}: a config file must hold a mapping of sections, got {type(d).__name__}")
     try:
@@ -402,7 +397,8 @@ RUN_RECORD_KEYS = ("unet", "world_size", "resolved_device")
 
 def load_json(path: str | Path) -> TrainConfig:
     """Read the config.json a run directory holds (the keys of RUN_RECORD_KEYS are the run's record: skipped)."""
-    d = json.loads(Path(path).read_text())
+    from ddim.readers import read_json
+    d = read_json(path)
     return config_from_dict({k: v for k, v in d.items() if k not in RUN_RECORD_KEYS})
 
 

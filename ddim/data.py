@@ -25,7 +25,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ddim.errors import DDIMError, MissingFileError, one_line
-from ddim.images import array_to_nchw, digits_images, from_uint8, read_array, resize_center_crop
+from ddim.images import (HIGH_BIT_MODES, array_to_nchw, digits_images, from_pixels, from_uint8, pil_to_array,
+                         read_array, resize_center_crop)
+from ddim.readers import open_image
 
 __all__ = [
     "ImageTensorDataset", "ImageFolder", "cifar10", "celeba", "npz_arrays", "idx_file", "digits",
@@ -39,11 +41,12 @@ CELEBA_CROP: tuple[int, int, int, int] = (25, 57, 25 + 128, 57 + 128)
 _CELEBA_SIZE = (178, 218)  # (width, height) of img_align_celeba
 
 
-def _pil_to_tensor(img: Image.Image, channels: int) -> Tensor:
-    img = img.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return from_uint8(arr).permute(2, 0, 1).contiguous()
+def _pil_to_tensor(img: Image.Image, channels: int, image_size: int | None = None) -> Tensor:
+    """[C, H, W] in [-1, 1]; 16-bit images at full precision (`ddim.images.pil_to_array`). An 8-bit image is
+    resized in its own mode, then converted; a 16-bit one as float32."""
+    if image_size is not None and img.mode not in HIGH_BIT_MODES:
+        img = resize_center_crop(img, image_size)
+    return from_pixels(pil_to_array(img, channels, image_size)).permute(2, 0, 1).contiguous()
 
 
 def _check_channels(channels: int) -> None:
@@ -230,7 +233,7 @@ class ImageFolder(Dataset):
         skipped = []
         for p in files:
             try:
-                with Image.open(p) as img:
+                with open_image(p) as img:        # refuses a decompression bomb before decoding it
                     size = img.size
                     img.verify()
                 if decode:
@@ -269,11 +272,9 @@ class ImageFolder(Dataset):
     def __getitem__(self, i: int) -> Tensor:
         p = self.files[i]
         try:
-            with Image.open(p) as img:
+            with open_image(p) as img:
                 img.load()
-                if self.resize:
-                    img = resize_center_crop(img, self.image_size)
-                return _pil_to_tensor(img, self.channels)
+                return _pil_to_tensor(img, self.channels, self.image_size if self.resize else None)
         except Exception as e:  # it passed the start-up check, so it changed since: say which file
             raise DDIMError(f"{p}: could not decode this image ({one_line(e)}); replace or remove it") from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -18,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ddim.checkpoint import LoadedModel, load
@@ -28,13 +28,14 @@ from ddim.errors import DDIMError, MissingFileError
 from ddim.images import read_image, save_image_grid, save_images
 from ddim.io import atomic_path
 from ddim.models.deepcache import DeepCache
-from ddim.runs import open_run
+from ddim.readers import open_image
+from ddim.runs import check_output_path, open_run
 from ddim.sampling import Coupled, DDIMSampler, WalkOptions
 
 __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_model", "recorded_sampling", "sample_generators", "initial_noise",
            "cast_matmul_weights", "network",
-           "make_sampler", "check_plan", "class_labels", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode",
-           "weights_fingerprint", "generate", "assemble"]
+           "make_sampler", "check_plan", "check_finite_weights", "check_run_size", "class_labels", "image_shape",
+           "resolve_batch_size", "sample_batch", "encode", "decode", "weights_fingerprint", "generate", "assemble"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The models that ship inside the package, by the name --ckpt takes: 16x16 digits, unconditional and
@@ -55,7 +56,19 @@ def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None,
             raise MissingFileError(f"the embedded model {path} is missing from this install; pass a checkpoint "
                                    "with --ckpt")
         ckpt = path
-    return load(ckpt, config=config, ema=ema, map_location=device)
+    loaded = load(ckpt, config=config, ema=ema, map_location=device)
+    check_finite_weights(loaded, str(ckpt))
+    return loaded
+
+
+def check_finite_weights(loaded: LoadedModel, name: str | None = None) -> None:
+    """Refuse a model whose weights hold NaN or inf (a diverged or damaged checkpoint): it can only make
+    non-finite images, so it is refused when loaded, before any output is written."""
+    for k, v in loaded.model.state_dict().items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            where = name or loaded.metadata.get("source", "the model")
+            raise DDIMError(f"{where}: the weights hold NaN or inf (first in {k}); a diverged or damaged "
+                            "checkpoint cannot sample")
 
 
 DISTILLED = "distilled"     # a distilled student's metadata record (`ddim.distill`): steps, skip (its taus), guidance
@@ -264,6 +277,28 @@ def resolve_batch_size(config: SampleConfig, loaded: LoadedModel, device: str | 
     return auto_batch_size(fn, image_shape(loaded), device, max(1, n))
 
 
+MAX_SAMPLES = 10**8      # one run's index list and its samples.npz index; a bigger n is a typo
+
+
+def check_run_size(n: int, shape: Sequence[int], out: str | os.PathLike) -> None:
+    """Refuse a sample run that cannot finish: more than MAX_SAMPLES images, or more image bytes (what
+    samples.npz alone holds, uncompressed uint8) than the free space where `out` goes."""
+    if n > MAX_SAMPLES:
+        raise DDIMError(f"--n {n}: at most {MAX_SAMPLES} images per run (split a larger set over several --out "
+                        "folders with different --seed)")
+    need = n * int(np.prod(shape))
+    folder = Path(out)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if need > free:
+        raise DDIMError(f"--n {n}: the images need at least {need / 2**30:.1f} GiB (samples.npz alone) and "
+                        f"{str(folder)!r} has {free / 2**30:.1f} GiB free")
+
+
 def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: SampleConfig = SampleConfig(),
              device: str | torch.device = "cpu", source: str | None = None, overwrite: bool = False,
              progress: bool = True, labels: Tensor | None = None, grid_nrow: int = 8, grid_count: int = 64) -> Path:
@@ -277,8 +312,11 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     on (seed, i, labels[i]) only.
     """
     n = check_int(n, "n")
-    out = Path(out)
+    out = check_output_path(out)
     rank, world = rank_world()
+    shape = image_shape(loaded)
+    check_run_size(n, shape, out)
+    check_finite_weights(loaded)
     sampler = make_sampler(loaded, config, device)
     if labels is not None and len(labels) != n:
         raise DDIMError(f"labels: {len(labels)} labels for n = {n} samples")
@@ -289,13 +327,14 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
         settings["labels"] = labels.tolist() if n <= 1000 else hashlib.sha256(
             labels.numpy().tobytes()).hexdigest()[:16]
     if rank == 0:
-        open_run(out, "run.json", settings, overwrite, "sample run",
-                 owned=("images/*.png", "samples.npz", "grid.png"))
+        resumed = open_run(out, "run.json", settings, overwrite, "sample run",
+                           owned=("images/*.png", "samples.npz", "grid.png"))
+        if resumed:
+            check_resumed_images(out / "images", n, shape)
         (out / "images").mkdir(parents=True, exist_ok=True)
     if world > 1:
         torch.distributed.barrier()
 
-    shape = image_shape(loaded)
     todo = [i for i in range(rank, n, world) if not (out / "images" / f"{i:06d}.png").exists()]
     batch_size = resolve_batch_size(config, loaded, device, len(todo))
     if config.batch_size == "auto" and progress and rank == 0:
@@ -312,7 +351,7 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        assemble(out, n, grid_nrow, grid_count)
+        assemble(out, n, grid_nrow, grid_count, shape)
     return out
 
 
@@ -325,15 +364,36 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
-def assemble(out: Path, n: int, nrow: int = 8, count: int = 64) -> None:
-    """Collect images/000000.png.. into samples.npz (uint8 [N, H, W, C], key arr_0) and a grid of the first 64."""
+def check_resumed_images(folder: Path, n: int, shape: Sequence[int]) -> None:
+    """Before a run resumes: every PNG already in images/ must be one this run could have written, an 8-bit
+    image of the model's size and channels (C, H, W) (headers only are read). One of another size, an RGB
+    image in a grey run or a 16-bit one is named, and the run refused before any work."""
+    if not folder.is_dir():
+        return
+    c, h, w = shape
+    mode = "L" if c == 1 else "RGB"
+    for f in sorted(folder.glob("*.png")):
+        if not (f.stem.isdigit() and int(f.stem) < n):
+            continue                                   # not one of this run's images: never read or touched
+        with open_image(f) as img:
+            if img.size != (w, h) or img.mode != mode:
+                raise DDIMError(f"{f}: a {img.size[0]}x{img.size[1]} {img.mode} image, but this run makes "
+                                f"{w}x{h} {mode} images; it was not written by this run: remove it, or pass "
+                                "--overwrite to start again")
+
+
+def assemble(out: Path, n: int, nrow: int = 8, count: int = 64, shape: Sequence[int] | None = None) -> None:
+    """Collect images/000000.png.. into samples.npz (uint8 [N, H, W, C], key arr_0) and a grid of the first 64.
+    shape: the run's (C, H, W); every image is checked against it (default: the first image's)."""
     files = [out / "images" / f"{i:06d}.png" for i in range(n)]
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise MissingFileError(f"{out}: {len(missing)} images missing (first: {missing[:3]}); rerun to resume")
-    with Image.open(files[0]) as img:
-        channels = 1 if img.mode == "L" else 3
-    arr = np.stack([read_image(f, channels) for f in files])
+    if shape is None:
+        with open_image(files[0]) as img:
+            shape = (1 if img.mode == "L" else 3, img.size[1], img.size[0])
+    check_resumed_images(out / "images", n, shape)
+    arr = np.stack([read_image(f, shape[0]) for f in files])
     with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:  # file object: numpy appends no ".npz"
         np.savez(f, arr_0=arr)
     grid = torch.from_numpy(arr[:count]).permute(0, 3, 1, 2)

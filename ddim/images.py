@@ -24,9 +24,11 @@ from torch import Tensor
 
 from ddim.errors import DDIMError, MissingDependencyError, MissingFileError, one_line
 from ddim.io import atomic_path
+from ddim.readers import check_array_file, open_image
 
 __all__ = ["IMAGE_EXTENSIONS", "from_uint8", "to_uint8", "array_to_nchw", "digits_images", "image_files",
-           "read_image", "read_array", "resize_center_crop", "load_images", "make_grid", "display_scale",
+           "read_image", "pil_to_array", "from_pixels", "HIGH_BIT_MODES", "read_array", "resize_center_crop", "load_images",
+           "make_grid", "display_scale",
            "save_image_grid",
            "save_images", "write_png"]
 
@@ -50,7 +52,7 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def array_to_nchw(arr: np.ndarray, what: str) -> Tensor:
-    """[N, H, W], [N, H, W, C] or [N, C, H, W] (C in 1, 3), uint8 or float in [0, 1] / [-1, 1] -> float32
+    """[N, H, W], [N, H, W, C] or [N, C, H, W] (C in 1, 3), uint8, uint16 or float in [0, 1] / [-1, 1] -> float32
     [N, C, H, W] in [-1, 1]. `what` names the source in errors."""
     if arr.ndim == 3:
         arr = arr[:, None]
@@ -66,6 +68,8 @@ def array_to_nchw(arr: np.ndarray, what: str) -> Tensor:
         raise DDIMError(f"{what}: the array holds no images")
     if arr.dtype == np.uint8:
         return from_uint8(np.ascontiguousarray(arr))
+    if arr.dtype == np.uint16:                               # 16-bit pixels, at full precision
+        return torch.from_numpy(arr.astype(np.float32) / 65535.0) * 2 - 1
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise DDIMError(f"{what}: the array holds NaN or inf")
@@ -117,33 +121,60 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def read_image(path: str | os.PathLike, channels: int = 3, image_size: int | None = None) -> np.ndarray:
-    """One image file -> uint8 [H, W, channels]; with image_size, resized (shorter side) and centre-cropped."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = img.convert("L" if channels == 1 else "RGB")
-            if image_size is not None and img.size != (image_size, image_size):
-                img = resize_center_crop(img, image_size)
-            arr = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError as e:
-        raise MissingFileError(f"image file {str(path)!r} does not exist") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:   # Pillow's ways of saying "corrupt"
-        raise DDIMError(f"could not decode image {str(path)!r}: {e}") from e
+# 16-bit (and 32-bit integer) grey images: Pillow's convert("L") would clip them to 0 / 255, so they are read
+# through float32 at full precision instead.
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def pil_to_array(img: Image.Image, channels: int = 3, image_size: int | None = None) -> np.ndarray:
+    """A PIL image -> [H, W, channels]: uint8 for 8-bit images, float32 in [0, 1] for 16-bit ones (full
+    precision, not clipped to 8 bits); with image_size, resized (shorter side) and centre-cropped."""
+    if img.mode in HIGH_BIT_MODES:
+        img = img.convert("F")
+        if image_size is not None and img.size != (image_size, image_size):
+            img = resize_center_crop(img, image_size)
+        arr = (np.asarray(img, dtype=np.float32) / 65535.0).clip(0.0, 1.0)[:, :, None]
+        return np.repeat(arr, 3, axis=2) if channels == 3 else arr
+    img = img.convert("L" if channels == 1 else "RGB")
+    if image_size is not None and img.size != (image_size, image_size):
+        img = resize_center_crop(img, image_size)
+    arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def read_array(path: str | os.PathLike, key: str | None = None, key_name: str = "key="
+def from_pixels(x: np.ndarray) -> Tensor:
+    """`pil_to_array`'s pixels (uint8, or float32 in [0, 1]) -> float32 in [-1, 1], same shape."""
+    if x.dtype == np.uint8:
+        return from_uint8(x)
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) * 2 - 1
+
+
+def read_image(path: str | os.PathLike, channels: int = 3, image_size: int | None = None) -> np.ndarray:
+    """One image file -> [H, W, channels], uint8 (8-bit files) or float32 in [0, 1] (16-bit files, see
+    `pil_to_array`); with image_size, resized (shorter side) and centre-cropped. Opened by
+    `ddim.readers.open_image`: a file over its pixel limit is refused before decoding."""
+    path = Path(path)
+    with open_image(path) as img:
+        try:
+            img.load()
+            return pil_to_array(img, channels, image_size)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:   # Pillow's ways of saying "corrupt"
+            raise DDIMError(f"could not decode image {str(path)!r}: {one_line(e)}") from None
+
+
+def read_array(path: str | os.PathLike, key: str | None = None, key_name: str | None = "key="
                ) -> tuple[np.ndarray, np.ndarray | None]:
     """Images (and labels, where the file has them) from an .npz or .npy file, read without pickle.
 
     key: the array's name in the .npz; by default the only array, else the first of "images", "x_train", "x",
-    "arr_0" (`key_name` names the option in errors). Labels: "labels", "y_train" or "y", when their length matches.
+    "arr_0" (`key_name` names the option that chooses one in errors; None: the caller has no such option).
+    Labels: "labels", "y_train" or "y", when their length matches. Checked first by `ddim.readers.check_array_file`
+    (headers against the bytes stored, no pickles, a memory limit).
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"array file {str(path)!r} does not exist")
+    check_array_file(path)
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False), None
@@ -152,10 +183,11 @@ def read_array(path: str | os.PathLike, key: str | None = None, key_name: str = 
             if key is None:
                 key = names[0] if len(names) == 1 else next((k for k in _ARRAY_KEYS if k in names), None)
                 if key is None:
+                    how = f"choose one with {key_name}" if key_name else f"name the images {_ARRAY_KEYS[0]!r}"
                     raise DDIMError(f"{path}: several arrays {names} and none named {' / '.join(_ARRAY_KEYS)}; "
-                                    f"choose one with {key_name}")
+                                    + how)
             if key not in names:
-                raise DDIMError(f"{path}: no array named {key!r} ({key_name}); it holds {names}")
+                raise DDIMError(f"{path}: no array named {key!r} ({key_name or 'key'}); it holds {names}")
             arr = z[key]
             labels = next((z[k].astype(np.int64) for k in _LABEL_KEYS
                            if k in names and k != key and z[k].shape[:1] == arr.shape[:1]), None)
@@ -189,15 +221,17 @@ def load_images(spec: str | os.PathLike | Tensor, channels: int | None = None, i
                 raise DDIMError(f"{what} {str(path)!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
             files = files[:n] if n is not None else files
             arrays = [read_image(f, channels or 3, image_size) for f in files]
+            if len({a.dtype for a in arrays}) > 1:           # 8- and 16-bit files mixed: all as [0, 1] floats
+                arrays = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in arrays]
             if len({a.shape for a in arrays}) > 1:
                 shapes = list({a.shape[:2]: f for a, f in zip(arrays, files)}.items())[:2]
                 sizes = ", ".join(f"{h}x{w} {f.name}" for (h, w), f in shapes)
                 raise DDIMError(f"{what} {str(path)!r}: images differ in size ({sizes}); resize them to one size")
-            x = from_uint8(np.stack(arrays)).permute(0, 3, 1, 2)
+            x = from_pixels(np.stack(arrays)).permute(0, 3, 1, 2)
         elif path.suffix in (".npz", ".npy"):
-            x = array_to_nchw(read_array(path)[0], f"{what} {str(path)!r}")
+            x = array_to_nchw(read_array(path, key_name=None)[0], f"{what} {str(path)!r}")
         elif path.is_file():
-            x = from_uint8(read_image(path, channels or 3, image_size)).permute(2, 0, 1)[None]
+            x = from_pixels(read_image(path, channels or 3, image_size)).permute(2, 0, 1)[None]
         else:
             raise MissingFileError(f"{what} {str(spec)!r}: not a folder, an .npz/.npy file, an image file or 'digits'")
     x = x[:n] if n is not None else x

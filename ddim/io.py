@@ -44,7 +44,8 @@ def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on a clean exit it replaces ``path``, on an error it is deleted.
+    """Yield a temporary path next to ``path``; on a clean exit it replaces ``path``, on an error it is deleted
+    (an OSError, such as a full disk, becomes the `UnwritableError` of `write_failed`, naming ``path``).
 
     The temporary is ``.{name}.XXXXXXXX.tmp`` in the target's folder. Before making it, the temporaries of the
     same target name whose mtime is older than this process's start are deleted (found when this process first
@@ -70,8 +71,10 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
             _fsync_path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the mode open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, UnwritableError):
+            raise write_failed(path, e) from e       # a full disk names the file, not only "No space left"
         raise
     if durable:
         with contextlib.suppress(OSError):  # not every OS/file system can fsync a folder
@@ -124,6 +127,10 @@ def write_failed(path: str | os.PathLike, error: BaseException, kept: str | None
     Writers raise it for *any* failure of the write, because a full disk is not always an OSError: torch.save's
     zip writer raises RuntimeError and safetensors its SafetensorError. ``errno`` is kept when there was one.
     """
+    if isinstance(error, UnwritableError):        # from `atomic_path`: describe its cause, with the caller's `kept`
+        if error.__cause__ is None:
+            return error
+        error = error.__cause__
     path = Path(path)
     if kept is None:
         kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"

@@ -53,6 +53,7 @@ from ddim.distributed import Dist, setup_distributed
 from ddim.errors import DDIMError, OutputExistsError, one_line
 from ddim.images import make_grid, save_image_grid
 from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_atomic
+from ddim.runs import check_output_path, check_writable
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "run_training", "TrainOutcome",
@@ -293,16 +294,24 @@ def _set_rng(states: list[Tensor], info: Dist, device: torch.device) -> None:
 
 # --- run directory -------------------------------------------------------------------------------------------
 def prepare_run_dir(cfg: TrainConfig, info: Dist) -> Path:
-    run_dir = Path(cfg.out_dir)
+    """Check the run directory (created later by `make_run_dir`, once the data set is known to be usable)."""
+    run_dir = check_output_path(cfg.out_dir)
     if info.rank == 0:
         if run_dir.exists() and not run_dir.is_dir():
             raise OutputExistsError(f"out_dir {str(run_dir)!r} exists and is not a directory")
         if run_dir.is_dir() and any(run_dir.iterdir()) and not (cfg.resume or cfg.overwrite):
             raise OutputExistsError(f"out_dir {str(run_dir)!r} is not empty; pass --resume to continue the run in "
                                   "it or --overwrite to train into it anyway")
+        check_writable(run_dir)
+    return run_dir
+
+
+def make_run_dir(run_dir: Path, info: Dist) -> None:
+    """Create the run directory: only after every refusal that can come before training (a refused run
+    leaves no folder behind)."""
+    if info.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
-    return run_dir
 
 
 def read_metrics_lines(path: str | os.PathLike) -> tuple[list[tuple[str, dict]], int | None]:
@@ -466,6 +475,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, handle_signals: bool =
         # 2. resume: the checkpoint is read and checked against the config before any data is read
         state = _resume_state(cfg, run_dir, unet_cfg, device, info)
         run = _build(cfg, info, device, run_dir, schedule, unet_cfg)
+        make_run_dir(run_dir, info)                       # only now: a refused run leaves no folder behind
         start = _restore(run, state) if state is not None else 0
         _write_run_record(run, start)
         # 3. the loop (with 4. its checkpoints, `write_checkpoint`)

@@ -3,7 +3,6 @@ keys checked in the file's own names, the user's `config=` argument resolved, an
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,13 +95,8 @@ def resolve_config(config: Any) -> tuple[UNetConfig, dict | None]:
         if not p.is_file():
             raise CheckpointError(f"{where} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
         try:
-            text = p.read_text()
-            if p.suffix in (".yml", ".yaml"):
-                import yaml
-
-                config = yaml.safe_load(text)
-            else:
-                config = json.loads(text)
+            from ddim.readers import read_json, read_yaml     # size limit, text only, duplicate keys refused
+            config = read_yaml(p) if p.suffix in (".yml", ".yaml") else read_json(p, expect=object)
         except Exception as e:  # OSError, bad UTF-8, bad JSON, PyYAML's YAMLError (a !!python tag, bad syntax)
             raise CheckpointError(f"{where}: not a readable YAML or JSON file ({one_line(e)})") from None
         if not isinstance(config, Mapping):

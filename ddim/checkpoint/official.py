@@ -85,5 +85,5 @@ def infer_preset(path: Path, state: Mapping[str, Tensor]) -> UNetConfig:
         if expected == shapes:
             return cfg
     raise CheckpointError(f"{path}: official checkpoints carry no model config and this one matches no preset "
-                          f"({', '.join(PRESETS)}); pass config= (--config: a preset, UNetConfig, dict or the "
-                          "official YAML)")
+                          f"({', '.join(PRESETS)}); give its architecture with --config (config= in Python): a "
+                          "preset name or the official YAML")

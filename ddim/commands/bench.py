@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from ddim import bench
-from ddim.benchmarking import machine, write_section
+from ddim.benchmarking import check_section_file, machine, write_section
 from ddim.commands.common import Formatter, positive_int
 
 
@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.write:              # a file that cannot take the section is refused before the benchmark runs
+        check_section_file(args.write)
     results, peaks, flops = bench.run_bench(args.batches, args.steps, args.paths, args.repeats, args.threads,
                                             args.device)
     text = bench.markdown(results, peaks, flops, machine(args.device), args.steps)

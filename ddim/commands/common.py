@@ -33,7 +33,14 @@ class Parser(argparse.ArgumentParser):
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, and the epilog's worked examples kept as written."""
+    """Defaults in the help (one per flag: none added where the help text already states its default, or where
+    the default is None, i.e. "not given"), and the epilog's worked examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "".join(indent + line for line in text.splitlines(keepends=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -10,7 +11,7 @@ from ddim.commands.common import (Formatter, add_model_args, add_output_args, ad
                                   check_refine, labels, load, positive_int, sample_config)
 from ddim.errors import DDIMError
 from ddim.generate import image_shape, make_sampler, sample_generators
-from ddim.images import load_images, save_image_grid
+from ddim.images import array_to_nchw, load_images, read_array, save_image_grid
 from ddim.runs import prepare_output
 from ddim.sampling.options import DEFAULTS as WALK
 
@@ -64,6 +65,13 @@ def _mask(spec: str, c: int, size: int) -> torch.Tensor:
     if spec in named:
         m[0, 0][named[spec]] = 0
         return m
+    if Path(spec).suffix in (".npy", ".npz") and Path(spec).is_file():
+        arr = read_array(spec, key_name=None)[0]
+        if arr.ndim == 2:                                                   # one [H, W] mask
+            arr = arr[None]
+        if arr.dtype == bool:
+            arr = arr.astype("float32")
+        return (load_images(array_to_nchw(arr, f"--mask {spec!r}"), 1, size, n=1, what=f"--mask {spec!r}") + 1) / 2
     return (load_images(spec, 1, size, n=1, what="--mask") + 1) / 2        # white (1) = keep
 
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_refine_arg, add_sampler_args,
                                   check_refine, labels, load, sample_config)
-from ddim.errors import OutputExistsError
 from ddim.evaluation import reconstruction_mse
 from ddim.generate import decode, encode, image_shape, make_sampler, resolve_batch_size
 from ddim.images import load_images, save_image_grid
 from ddim.io import atomic_path, write_json_atomic
-from ddim.runs import check_writable, prepare_output
+from ddim.runs import claim_folder, prepare_output, remove_owned
 
+RECONSTRUCT_OWNED = ("reconstructions.png", "mse.json")     # mse.json last: it marks a finished reconstruction
 INPUT_HELP = "images: 'digits', a folder, an .npz / .npy file, or one image file"
 
 
@@ -30,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, default=None, help="use the first n images")
     add_output_args(s, "latents.npz", "output .npz (key 'latents'; --solver bdia / edict also 'latents_y', the "
                     "coupled latent's second tensor)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=run_encode)
 
     s = sub.add_parser("reconstruct", help="encode then decode; report Table 2's per-dimension MSE",
@@ -53,7 +53,7 @@ def run_encode(args: argparse.Namespace) -> None:
     sampler = make_sampler(loaded, config, args.device)
     config = config.replace(batch_size=resolve_batch_size(config, loaded, args.device, len(x0)))
     y = labels(args, loaded, len(x0))
-    z = encode(sampler, x0, config, progress=True, y=None if y is None else y.to(args.device), refine=args.refine)
+    z = encode(sampler, x0, config, progress=not args.quiet, y=None if y is None else y.to(args.device), refine=args.refine)
     pair = {} if isinstance(z, torch.Tensor) else {"latents_y": z.y.float().cpu().numpy()}
     with atomic_path(out) as tmp, open(tmp, "wb") as f:       # a file object: numpy appends no ".npz"
         np.savez(f, latents=(z if isinstance(z, torch.Tensor) else z.x).float().cpu().numpy(), **pair,
@@ -65,10 +65,7 @@ def run_encode(args: argparse.Namespace) -> None:
 def run_reconstruct(args: argparse.Namespace) -> None:
     configs = [sample_config(args, steps=S) for S in args.steps]
     check_refine(args)
-    out = Path(args.out)
-    if (out / "mse.json").exists() and not args.overwrite:
-        raise OutputExistsError(f"--out {str(out)!r} already holds a reconstruction; pass --overwrite")
-    check_writable(out)
+    out = claim_folder(args.out, RECONSTRUCT_OWNED, "mse.json", args.overwrite, "reconstruction")
     loaded = load(args)
     sampler = make_sampler(loaded, configs[0], args.device)
     x0 = load_images(args.input, *image_shape(loaded)[:2], n=args.n, what="--input").to(args.device)
@@ -82,6 +79,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
         results[cfg.steps] = reconstruction_mse(x0, rec)
         rows.append(rec.cpu())
         print(f"S = {cfg.steps:5d}: per-dimension MSE {results[cfg.steps]:.6f} (pixels in [0, 1])")
+    remove_owned(out, RECONSTRUCT_OWNED)
     save_image_grid(torch.cat(rows), out / "reconstructions.png", nrow=len(x0), scale="auto")
     write_json_atomic(out / "mse.json", {str(k): v for k, v in results.items()}, indent=1)
     print(f"wrote {out}/reconstructions.png (first row: inputs; then one row per S) and {out}/mse.json")

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or real images (folder, .npz); classifier: real images (default: the 1797 digits)")
     g.add_argument("--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth for --metric "
                    "inception (else $DDIM_INCEPTION_WEIGHTS, else the torch hub cache)")
-    p.set_defaults(fn=run_table1)
+    p.set_defaults(fn=run_table1, resume_hint="rerun the command to resume its unfinished cells")
 
     p = evals.add_parser("solvers", help="Frechet distance vs network calls for each solver", formatter_class=Formatter,
                          epilog="example: ddim eval solvers --n 1000 --nfes 5 8 10 15 20 50 --out eval")
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default="eval", help="output folder")
     g.add_argument("--overwrite", action="store_true", help="recompute everything in --out")
     g.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(fn=run_solvers)
+    p.set_defaults(fn=run_solvers, resume_hint="rerun the command to resume its unfinished cells")
 
     p = evals.add_parser("table2", help="reconstruction error vs S (Table 2)", formatter_class=Formatter,
                          epilog="example: ddim eval table2 --input digits --n 256 --steps 10 20 50 100 200 500 1000 "
@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n", type=int, default=256, help="use the first n images")
     g.add_argument("--solvers", nargs="+", default=None, choices=tuple(SOLVERS),
                    help="solvers, a row each (default: --solver)")
-    p.set_defaults(fn=run_table2)
+    p.set_defaults(fn=run_table2, resume_hint="rerun the command to resume its unfinished cells")
 
     p = evals.add_parser("timing", help="seconds per image vs S, with a linear fit (Figure 4)",
                          formatter_class=Formatter,
@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("timing")
     g.add_argument("--repeats", type=int, default=3, help="timed runs per S (the median is reported)")
     g.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
-    p.set_defaults(fn=run_timing)
+    p.set_defaults(fn=run_timing, resume_hint="rerun the command to resume its unfinished cells")
 
 
 def _config(args: argparse.Namespace):

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
 
 from ddim.checkpoint import CLASS_CONDITIONAL_HINT, export_pipeline
 from ddim.commands.common import Formatter, add_model_args, load
-from ddim.errors import OutputExistsError
-from ddim.runs import check_writable
+from ddim.runs import claim_folder, remove_owned
 
 EPILOG = """examples:
   ddim export --out digits-pipeline                       (the embedded model)
@@ -23,18 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=Formatter, epilog=EPILOG)
     add_model_args(s, fast=False)
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (only its own "
+                   "files; other files in the folder are kept)")
     s.set_defaults(fn=run)
 
 
+# The files an export writes (model_index.json last: it marks a finished export). Only these are ever removed.
+OWNED = ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+         "scheduler/scheduler_config.json")
+
+
 def run(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise OutputExistsError(f"--out {str(out)!r} exists; pass --overwrite to replace it")
-    check_writable(out.parent if out.parent != Path("") else Path("."))
+    out = claim_folder(args.out, OWNED, "model_index.json", args.overwrite, "diffusers export")
     loaded = load(args)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    remove_owned(out, OWNED)
     export_pipeline(loaded, out)
     print(f"wrote a diffusers DDIMPipeline folder to {out} (model_index.json, unet/, scheduler/)")
     if loaded.config.num_classes:

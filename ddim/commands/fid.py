@@ -8,6 +8,7 @@ import json
 import torch
 
 from ddim.commands.common import Formatter, device, positive_int
+from ddim.errors import DDIMError
 from ddim.metrics import fid
 from ddim.runs import prepare_output
 
@@ -19,6 +20,7 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=positive_int, default=50, help="images per Inception call")
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     s.add_argument("--no-download", action="store_true", help="never fetch the weights into the torch hub cache")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,15 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_fid(args: argparse.Namespace) -> None:
     images = fid.load_images_uint8(args.images)           # read (and checked) before the network is loaded
     result = fid.compute_fid(images, args.reference, weights=args.inception_weights, batch_size=args.batch_size,
-                             device=device(args), progress=True, download=not args.no_download)
+                             device=device(args), progress=not args.quiet, download=not args.no_download)
     print(json.dumps(result, indent=1))
 
 
 def run_fid_stats(args: argparse.Namespace) -> None:
     out = prepare_output(args.out, args.overwrite)
     images = fid.load_images_uint8(args.images)
+    if out.suffix != ".npz":                        # refused before any Inception feature is computed
+        raise DDIMError(f"--out {str(out)!r}: statistics files end in .npz")
     feats = fid.inception_features(images, weights=args.inception_weights, batch_size=args.batch_size,
-                                   device=device(args), progress=True, download=not args.no_download)
+                                   device=device(args), progress=not args.quiet, download=not args.no_download)
     mu, sigma = fid.feature_statistics(feats)
     fid.save_statistics(out, mu, sigma)
     print(f"wrote {out} (mu [{mu.shape[0]}], sigma [{sigma.shape[0]}, {sigma.shape[1]}]) from {len(images)} images")

@@ -8,7 +8,7 @@ import os
 from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, checkpoint_defaults,
                                   labels, load, positive_int, sample_config)
 from ddim.distributed import setup_distributed, teardown
-from ddim.generate import generate, recorded_sampling
+from ddim.generate import check_run_size, generate, image_shape, recorded_sampling
 
 EPILOG = """examples:
   ddim sample --n 64 --steps 50 --out samples            (the embedded digits model)
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="number of images (spell it --num-samples under torchrun, whose parser takes --n)")
     add_output_args(s, "samples", "output folder")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(fn=run)
+    s.set_defaults(fn=run, resume_hint="rerun the command to resume")
 
 
 class _Unset:
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         args.device = str(device)
         loaded = load(args)
+        check_run_size(args.n, image_shape(loaded), args.out)      # before the labels of n samples are made
         config = checkpoint_defaults(args, config, loaded)     # e.g. a diffusers scheduler's clip_sample
         recorded = recorded_sampling(loaded)                   # a distilled student's steps and grid
         if recorded is not None and not steps_given:

@@ -17,6 +17,7 @@ from ddim.commands.common import Formatter
 from ddim.config import PACKAGED_CONFIGS, SECTIONS, TOP_KEYS, TrainConfig, load_yaml
 from ddim.errors import DDIMError
 from ddim.evaluation import plot_training
+from ddim.runs import prepare_output
 from ddim.train import run_training
 
 __all__ = ["register", "add_train_arguments", "config_from_args", "flag_for"]
@@ -144,13 +145,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "then: ddim sample --ckpt runs/digits/model.safetensors\n"
                               "Ctrl-C or SIGTERM: checkpoint the current step, then exit 130 / 143")
     add_train_arguments(s)
-    s.set_defaults(fn=run)
+    s.set_defaults(fn=run, resume_hint="rerun with --resume to continue")
 
     s = sub.add_parser("plot", help="draw a training run's loss curve from its metrics.jsonl",
                        formatter_class=Formatter,
                        epilog="example: ddim plot runs/digits   (writes runs/digits/loss.png)")
     s.add_argument("run_dir", help="a `ddim train` run directory")
-    s.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/loss.png)")
+    s.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/loss.png, the run's own plot, "
+                   "which a rerun replaces)")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.set_defaults(fn=run_plot)
 
 
@@ -166,5 +169,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> None:
-    print(f"wrote {plot_training(args.run_dir, args.out)}")
-
+    out = None if args.out is None else prepare_output(args.out, args.overwrite)
+    print(f"wrote {plot_training(args.run_dir, out)}")

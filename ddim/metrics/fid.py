@@ -27,6 +27,7 @@ from torch import nn
 from ddim import images as images_mod
 from ddim.errors import DDIMError, MissingFileError
 from ddim.io import atomic_path
+from ddim.readers import check_array_file
 from ddim.metrics.inception import load_inception
 
 __all__ = [
@@ -149,6 +150,10 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"statistics file not found: {path}")
+    try:
+        check_array_file(path)                  # headers against the bytes stored, no pickles, a memory limit
+    except DDIMError as e:
+        raise DDIMError(f"cannot read statistics from {path}: {e}") from None
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.keys() if k in ("mu", "sigma")}
@@ -273,6 +278,9 @@ def load_images_uint8(path: str | os.PathLike) -> np.ndarray:
     return to_uint8_nhwc(images_mod.load_images(path, channels=3))
 
 
+FEATURE_DIM = 2048   # the FID Inception network's pool3 features
+
+
 # --- Inception features ----------------------------------------------------------------------------------------
 class InceptionFeatures:
     """Callable that maps images to FID Inception pool3 features [N, 2048] (float64 numpy).
@@ -337,17 +345,26 @@ def compute_fid(images_a: str | os.PathLike | np.ndarray | Tensor,
     features of both sets, so it is None when the reference is statistics.
     Returns dict(fid, kid_mean, kid_std, n_a, n_b) (n_b is None for statistics).
     """
-    extract = InceptionFeatures(weights, device, model, download)
-    feats_a = extract(_as_images(images_a), batch_size, progress)
-    mu_a, sigma_a = feature_statistics(feats_a)
+    # Everything is read and checked before the first Inception call: a bad reference is refused at once.
     if isinstance(reference, (tuple, list)) and len(reference) == 2:
-        mu_b, sigma_b = reference
-        feats_b = None
+        mu_b, sigma_b = _check_gaussian(*reference, "reference statistics")
+        ref_images = None
     elif isinstance(reference, (str, os.PathLike)) and is_statistics_file(reference):
         mu_b, sigma_b = load_statistics(reference)
-        feats_b = None
+        ref_images = None
     else:
-        feats_b = extract(_as_images(reference), batch_size, progress)
+        ref_images = _as_images(reference)
+    images_a = _as_images(images_a)
+    extract = InceptionFeatures(weights, device, model, download)
+    if ref_images is None and model is None and mu_b.shape[0] != FEATURE_DIM:
+        raise DDIMError(f"{reference if isinstance(reference, (str, os.PathLike)) else 'reference statistics'}: "
+                        f"statistics of dimension {mu_b.shape[0]}; the FID Inception network's features have "
+                        f"{FEATURE_DIM}")
+    feats_a = extract(images_a, batch_size, progress)
+    mu_a, sigma_a = feature_statistics(feats_a)
+    feats_b = None
+    if ref_images is not None:
+        feats_b = extract(ref_images, batch_size, progress)
         mu_b, sigma_b = feature_statistics(feats_b)
     result: dict[str, float | int | None] = {
         "fid": frechet_distance(mu_a, sigma_a, mu_b, sigma_b),

@@ -18,9 +18,10 @@ __all__ = ["Inpainting", "check_mask"]
 
 
 def check_mask(mask: Tensor, x_0: Tensor) -> Tensor:
-    """mask [B or 1, 1 or C, H, W] with 1 on the pixels to keep, broadcast against x_0 [B, C, H, W]."""
-    if not isinstance(mask, Tensor) or mask.ndim != x_0.ndim:
-        raise DDIMError(f"mask must be a tensor [B, 1 or C, H, W] like x_0 {tuple(x_0.shape)}, got "
+    """mask [H, W], [1 or C, H, W] or [B or 1, 1 or C, H, W] with 1 on the pixels to keep, broadcast against x_0
+    [B, C, H, W] (one [H, W] mask serves every image and channel)."""
+    if not isinstance(mask, Tensor) or not 2 <= mask.ndim <= x_0.ndim or mask.is_complex():
+        raise DDIMError(f"mask must be a real tensor [H, W] or [B, 1 or C, H, W] like x_0 {tuple(x_0.shape)}, got "
                         f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
     try:
         torch.broadcast_shapes(mask.shape, x_0.shape)
