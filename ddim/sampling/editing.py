@@ -18,9 +18,10 @@ __all__ = ["Inpainting", "check_mask"]
 
 
 def check_mask(mask: Tensor, x_0: Tensor) -> Tensor:
-    """mask [B or 1, 1 or C, H, W] with 1 on the pixels to keep, broadcast against x_0 [B, C, H, W]."""
+    """mask shaped like x_0 [B, C, ...] (any of its dims may be 1: one mask for the batch, for every channel),
+    with 1 where x_0 is kept; images, sequences [B, C, L] and video [B, C, F, H, W] alike."""
     if not isinstance(mask, Tensor) or mask.ndim != x_0.ndim:
-        raise DDIMError(f"mask must be a tensor [B, 1 or C, H, W] like x_0 {tuple(x_0.shape)}, got "
+        raise DDIMError(f"mask must be a tensor with x_0's {x_0.ndim} dims {tuple(x_0.shape)} (1 where broadcast), got "
                         f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
     try:
         torch.broadcast_shapes(mask.shape, x_0.shape)

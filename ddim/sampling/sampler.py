@@ -17,10 +17,12 @@ from torch import Tensor
 from ddim.errors import DDIMError
 from ddim.sampling.denoiser import Denoiser, Model
 from ddim.sampling.editing import Inpainting
+from ddim.sampling.network import as_network
 from ddim.sampling.noise import Generator, check_generator, randn
 from ddim.sampling.options import DEFAULTS as D
 from ddim.sampling.options import WalkOptions
 from ddim.sampling.plan import Plan, invert_plan, resolve_taus, sample_plan
+from ddim.sampling.scheduler import read_scheduler
 from ddim.sampling.solvers import Solver
 from ddim.sampling.steps import PREDICTIONS
 from ddim.sampling.walk import walk
@@ -28,7 +30,7 @@ from ddim.schedule import NoiseSchedule
 
 __all__ = ["DDIMSampler"]
 
-_RUNTIME = ("y", "progress")          # what `options` of the editing methods may hold besides WalkOptions' fields
+_RUNTIME = ("y", "cond", "uncond", "progress")          # what `options` of the editing methods may hold besides WalkOptions' fields
 _WALK = tuple(WalkOptions.__dataclass_fields__)
 
 
@@ -54,14 +56,20 @@ def _check_state(x: Any, name: str) -> None:
 class DDIMSampler:
     """Sampling (eq. 12) and deterministic encoding (eq. 13) with a trained network.
 
-    model(x [B, ...], t LongTensor [B]) returns the prediction named by `prediction` ("eps", "x0" or "v"),
-    same shape as x. The sampler keeps no state between calls, except `last_nfe`: the network calls the most
+    model(x [B, ...], t LongTensor [B], *cond) returns the prediction named by `prediction` ("eps", "x0" or "v"),
+    same shape as x: our U-Net, any such callable, or a diffusers UNet2DModel / UNet2DConditionModel /
+    UNet1DModel object as it is (`ddim.sampling.network`). schedule: a `NoiseSchedule`, or a diffusers scheduler
+    (object or config), whose prediction_type is then the default prediction. The sampler keeps no state between calls, except `last_nfe`: the network calls the most
     recently finished walk made (a guided call of 2B counts as one), as its denoiser counted them.
     """
 
     last_nfe: int | None = None
 
-    def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+    def __init__(self, model: Model, schedule: NoiseSchedule | Any, prediction: str | None = None) -> None:
+        if not isinstance(schedule, NoiseSchedule) and (hasattr(schedule, "config") or isinstance(schedule, dict)):
+            settings = read_scheduler(schedule, source="schedule")
+            schedule, prediction = settings.schedule, prediction or settings.prediction
+        prediction = prediction or "eps"
         if not callable(model):
             raise DDIMError(f"model must be callable as model(x, t), got {type(model).__name__}")
         if not isinstance(schedule, NoiseSchedule):
@@ -72,7 +80,7 @@ class DDIMSampler:
         if prediction == "eps" and schedule.alphas_cumprod[-1] <= 0:
             raise DDIMError("schedule: the last alpha is 0 (zero terminal SNR), where an eps-prediction "
                             "model cannot give x0 (division by sqrt(alpha) = 0); use prediction='v' or 'x0'")
-        self.model = model
+        self.model = as_network(model)
         self.schedule = schedule
         self.prediction = prediction
 
@@ -82,14 +90,14 @@ class DDIMSampler:
         return resolve_taus(self.schedule.T, steps, skip, self.schedule.alphas_cumprod, steps_offset)
 
     def denoiser(self, clip: bool | str = D.clip_denoised, y: Tensor | int | None = None,
-                 guidance: float = D.guidance) -> Denoiser:
+                 guidance: float = D.guidance, cond: Any = None, uncond: Any = None) -> Denoiser:
         """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True or
         "keep-eps"); a model that keeps state across the calls of a walk (a feature cache) is reset through its
         `reset_cache`."""
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
-        return Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance)
+        return Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, cond, uncond)
 
     def sample_plan(self, steps: int | None, skip: str | Sequence[int] = D.skip, final_alpha: float | str =
                     D.final_alpha, steps_offset: int = D.steps_offset) -> Plan:
@@ -102,8 +110,8 @@ class DDIMSampler:
         return invert_plan(self.schedule, self.taus(steps, skip, steps_offset))
 
     # -- the options object: one walk
-    def prepare(self, options: WalkOptions, y: Tensor | int | None = None, invert: bool = False
-                ) -> tuple[Plan, Denoiser, Solver]:
+    def prepare(self, options: WalkOptions, y: Tensor | int | None = None, invert: bool = False, *,
+                cond: Any = None, uncond: Any = None) -> tuple[Plan, Denoiser, Solver]:
         """The plan, the denoiser and this walk's fresh solver for `options` (and labels y): every check that
         needs the model (steps <= T, an eta too large for the plan, guidance without labels, a solver that
         cannot invert), with no network call. `invert`: the levels of encoding (eq. 13) instead of sampling."""
@@ -115,11 +123,12 @@ class DDIMSampler:
             plan = self.invert_plan(options.steps, options.skip, options.steps_offset)
         else:
             plan = self.sample_plan(options.steps, options.skip, options.final_alpha, options.steps_offset)
-        denoise = self.denoiser(options.clip_denoised, y, options.guidance)
+        denoise = self.denoiser(options.clip_denoised, y, options.guidance, cond, uncond)
         return plan, denoise, template.fresh(plan)
 
     def walk(self, x: Tensor, options: WalkOptions, generator: Generator = None, y: Tensor | int | None = None,
-             progress: bool = False, invert: bool = False) -> Iterator[tuple[int, Tensor, Tensor]]:
+             progress: bool = False, invert: bool = False, *, cond: Any = None, uncond: Any = None
+             ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Walk x [B, ...] with `options`, yielding (t, x_s, x0_pred) after each step (sampling from x_T, or with
         invert=True encoding x_0); everything is validated before the first next(). `last_nfe` is set when the
         walk has finished."""
@@ -128,13 +137,14 @@ class DDIMSampler:
             raise DDIMError(f"y: {y.numel()} class labels for a batch of {len(x)} (give one per sample, or one "
                             "for all)")
         check_generator(generator, len(x))
-        plan, denoise, solver = self.prepare(options, y, invert)
+        plan, denoise, solver = self.prepare(options, y, invert, cond=cond, uncond=uncond)
+        denoise.check_batch(len(x))
         return self._walk(x, plan, denoise, solver, generator, progress, "encoding" if invert else "sampling")
 
     def run(self, x: Tensor, options: WalkOptions, generator: Generator = None, y: Tensor | int | None = None,
-            progress: bool = False, invert: bool = False) -> Tensor:
+            progress: bool = False, invert: bool = False, *, cond: Any = None, uncond: Any = None) -> Tensor:
         """The last x_s of `walk`: the sample from x_T (or, invert=True, the latent of x_0)."""
-        return _last(self.walk(x, options, generator, y, progress, invert))
+        return _last(self.walk(x, options, generator, y, progress, invert, cond=cond, uncond=uncond))
 
     def _walk(self, x: Tensor, plan: Sequence, denoise: Denoiser, solver: Solver, generator: Generator,
               progress: bool, desc: str) -> Iterator[tuple[int, Tensor, Tensor]]:
@@ -155,11 +165,11 @@ class DDIMSampler:
                     skip: str | Sequence[int] = D.skip, variance: str = D.variance, generator: Generator = None,
                     clip_denoised: bool | str = D.clip_denoised, progress: bool = False, solver: str | Solver =
                     D.solver, *, final_alpha: float | str = D.final_alpha, steps_offset: int = D.steps_offset,
-                    y: Tensor | int | None = None, guidance: float = D.guidance
-                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    y: Tensor | int | None = None, guidance: float = D.guidance, cond: Any = None,
+                    uncond: Any = None) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
         options = WalkOptions(steps, eta, skip, variance, clip_denoised, solver, final_alpha, steps_offset, guidance)
-        return self.walk(x_T, options, generator, y, progress)
+        return self.walk(x_T, options, generator, y, progress, cond=cond, uncond=uncond)
 
     def sample(self, x_T: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Generate x_0 [B, ...] from noise x_T [B, ...] over the sub-sequence tau (eq. 12, sigma of eq. 16).
@@ -183,7 +193,9 @@ class DDIMSampler:
         the Stable Diffusion configs). steps_offset: added to every tau of a named skip (diffusers'
         steps_offset, e.g. 1 with "uniform" = diffusers' "leading"). y, guidance: class labels (LongTensor [B]
         or an int; -1 = none) of a class-conditional network and the classifier-free guidance weight (1:
-        conditional, 0: unconditional, > 1: guided, one network call of 2B per step); see `Denoiser`.
+        conditional, 0: unconditional, > 1: guided, one network call of 2B per step); see `Denoiser`. cond,
+        uncond: the general condition and null condition (a tensor, the network's third positional argument, or
+        a dict of its keyword arguments, batch-first; e.g. text embeddings and a negative prompt's), guided as y.
         """
         return _last(self.iter_sample(x_T, *args, **kwargs))
 
@@ -191,11 +203,11 @@ class DDIMSampler:
 
     def iter_invert(self, x_0: Tensor, steps: int | None = D.steps, skip: str | Sequence[int] = D.skip,
                     progress: bool = False, solver: str | Solver = D.solver, *, steps_offset: int = D.steps_offset,
-                    y: Tensor | int | None = None, guidance: float = D.guidance
-                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    y: Tensor | int | None = None, guidance: float = D.guidance, cond: Any = None,
+                    uncond: Any = None) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent."""
         options = WalkOptions(steps, skip=skip, solver=solver, steps_offset=steps_offset, guidance=guidance)
-        return self.walk(x_0, options, y=y, progress=progress, invert=True)
+        return self.walk(x_0, options, y=y, progress=progress, invert=True, cond=cond, uncond=uncond)
 
     def invert(self, x_0: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
@@ -236,7 +248,7 @@ class DDIMSampler:
 
     def inpaint(self, x_0: Tensor, mask: Tensor, steps: int | None = D.steps, generator: Generator = None,
                 resample: int = 1, **options: Any) -> Tensor:
-        """Fill in x_0 [B, ...] where mask = 0 (mask [B or 1, 1 or C, H, W], 1 = keep): sample from pure noise
+        """Fill in x_0 [B, ...] where mask = 0 (mask shaped like x_0, dims of 1 broadcast; 1 = keep): sample from noise
         while, after every step, the kept pixels are replaced by q(x_s | x_0); they end exactly as x_0.
         resample > 1: RePaint's resampling (each step redone that many times). `options` as in `sample`."""
         _check_state(x_0, "x_0")
@@ -246,13 +258,23 @@ class DDIMSampler:
         x_T = randn(x_0.shape, generator, x_0.device, x_0.dtype)
         return self.run(x_T, opts.with_solver(solver), generator, **rest)
 
-    def transfer(self, x_0: Tensor, y_from: Tensor | int, y_to: Tensor | int, steps: int | None = D.steps,
-                 guidance: float = D.guidance, **options: Any) -> Tensor:
-        """Class transfer: encode x_0 [B, ...] with its class y_from (deterministic inversion, guidance 1) and
-        decode the latent with class y_to and `guidance` (eta 0): the same "style", another class."""
+    def transfer(self, x_0: Tensor, y_from: Tensor | int | None = None, y_to: Tensor | int | None = None,
+                 steps: int | None = D.steps, guidance: float = D.guidance, *, target_cond: Any = None,
+                 **options: Any) -> Tensor:
+        """Transfer: encode x_0 [B, ...] under one condition (deterministic inversion, guidance 1) and decode the
+        latent under another with `guidance` (eta 0): the same "style", another class or prompt.
+
+        Class labels: y_from and y_to. Any condition: cond= (the source's: encoding) and target_cond= (decoding),
+        with uncond= (the null condition) for guidance != 1."""
         opts, rest = self._options(steps, dict(options, guidance=guidance))
         if "y" in rest:
             raise DDIMError("y: transfer takes the classes as y_from and y_to")
-        z = self.run(x_0, opts.deterministic().replace(guidance=D.guidance, final_alpha=D.final_alpha), y=y_from,
-                     invert=True)
-        return self.run(z, opts, y=y_to, **rest)
+        cond, uncond = rest.pop("cond", None), rest.pop("uncond", None)
+        if (y_from is None) != (y_to is None) or (y_from is not None and (cond is not None or target_cond is not None)):
+            raise DDIMError("y_from, y_to: give both class labels, or the conditions as cond= and target_cond=")
+        if y_from is None and (cond is None or target_cond is None):
+            raise DDIMError("target_cond: transfer needs the source's and the target's condition (y_from and y_to, "
+                            "or cond= and target_cond=)")
+        encode = opts.deterministic().replace(guidance=D.guidance, final_alpha=D.final_alpha)
+        z = self.run(x_0, encode, y=y_from, invert=True, cond=cond)
+        return self.run(z, opts, y=y_to, cond=target_cond, uncond=uncond, **rest)
