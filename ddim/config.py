@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from ddim.errors import DDIMError, MissingDependencyError, MissingFileError
 from ddim.models.deepcache import check_interval
+from ddim.predictions import PREDICTIONS
 from ddim.sampling.options import DEFAULTS as WALK
 from ddim.sampling.options import WalkOptions
 from ddim.sampling.registry import SOLVERS
@@ -160,7 +161,7 @@ class TrainConfig:
             (o.optimizer.lower() in ("adam", "adamw"), f"optim.optimizer must be Adam or AdamW, got {o.optimizer!r}"),
             (0.0 <= m.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1), got {m.ema_rate}"),
             (m.dropout is None or 0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}"),
-            (d.prediction in ("eps", "x0", "v"), f"diffusion.prediction must be eps, x0 or v, got {d.prediction!r}"),
+            (d.prediction in PREDICTIONS, f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, got {d.prediction!r}"),
             (d.loss_reduction in ("mean", "sum"), f"diffusion.loss_reduction must be mean or sum, got {d.loss_reduction!r}"),
             (data.channels in (1, 3), f"data.channels must be 1 or 3, got {data.channels}"),
             (data.image_size >= 1, f"data.image_size must be >= 1, got {data.image_size}"),

@@ -57,9 +57,9 @@ class ImageTensorDataset(Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, name: str = "arrays") -> None:
         if images.ndim != 4:
-            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+            raise DDIMError(f"dataset {name!r}: images must be [N, C, H, W], got shape {tuple(images.shape)}")
         if images.shape[0] == 0:
-            raise ValueError(f"dataset {name!r} is empty")
+            raise DDIMError(f"dataset {name!r} is empty: it holds no images")
         self.images = images.to(torch.float32).contiguous()
         self.labels = labels
         self.name = name

@@ -3,14 +3,14 @@
 Library code raises `DDIMError` (or one of its subclasses) with a one-line message that names the parameter,
 flag, file or config key and says what is allowed. The command line prints exactly that line and exits 2;
 anything else that escapes is a bug and keeps its traceback. The subclasses also derive from the built-in
-exception a caller would expect (`ValueError`, `FileNotFoundError`, `FileExistsError`, `PermissionError`),
-so `except ValueError` and `except FileNotFoundError` keep working.
+exception a caller would expect (`ValueError`, `FileNotFoundError`, `FileExistsError`, `PermissionError`,
+`ImportError`, `TypeError`), so `except ValueError` and `except FileNotFoundError` keep working.
 """
 
 from __future__ import annotations
 
 __all__ = ["DDIMError", "MissingFileError", "OutputExistsError", "UnwritableError", "MissingDependencyError",
-           "one_line"]
+           "WrongTypeError", "one_line"]
 
 
 def one_line(e: BaseException, limit: int = 200) -> str:
@@ -37,3 +37,7 @@ class UnwritableError(DDIMError, PermissionError):
 
 class MissingDependencyError(DDIMError, ImportError):
     """An optional package needed by the requested feature is not installed; the message says what to install."""
+
+
+class WrongTypeError(DDIMError, TypeError):
+    """A Python argument of the wrong type (a dict where a model belongs, an object JSON cannot hold)."""

@@ -6,11 +6,13 @@ import json
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ddim.checkpoint import CheckpointError, LoadedModel, export_diffusers, load, save
+from ddim.commands import main
 from ddim.models import PRESETS, UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
 from shared_fixtures import FIXTURES, needs_fixtures
@@ -172,6 +174,87 @@ def test_unsupported_diffusers_option_is_named(tmp_path, option, value):
         load(tmp_path)
 
 
+def _cli_refuses(tmp_path, capsys, ckpt, *words):
+    """`ddim sample --ckpt ckpt` exits 2 with one line holding every word, and writes nothing."""
+    out = tmp_path / "out"
+    code = main(["sample", "--ckpt", str(ckpt), "--n", "1", "--steps", "2", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and all(w in err[0] for w in words), err
+    assert not out.exists()                                      # no run.json, no images/
+
+
+@pytest.mark.parametrize("config, key", [
+    ([DDPM_STYLE], "holds a JSON list"),
+    ({**DDPM_STYLE, "sample_size": "big"}, "sample_size"),
+    ({**DDPM_STYLE, "sample_size": -32}, "sample_size"),
+    ({**DDPM_STYLE, "sample_size": [16, "x"]}, "sample_size"),
+    ({**DDPM_STYLE, "block_out_channels": ["32", 64, 64]}, "block_out_channels"),
+    ({**DDPM_STYLE, "layers_per_block": "2"}, "layers_per_block"),
+    ({**DDPM_STYLE, "in_channels": 0}, "in_channels"),
+    ({**DDPM_STYLE, "dropout": "none"}, "dropout"),
+])
+def test_a_malformed_diffusers_config_is_one_line_and_writes_nothing(tmp_path, capsys, config, key):
+    diffusers_model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"config.json.*{key}"):
+        load(tmp_path / "m")
+    _cli_refuses(tmp_path, capsys, tmp_path / "m", "config.json", key)
+
+
+@pytest.mark.parametrize("scheduler, key", [
+    ([1], "holds a JSON list"), ({"num_train_timesteps": "1000"}, "num_train_timesteps"),
+    ({"beta_start": "small"}, "beta_start"), ({"trained_betas": [0.1, "x"]}, "trained_betas"),
+    ({"clip_sample": True, "clip_sample_range": 2.0}, "clip_sample_range"),
+])
+def test_a_malformed_scheduler_config_is_one_line(tmp_path, capsys, scheduler, key):
+    diffusers_model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    _cli_refuses(tmp_path, capsys, tmp_path / "m", "scheduler_config.json", key)
+
+
+def test_a_bad_format_version_on_the_command_line(tmp_path, capsys):
+    save(tmp_path / "m.safetensors", random_tiny(), NoiseSchedule.linear())
+    meta = {**json.loads((tmp_path / "m.safetensors").read_bytes()[8:8 + int.from_bytes(
+        (tmp_path / "m.safetensors").read_bytes()[:8], "little")])["__metadata__"], "format_version": "x"}
+    save_file(load_file(tmp_path / "m.safetensors"), tmp_path / "m.safetensors", metadata=meta)
+    _cli_refuses(tmp_path, capsys, tmp_path / "m.safetensors", "m.safetensors", "format_version 'x'")
+
+
+@pytest.mark.parametrize("scheduler, mode", [
+    ({"_class_name": "DDPMScheduler", "clip_sample": True}, True),
+    ({"_class_name": "DDPMScheduler"}, True),                      # diffusers' default for DDPM and DDIM
+    ({"_class_name": "DDIMScheduler", "clip_sample": True}, "keep-eps"),   # DDIM's step keeps the network's eps
+    ({"_class_name": "DDIMScheduler", "clip_sample": False}, False),
+    ({"_class_name": "PNDMScheduler"}, False),
+])
+def test_the_scheduler_config_says_how_to_clip(tmp_path, scheduler, mode):
+    diffusers_model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    assert load(tmp_path / "m").clip_denoised == mode
+
+
+def test_ddim_sample_honours_clip_sample_of_a_diffusers_scheduler(tmp_path):
+    """`ddim sample` on a folder whose DDPMScheduler says clip_sample: true clips x0_pred (as --clip-denoised
+    does); --no-clip-denoised turns it off, and run.json records what ran."""
+    diffusers_model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDPMScheduler",
+                                                                       "clip_sample": True}))
+    (tmp_path / "plain").mkdir()
+    diffusers_model().save_pretrained(tmp_path / "plain")            # the same weights, no scheduler config
+
+    def run(ckpt, out, *flags):
+        argv = ["sample", "--ckpt", str(ckpt), "--n", "2", "--steps", "3", "--quiet", "--out", str(tmp_path / out)]
+        assert main(argv + list(flags)) == 0
+        return (np.load(tmp_path / out / "samples.npz")["arr_0"],
+                json.loads((tmp_path / out / "run.json").read_text()))
+
+    honoured, manifest = run(tmp_path / "m", "a")
+    clipped, _ = run(tmp_path / "plain", "b", "--clip-denoised")
+    unclipped, _ = run(tmp_path / "m", "c", "--no-clip-denoised")
+    assert np.array_equal(honoured, clipped) and not np.array_equal(honoured, unclipped)
+    assert "clip_denoised" in json.dumps(manifest) and '"clip_denoised": true' in json.dumps(manifest)
+
+
 def test_export_refuses_what_diffusers_cannot_express(tmp_path):
     cfg = UNetConfig(image_size=16, ch=32, ch_mult=(2, 2), attn_resolutions=(8,))
     with pytest.raises(ValueError, match="ch_mult"):
@@ -273,8 +356,9 @@ class Payload:
 
 def test_pickle_with_custom_class_is_refused(tmp_path, capsys):
     torch.save({"conv_in.weight": torch.zeros(1), "evil": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="evil.pt.*weights_only"):
+    with pytest.raises(CheckpointError, match="evil.pt: holds pickled Python objects.*code.*will not run it") as e:
         load(tmp_path / "evil.pt", config="tiny")
+    assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)   # not torch's advice to run it
     assert "pickled code ran" not in capsys.readouterr().out
     # The same file still unpickles with the unsafe loader: the refusal is ours, not a broken file.
     assert pickle is not None and torch.load(tmp_path / "evil.pt", weights_only=False) is not None

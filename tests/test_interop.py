@@ -2,16 +2,22 @@
 gives our samples, class-conditional models both ways."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from ddim import DDIMSampler, NoiseSchedule
 from ddim.checkpoint import export_diffusers, export_pipeline, load, save
 from ddim.commands import main
+from ddim.errors import DDIMError
 from ddim.generate import load_model
 from ddim.models import PRESETS, UNet, UNetConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_export_pipeline_gives_our_samples_in_diffusers(tmp_path):
@@ -111,3 +117,121 @@ def test_tensorboard_events_read_back(tmp_path):
     logged = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(logged, rel=1e-6)
     assert [e.step for e in events.Images("samples/ema")] == [2, 4]
+
+
+def test_a_hub_revision_with_path_parts_is_refused_before_any_lookup(tmp_path, monkeypatch, capsys):
+    hub = pytest.importorskip("huggingface_hub")
+
+    def looked_up(*args, **kwargs):
+        raise AssertionError("the Hub (or its cache) was asked")
+
+    monkeypatch.setattr(hub, "snapshot_download", looked_up)
+    monkeypatch.setattr(hub.HfApi, "list_repo_files", looked_up)
+    for spec in ("user/repo@../../../x/ref", "user/repo@main/../../x", "user/repo@./main", "user/repo@a//b"):
+        with pytest.raises(DDIMError, match="revision .* '\\.\\.' path part"):
+            load(spec)
+    assert main(["sample", "--ckpt", "user/repo@../../../x/ref", "--n", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ckpt" in err[0] and not (tmp_path / "s").exists()
+    monkeypatch.setattr(hub.HfApi, "list_repo_files", lambda *a, **k: [])    # refs/pr/N is a revision
+    monkeypatch.setattr(hub, "snapshot_download", lambda *a, **k: str(tmp_path))
+    with pytest.raises(DDIMError, match="without config.json"):
+        load("user/repo@refs/pr/1")
+
+
+def _fake_hub(monkeypatch, repo_folder, cache):
+    """huggingface_hub's listing and download, served from a local folder: records the files fetched."""
+    hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = sorted(p.relative_to(repo_folder).as_posix() for p in repo_folder.rglob("*") if p.is_file())
+    fetched = []
+
+    def download(repo_id, revision=None, allow_patterns=None, local_files_only=False, **kwargs):
+        assert not local_files_only
+        for f in filter_repo_objects(files, allow_patterns=allow_patterns):
+            (cache / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(repo_folder / f, cache / f)
+            fetched.append(f)
+        return str(cache)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub.HfApi, "list_repo_files", lambda self, repo_id, revision=None, **k: files)
+    monkeypatch.setattr(hub, "snapshot_download", download)
+    return fetched
+
+
+def test_a_hub_download_fetches_one_weights_format_safetensors_first(tmp_path, monkeypatch):
+    loaded = load_model()
+    repo = export_pipeline(loaded, tmp_path / "repo")
+    weights = repo / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), repo / "unet" / "diffusion_pytorch_model.bin")      # the repo has both
+    (repo / "vae").mkdir()
+    (repo / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"another model: not needed")
+    fetched = _fake_hub(monkeypatch, repo, tmp_path / "cache")
+    got = load("someone/both-formats")
+    assert sorted(fetched) == ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                               "unet/diffusion_pytorch_model.safetensors"]
+    assert got.format == "diffusers" and got.schedule == loaded.schedule
+    weights.unlink()                                           # a .bin-only repo gets its .bin
+    shutil.rmtree(tmp_path / "cache")
+    fetched = _fake_hub(monkeypatch, repo, tmp_path / "cache")
+    load("someone/bin-only")
+    assert "unet/diffusion_pytorch_model.bin" in fetched and not [f for f in fetched if f.endswith(".safetensors")]
+
+
+def test_the_hub_error_names_the_cli_that_current_huggingface_hub_installs(monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("no network")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub.HfApi, "list_repo_files", offline)
+    monkeypatch.setattr(hub, "snapshot_download", offline)
+    with pytest.raises(DDIMError, match="no cached copy.*`hf download someone/model`") as e:
+        load("someone/model")
+    assert "huggingface-cli" not in str(e.value)
+
+
+def test_a_class_conditional_export_runs_in_diffusers_with_the_documented_call(tmp_path, capfd):
+    """README's 'Class-conditional models in diffusers' loop gives our guided samples; loading it warns of no
+    config key diffusers does not know; our load reads the null label back from the weights' metadata."""
+    diffusers = pytest.importorskip("diffusers")
+    readme = (ROOT / "README.md").read_text()
+    assert "class_labels=torch.cat([torch.full_like(y, null), y])" in readme and "num_class_embeds - 1" in readme
+    loaded = load_model("digits-cond")
+    capfd.readouterr()
+    assert main(["export", "--ckpt", "digits-cond", "--out", str(tmp_path / "pipe")]) == 0
+    assert "class_labels" in capfd.readouterr().out                   # the command says how to run it
+    assert "ddim" not in json.dumps(json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text()))
+    pipe = diffusers.DDIMPipeline.from_pretrained(tmp_path / "pipe")
+    assert "not expected" not in capfd.readouterr().err
+    unet, scheduler = pipe.unet, pipe.scheduler
+    null = unet.config.num_class_embeds - 1
+    y, w = torch.tensor([0, 3, 7]), 2.0
+    x_T = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = x_T
+    scheduler.set_timesteps(10)
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            out = unet(torch.cat([x, x]), t, class_labels=torch.cat([torch.full_like(y, null), y])).sample
+        uncond, cond = out.chunk(2)
+        x = scheduler.step(uncond + w * (cond - uncond), t, x, eta=0.0).prev_sample
+    with torch.no_grad():
+        ours = DDIMSampler(loaded.model, loaded.schedule, loaded.prediction).sample(x_T, steps=10, y=y, guidance=w)
+    assert (ours - x).abs().max() < 1e-4
+    back = load(tmp_path / "pipe")
+    assert back.config == loaded.config and back.config.null_class
+
+
+def test_exports_of_the_previous_version_still_mark_the_null_label(tmp_path):
+    """Before the marker moved to the weights' metadata it was a config.json key; such folders read the same."""
+    loaded = load_model("digits-cond")
+    export_diffusers(loaded.model, tmp_path / "unet")
+    conf = json.loads((tmp_path / "unet" / "config.json").read_text())
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**conf, "ddim_null_class": True}))
+    save_file(load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"),
+              tmp_path / "unet" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    assert load(tmp_path / "unet").config == loaded.config

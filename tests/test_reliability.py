@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import ddim
 from ddim import checkpoint, data, io
 from ddim import train as tr
 from ddim.errors import DDIMError, UnwritableError
@@ -55,16 +56,62 @@ def _header(path):
     return n, json.loads(path.read_bytes()[8:8 + n])
 
 
-def test_saved_hash_is_sha256_of_the_tensors_by_sorted_name(tmp_path):
-    path = tmp_path / "m.safetensors"
-    checkpoint.save(path, _tiny_model(), NoiseSchedule.linear(100))
-    tensors = load_file(path)
+def _documented_hash(tensors, header=None):
+    """The documented rule, recomputed here: the header's entries but the hash (sorted), then the tensors."""
     h = hashlib.sha256()
-    for name in sorted(tensors):                                  # the documented rule, recomputed here
+    for key in sorted(k for k in (header or {}) if k != "sha256"):
+        h.update(f"{key}\0{header[key]}\0".encode())
+    for name in sorted(tensors):
         t = tensors[name]
         h.update(f"{name}\0{str(t.dtype).split('.')[1]}\0{list(t.shape)}\0".encode())
         h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    assert _header(path)[1]["__metadata__"]["sha256"] == h.hexdigest()
+    return h.hexdigest()
+
+
+def test_saved_hash_is_sha256_of_the_header_then_the_tensors_by_sorted_name(tmp_path):
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(path, _tiny_model(), NoiseSchedule.linear(100))
+    meta = _header(path)[1]["__metadata__"]
+    assert meta["format_version"] == "2"
+    assert meta["sha256"] == _documented_hash(load_file(path), meta)
+
+
+def _rewrite(path, **changes):
+    """The file with header entries changed (None: removed) and the tensors as they were."""
+    meta = {**_header(path)[1]["__metadata__"], **changes}
+    save_file(load_file(path), path, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def test_a_rewritten_prediction_is_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(path, _tiny_model(), NoiseSchedule.linear(100), prediction="eps")
+    _rewrite(path, prediction="v")                                # same tensors, another objective
+    with pytest.raises(checkpoint.CheckpointError, match=r"m\.safetensors.*header or tensors.*content hash"):
+        checkpoint.load(path)
+    checkpoint.save(path, _tiny_model(), NoiseSchedule.linear(100))
+    _rewrite(path, sha256=None)                                   # a version-2 file stripped of its hash
+    with pytest.raises(checkpoint.CheckpointError, match=r"m\.safetensors.*without its content hash"):
+        checkpoint.load(path)
+
+
+def test_version_1_files_are_checked_the_old_way(tmp_path):
+    path = tmp_path / "v1.safetensors"                            # as the previous version wrote it
+    checkpoint.save(path, _tiny_model(), NoiseSchedule.linear(100))
+    tensors = load_file(path)
+    _rewrite(path, format_version="1", sha256=_documented_hash(tensors))
+    assert checkpoint.load(path).prediction == "eps"
+    _rewrite(path, sha256=_documented_hash({**tensors, "conv_in.bias": tensors["conv_in.bias"] + 1}))
+    with pytest.raises(checkpoint.CheckpointError, match=r"v1\.safetensors.*content hash"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("version", ["x", "", "-1", "3"])
+def test_a_bad_format_version_is_one_line(tmp_path, version):
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(path, _tiny_model(), NoiseSchedule.linear(100))
+    _rewrite(path, format_version=version)
+    with pytest.raises(checkpoint.CheckpointError, match=r"m\.safetensors.*(version number|newer ddim)"):
+        checkpoint.load(path)
 
 
 def test_a_flipped_bit_in_the_tensor_data_is_refused(tmp_path):
@@ -82,12 +129,12 @@ def test_a_flipped_bit_in_the_tensor_data_is_refused(tmp_path):
 
 def test_files_without_a_hash_still_load(tmp_path):
     from ddim.checkpoint import _BETAS_KEY
-    digits = checkpoint.load(Path(checkpoint.__file__).parent / "assets" / "digits.safetensors")  # the shipped asset
-    assert "sha256" not in _header(Path(checkpoint.__file__).parent / "assets" / "digits.safetensors")[1]["__metadata__"]
+    asset = Path(ddim.__file__).parent / "assets" / "digits.safetensors"
+    digits = checkpoint.load(asset)                               # the shipped asset
+    assert "sha256" not in _header(asset)[1]["__metadata__"]
     path = tmp_path / "old.safetensors"                           # a file of the format as it was before the hash
     checkpoint.save(path, digits.model, digits.schedule)
-    meta = {k: v for k, v in _header(path)[1]["__metadata__"].items() if k != "sha256"}
-    save_file(load_file(path), path, metadata=meta)
+    _rewrite(path, sha256=None, format_version="1")
     again = checkpoint.load(path)
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), digits.model.state_dict().values()))
     assert again.schedule == digits.schedule and _BETAS_KEY not in again.model.state_dict()

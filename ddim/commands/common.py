@@ -18,7 +18,7 @@ from ddim.sampling.options import DEFAULTS as WALK
 from ddim.schedule import SKIPS
 
 __all__ = ["Formatter", "positive_int", "nonnegative_int", "batch_size", "add_model_args", "add_sampler_args",
-           "add_output_args", "load", "sample_config", "device", "labels"]
+           "add_output_args", "load", "sample_config", "checkpoint_defaults", "device", "labels"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -115,7 +115,9 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
         g.add_argument("--variance", default=WALK.variance, choices=VARIANCES,
                        help="the ddim solver's variance: 'eta' is sigma of eq. 16 times eta; 'large' is Table 1's "
                             "sigma-hat sampler")
-        g.add_argument("--clip-denoised", action="store_true", help="clip x0_pred to [-1, 1] at every step")
+        g.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                       help="clip x0_pred to [-1, 1] at every step; when neither form is given, as the checkpoint "
+                            "asks (a diffusers scheduler's clip_sample), else off")
     if seed:
         g.add_argument("--seed", type=nonnegative_int, default=0, help="sample i is a pure function of (seed, i)")
     if classes:
@@ -155,8 +157,18 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
                  "compile", "batch_size", "cache_interval", "cache_branch", "guidance"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
+    if fields.get("clip_denoised", False) is None:      # neither flag: the default until `checkpoint_defaults`
+        del fields["clip_denoised"]
     fields.update(overrides)
     return SampleConfig(**fields)
+
+
+def checkpoint_defaults(args: argparse.Namespace, config: SampleConfig, loaded: LoadedModel) -> SampleConfig:
+    """The config with what the checkpoint asks for where the user gave no flag: a diffusers scheduler's
+    clip_sample (`loaded.clip_denoised`) unless --clip-denoised / --no-clip-denoised was given."""
+    if getattr(args, "clip_denoised", False) is None and loaded.clip_denoised:
+        return config.replace(clip_denoised=loaded.clip_denoised)
+    return config
 
 
 def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):

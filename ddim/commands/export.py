@@ -6,7 +6,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ddim.checkpoint import export_pipeline
+from ddim.checkpoint import CLASS_CONDITIONAL_HINT, export_pipeline
 from ddim.commands.common import Formatter, add_model_args, load
 from ddim.errors import OutputExistsError
 from ddim.runs import check_writable
@@ -14,7 +14,8 @@ from ddim.runs import check_writable
 EPILOG = """examples:
   ddim export --out digits-pipeline                       (the embedded model)
   ddim export --ckpt runs/digits/model.safetensors --out my-pipeline
-then, in Python: diffusers.DDIMPipeline.from_pretrained("my-pipeline")(num_inference_steps=50, eta=0.0)"""
+then, in Python: diffusers.DDIMPipeline.from_pretrained("my-pipeline")(num_inference_steps=50, eta=0.0)
+(a class-conditional model: its unet with class_labels, as the README shows)"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,3 +37,5 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     export_pipeline(loaded, out)
     print(f"wrote a diffusers DDIMPipeline folder to {out} (model_index.json, unet/, scheduler/)")
+    if loaded.config.num_classes:
+        print(f"note: {CLASS_CONDITIONAL_HINT}")

@@ -6,8 +6,8 @@ import argparse
 
 import torch
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
-                                  positive_int, sample_config)
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, checkpoint_defaults,
+                                  labels, load, positive_int, sample_config)
 from ddim.generate import (decode, encode, image_shape, initial_noise, make_sampler, resolve_batch_size,
                            sample_generators)
 from ddim.images import load_images, save_image_grid
@@ -94,6 +94,7 @@ def run_trajectory(args: argparse.Namespace) -> None:
     config = sample_config(args)
     out = prepare_output(args.out, args.overwrite)
     loaded = load(args)
+    config = checkpoint_defaults(args, config, loaded)
     sampler = make_sampler(loaded, config, args.device)
     x_T, gens = _noise(loaded, config.seed, args.n, args.device)
     y = labels(args, loaded, args.n)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, labels, load,
-                                  positive_int, sample_config)
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, checkpoint_defaults,
+                                  labels, load, positive_int, sample_config)
 from ddim.distributed import setup_distributed, teardown
 from ddim.generate import generate
 
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         args.device = str(device)
         loaded = load(args)
+        config = checkpoint_defaults(args, config, loaded)     # e.g. a diffusers scheduler's clip_sample
         y = labels(args, loaded, args.n)
         per_class = args.class_ == "all" and args.n % loaded.config.num_classes == 0
         out = generate(loaded, args.out, args.n, config, device, source=loaded.metadata["source"],

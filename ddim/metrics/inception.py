@@ -63,7 +63,7 @@ def tf1_resize_bilinear(x: Tensor, size: int | tuple[int, int]) -> Tensor:
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     if x.ndim != 4:
-        raise ValueError(f"expected [B, C, H, W], got {tuple(x.shape)}")
+        raise DDIMError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         x = x.float()
     in_h, in_w = x.shape[-2:]
@@ -189,7 +189,7 @@ class InceptionE(nn.Module):
     def __init__(self, in_channels: int, pool: str) -> None:
         super().__init__()
         if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+            raise DDIMError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.pool = pool
         self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
         self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
@@ -252,7 +252,7 @@ class FIDInceptionV3(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, 3, H, W] with values in [0, 255] -> pool3 features [B, 2048]."""
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images [B, 3, H, W] in [0, 255], got {tuple(x.shape)}")
+            raise DDIMError(f"Inception takes images [B, 3, H, W] in [0, 255], got shape {tuple(x.shape)}")
         x = self.preprocess(x)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))   # 149 -> 147 -> 147
         x = F.max_pool2d(x, kernel_size=3, stride=2)                        # 73

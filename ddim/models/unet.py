@@ -7,6 +7,7 @@ checkpoints load with a plain `load_state_dict`. Attention runs through `F.scale
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -36,6 +37,17 @@ class UNetConfig:
     null_class: bool = True       # with classes: one more learned embedding, label -1, for the unconditional output
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "in_channels", "out_channels", "ch", "num_res_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise DDIMError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("ch_mult", "attn_resolutions"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+                raise DDIMError(f"{name} must be a list of integers, got {value!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
+            raise DDIMError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         # Lists arrive from JSON/YAML; tuples keep the config hashable and comparable.
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)

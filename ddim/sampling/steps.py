@@ -14,10 +14,9 @@ import torch
 from torch import Tensor
 
 from ddim.errors import DDIMError
+from ddim.predictions import PREDICTIONS  # re-exported: sampling's callers import it from here too
 
 __all__ = ["ddim_sigma", "predict_eps_x0", "ddim_step", "ddpm_posterior_step", "PREDICTIONS"]
-
-PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
 
 
 def ddim_sigma(a_t: float, a_s: float, eta: float) -> float:
