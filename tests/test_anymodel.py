@@ -9,7 +9,7 @@ from ddim import DDIMSampler, NoiseSchedule
 from ddim.errors import DDIMError
 from ddim.sampling import SOLVERS, Denoiser, slerp
 from ddim.sampling.network import DiffusersUNet, as_network
-from ddim.sampling.scheduler import read_scheduler
+from ddim.checkpoint.scheduler import read_scheduler
 
 SCHED = NoiseSchedule.linear()
 diffusers = pytest.importorskip("diffusers")
@@ -51,7 +51,7 @@ def test_a_diffusers_unet2dmodel_given_as_it_is_samples_what_ddim_sample_ckpt_sa
                  "--quiet", "--out", str(tmp_path / "s")]) == 0
     cli = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
 
-    sampler = DDIMSampler(unet, scheduler)                                 # the objects as they are
+    sampler = DDIMSampler(unet, read_scheduler(scheduler))                 # the objects as they are
     gens = sample_generators(4, range(3))
     size = cfg.image_size
     x_0 = sampler.sample(initial_noise((cfg.in_channels, size, size), gens), 5, eta=0.5, generator=gens)
@@ -70,7 +70,7 @@ def test_a_unet1dmodel_samples_b_c_l_as_diffusers_ddimscheduler_loop():
         for t in peer.timesteps:
             x = peer.step(unet(x, t).sample, t, x).prev_sample
     settings = read_scheduler(peer, steps=10)
-    sampler = DDIMSampler(unet, peer)
+    sampler = DDIMSampler(unet, settings)
     ours = sampler.sample(x_T, **settings.options)
     assert ours.shape == (3, 4, 16)
     torch.testing.assert_close(ours, x, atol=1e-5, rtol=1e-5)
@@ -91,6 +91,8 @@ def test_read_scheduler_maps_a_stable_diffusion_ddim_config():
     assert dpm.options["solver"] == "dpm++2m" and len(dpm.options["skip"]) == 7
     with pytest.raises(DDIMError, match="scheduler"):
         read_scheduler(object())
+    with pytest.raises(DDIMError, match="no ddim solver"):
+        read_scheduler(diffusers.EulerDiscreteScheduler())
 
 
 def test_the_class_conditional_unet2dmodel_gets_its_null_label_mapped():

@@ -31,12 +31,13 @@ from ddim.checkpoint.diffusers_import import config_from_diffusers
 from ddim.checkpoint.diffusers_layout import diffusers_key_map
 from ddim.checkpoint.files import is_safetensors, read_safetensors, torch_load
 from ddim.checkpoint.hub import looks_like_hub_id, resolve_hub_id
+from ddim.checkpoint.scheduler import SchedulerSettings, read_scheduler
 from ddim.checkpoint.native import BETAS_KEY as _BETAS_KEY, FORMAT_VERSION, save
 from ddim.models.unet import UNetConfig
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["CheckpointError", "LoadedModel", "load", "save", "export_diffusers", "export_pipeline", "FORMAT_VERSION",
-           "config_from_diffusers", "diffusers_key_map", "CLASS_CONDITIONAL_HINT"]
+           "config_from_diffusers", "diffusers_key_map", "CLASS_CONDITIONAL_HINT", "read_scheduler", "SchedulerSettings"]
 
 _CARRY_CONFIG = (native.FORMAT, native.TRAIN_FORMAT, "diffusers")   # formats that hold their own UNetConfig
 

@@ -22,7 +22,6 @@ from ddim.sampling.noise import Generator, check_generator, randn
 from ddim.sampling.options import DEFAULTS as D
 from ddim.sampling.options import WalkOptions
 from ddim.sampling.plan import Plan, invert_plan, resolve_taus, sample_plan
-from ddim.sampling.scheduler import read_scheduler
 from ddim.sampling.solvers import Solver
 from ddim.sampling.steps import PREDICTIONS
 from ddim.sampling.walk import walk
@@ -58,17 +57,17 @@ class DDIMSampler:
 
     model(x [B, ...], t LongTensor [B], *cond) returns the prediction named by `prediction` ("eps", "x0" or "v"),
     same shape as x: our U-Net, any such callable, or a diffusers UNet2DModel / UNet2DConditionModel /
-    UNet1DModel object as it is (`ddim.sampling.network`). schedule: a `NoiseSchedule`, or a diffusers scheduler
-    (object or config), whose prediction_type is then the default prediction. The sampler keeps no state between calls, except `last_nfe`: the network calls the most
+    UNet1DModel object as it is (`ddim.sampling.network`). schedule: a `NoiseSchedule`, or an object holding one
+    as `.schedule` and its `.prediction` (`ddim.checkpoint.read_scheduler(diffusers_scheduler)`, a LoadedModel),
+    whose prediction is then the default. The sampler keeps no state between calls, except `last_nfe`: the network calls the most
     recently finished walk made (a guided call of 2B counts as one), as its denoiser counted them.
     """
 
     last_nfe: int | None = None
 
     def __init__(self, model: Model, schedule: NoiseSchedule | Any, prediction: str | None = None) -> None:
-        if not isinstance(schedule, NoiseSchedule) and (hasattr(schedule, "config") or isinstance(schedule, dict)):
-            settings = read_scheduler(schedule, source="schedule")
-            schedule, prediction = settings.schedule, prediction or settings.prediction
+        if isinstance(getattr(schedule, "schedule", None), NoiseSchedule):     # e.g. checkpoint.read_scheduler's
+            schedule, prediction = schedule.schedule, prediction or getattr(schedule, "prediction", None)
         prediction = prediction or "eps"
         if not callable(model):
             raise DDIMError(f"model must be callable as model(x, t), got {type(model).__name__}")
