@@ -6,6 +6,8 @@ a saved pipeline folder loads through ddim.checkpoint.load with its own tokenize
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -189,3 +191,43 @@ def test_bad_pipelines_are_one_line_errors(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(DDIMError, match="slice_size"):
         LatentSpace(_components(tmp_path)["vae"], slice_size=0)
+
+
+def test_ddim_sample_with_a_prompt_runs_end_to_end_on_a_saved_pipeline_folder(tmp_path, capsys):
+    from ddim.commands import main
+    from ddim.generate import initial_noise, sample_generators
+    from ddim.images import to_uint8
+
+    parts, folder = _save_pipeline(tmp_path)
+    out = tmp_path / "s"
+    args = ["sample", "--ckpt", str(folder), "--prompt", "a photo of a cat", "--negative-prompt", "the dog",
+            "--guidance", "7.5", "--steps", "3", "--n", "2", "--seed", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    images = np.load(out / "samples.npz")["arr_0"]
+    assert images.shape == (2, 32, 32, 3)
+    assert json.loads((out / "run.json").read_text())["prompt"] == "a photo of a cat"
+
+    loaded = load(folder)
+    gens = sample_generators(1, range(2))
+    z = DDIMSampler(loaded.model, loaded).sample(initial_noise((4, 16, 16), gens), 3, generator=gens,
+                                                 cond=loaded.encode_prompt("a photo of a cat"),
+                                                 uncond=loaded.encode_prompt("the dog"), guidance=7.5)
+    want = to_uint8(loaded.latent.decode(z)).permute(0, 2, 3, 1).numpy()
+    assert np.abs(images.astype(int) - want.astype(int)).max() <= 1        # uint8 rounding of float32 roundoff
+    assert main(args) == 0                                                  # the same run resumes
+    assert main(args[:4] + ["another prompt"] + args[5:]) == 2              # another prompt is another run
+    assert "prompt" in capsys.readouterr().err
+
+
+def test_prompt_bad_input_is_one_line(tmp_path, capsys):
+    from ddim.commands import main
+
+    assert main(["sample", "--prompt", "a cat", "--n", "1", "--steps", "2", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--prompt" in err and "takes no prompt" in err and "\n" not in err
+    (tmp_path / "notpipe").mkdir()
+    (tmp_path / "notpipe" / "model_index.json").write_text(json.dumps({"vae": ["diffusers", "AutoencoderKL"]}))
+    assert main(["sample", "--ckpt", str(tmp_path / "notpipe"), "--prompt", "a", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unet/" in err and "\n" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

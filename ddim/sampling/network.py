@@ -80,8 +80,12 @@ class DiffusersUNet(nn.Module):
         labels = kw.get("class_labels")
         if self.num_class_embeds and isinstance(labels, Tensor):       # the null label -1: the last embedding
             kw["class_labels"] = torch.where(labels < 0, self.num_class_embeds - 1, labels)
-        out = self.unet(x, t, return_dict=False, **kw)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        dtype = next(self.unet.parameters()).dtype        # half-precision weights: inputs in theirs, output in x's
+        if dtype != x.dtype:
+            kw = {k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in kw.items()}
+        out = self.unet(x.to(dtype), t, return_dict=False, **kw)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out.to(x.dtype)
 
 
 def as_network(model: Any) -> Any:
