@@ -32,7 +32,7 @@ from ddim.models.deepcache import DeepCache
 from ddim.runs import open_run
 from ddim.sampling import DDIMSampler, WalkOptions
 
-__all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "load_model", "sample_generators", "initial_noise",
+__all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_model", "recorded_sampling", "sample_generators", "initial_noise",
            "cast_matmul_weights", "network",
            "make_sampler", "check_plan", "class_labels", "image_shape", "resolve_batch_size", "sample_batch", "encode", "decode",
            "weights_fingerprint", "generate", "assemble", "DTYPES"]
@@ -58,6 +58,18 @@ def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None,
                                    "with --ckpt")
         ckpt = path
     return load(ckpt, config=config, ema=ema, map_location=device, dtype=dtype)
+
+
+DISTILLED = "distilled"     # a distilled student's metadata record (`ddim.distill`): steps, skip (its taus), guidance
+
+
+def recorded_sampling(loaded: LoadedModel) -> dict | None:
+    """The sampling a distilled student was trained for, {"steps": S, "skip": (tau_1, ..., tau_S)}, or None for
+    any other model. A student's guidance is baked into its weights: it samples at guidance 1."""
+    rec = loaded.metadata.get(DISTILLED)
+    if not isinstance(rec, dict) or "steps" not in rec or "skip" not in rec:
+        return None
+    return {"steps": int(rec["steps"]), "skip": tuple(int(t) for t in rec["skip"])}
 
 
 def _seed_of(seed: int, i: int) -> int:

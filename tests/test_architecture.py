@@ -62,7 +62,8 @@ def test_there_is_no_import_cycle():
     ("ddim.images", ("ddim.data", "ddim.generate", "ddim.evaluation", "ddim.commands")),
     ("ddim.generate", ("ddim.evaluation", "ddim.commands")),
     ("ddim.evaluation", ("ddim.commands",)),
-    ("ddim.train", ("ddim.commands", "ddim.generate", "ddim.evaluation")),
+    ("ddim.train", ("ddim.commands", "ddim.generate", "ddim.evaluation", "ddim.distill")),
+    ("ddim.distill", ("ddim.commands", "ddim.evaluation")),
 ])
 def test_layers_import_one_way(lower, higher):
     graph = _imports()

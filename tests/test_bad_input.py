@@ -104,20 +104,28 @@ CASES = [
     ("train --beta-schedule bogus", "beta_schedule"), ("train --precision fp8", "precision"),
     ("train --grad-clip -1", "grad_clip"), ("train --ema-rate 1.5", "ema_rate"), ("train --seed -1", "seed"),
     ("train --random-flip maybe", "--random-flip"), ("train --steps x", "--steps"),
+    # --- distill (the tiny model is a 3-channel teacher; the checks on it come before any data is read)
+    ("distill --steps-from 6 --steps-to 3", "--steps-from"), ("distill --steps-from 48", "power of two"),
+    ("distill --steps-to 3", "--steps-to"), ("distill --steps-to 64", "--steps-to"),
+    ("distill --guidance 2", "unconditional"), ("distill --prediction eps", "--prediction"),
+    ("distill --lr -1", "lr"), ("distill --dataset bogus", "dataset"), ("distill --steps-from 0", "--steps-from"),
+    ("distill --ckpt {d}/garbage.safetensors", "garbage.safetensors"), ("distill --iters-per-round 0", "--iters"),
+    ("distill --out {d}/existing.png", "existing.png"),
     # --- plot, bench
     ("plot {d}/missing", "metrics.jsonl"), ("plot {d}/empty", "metrics.jsonl"),
     ("bench --batches 0", "--batches"), ("bench --steps 0", "--steps"), ("bench --paths bogus", "--paths"),
 ]
 
 # commands that load a model get the tiny one unless the case names its own --ckpt
-_MODEL_COMMANDS = ("sample", "encode", "reconstruct", "interpolate", "consistency", "trajectory", "eval")
+_MODEL_COMMANDS = ("sample", "encode", "reconstruct", "interpolate", "consistency", "trajectory", "eval", "distill")
 
 
 def _argv(case: str, d, out) -> list[str]:
     argv = case.format(d=d, o=out).split()
     if argv[0] in _MODEL_COMMANDS and "--ckpt" not in argv:
         argv += ["--ckpt", str(d / "tiny.safetensors")]
-    if argv[0] in ("sample", "eval", "interpolate", "consistency", "trajectory", "reconstruct", "encode", "train") \
+    if argv[0] in ("sample", "eval", "interpolate", "consistency", "trajectory", "reconstruct", "encode", "train",
+                   "distill") \
             and "--out" not in argv:
         argv += ["--out", str(out)]
     if argv[0] == "sample" and "--quiet" not in argv:

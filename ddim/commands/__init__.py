@@ -11,13 +11,13 @@ import argparse
 import os
 import sys
 
-from ddim.commands import bench, edit, encode, eval, export, fid, figures, sample, train
+from ddim.commands import bench, distill, edit, encode, eval, export, fid, figures, sample, train
 from ddim.commands.common import Formatter, Parser
 from ddim.errors import DDIMError
 
 __all__ = ["build_parser", "main"]
 
-FAMILIES = (sample, encode, figures, edit, fid, eval, bench, train, export)
+FAMILIES = (sample, encode, figures, edit, fid, eval, bench, train, distill, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import os
 from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_prompt_args, add_sampler_args,
                                   checkpoint_defaults, labels, load, positive_int, prompt_condition, sample_config)
 from ddim.distributed import setup_distributed, teardown
-from ddim.generate import generate
+from ddim.generate import generate, recorded_sampling
 
 EPILOG = """examples:
   ddim sample --n 64 --steps 50 --out samples            (the embedded digits model)
@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(s)
     add_sampler_args(s)
     add_prompt_args(s)
+    for action in s._actions:          # a distilled student's own step count and grid are its defaults
+        if action.dest in ("steps", "skip"):
+            action.help += "; a distilled student's own unless given"
+            action.default = _Unset(action.default)
     s.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=64,
                    help="number of images (spell it --num-samples under torchrun, whose parser takes --n)")
     add_output_args(s, "samples", "output folder")
@@ -33,13 +37,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=run)
 
 
+class _Unset:
+    """A flag's default value, marked so that `run` can tell it from the same value given on the command line."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def _given(value: object) -> bool:
+    return not isinstance(value, _Unset)
+
+
 def run(args: argparse.Namespace) -> None:
+    steps_given, skip_given = _given(args.steps), _given(args.skip)
+    args.steps, args.skip = (v if _given(v) else v.value for v in (args.steps, args.skip))
     config = sample_config(args)          # every flag validated before the model loads or a file is written
     info, device = setup_distributed(args.device)
     try:
         args.device = str(device)
         loaded = load(args)
         config = checkpoint_defaults(args, config, loaded)     # e.g. a diffusers scheduler's clip_sample
+        recorded = recorded_sampling(loaded)                   # a distilled student's steps and grid
+        if recorded is not None and not steps_given:
+            config = config.replace(steps=recorded["steps"], skip=args.skip if skip_given else recorded["skip"])
         y = labels(args, loaded, args.n)
         cond, uncond, prompts = prompt_condition(args, loaded)
         per_class = args.class_ == "all" and args.n % loaded.config.num_classes == 0

@@ -109,10 +109,11 @@ class Denoiser:
             if c is not None:
                 c.check_batch(batch)
 
-    def network(self, x: Tensor, t: int) -> Tensor:
-        """One network call at timestep t for the whole batch (guided: one call of 2B); checks the output's shape."""
+    def network(self, x: Tensor, t: int | Tensor) -> Tensor:
+        """One network call at timestep t for the whole batch, or at t[i] for sample i (a LongTensor [B]); guided:
+        one call of 2B; checks the output's shape."""
         B = x.shape[0]
-        t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
+        t_b = t.to(x.device) if isinstance(t, Tensor) else torch.full((B,), t, dtype=torch.long, device=x.device)
         w = self.guidance
         if self.cond is None:
             out = self._call(t, x, t_b)
