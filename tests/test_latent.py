@@ -231,3 +231,28 @@ def test_prompt_bad_input_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "unet/" in err and "\n" not in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_base_install_imports_neither_diffusers_nor_transformers_and_names_the_extra(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys, ddim, ddim.checkpoint, ddim.generate, ddim.commands; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers')))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    _, folder = _save_pipeline(tmp_path)
+    monkeypatch.setitem(sys.modules, "transformers", None)          # as if not installed
+    from ddim.errors import MissingDependencyError
+    with pytest.raises(MissingDependencyError, match=r"ddim\[latent\]"):
+        load(folder)
+
+
+def test_a_hub_listing_of_a_latent_pipeline_fetches_each_parts_weights():
+    from ddim.checkpoint.hub import files_to_fetch
+
+    listing = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+               "unet/diffusion_pytorch_model.bin", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+               "text_encoder/config.json", "text_encoder/model.safetensors", "text_encoder/pytorch_model.bin",
+               "tokenizer/vocab.json", "tokenizer/merges.txt", "scheduler/scheduler_config.json", "README.md"]
+    got = set(files_to_fetch(listing))
+    assert got == set(listing) - {"unet/diffusion_pytorch_model.bin", "text_encoder/pytorch_model.bin", "README.md"}

@@ -57,7 +57,8 @@ def files_to_fetch(listing: list[str]) -> list[str]:
     per model folder (the root, unet/, vae/, text_encoder/) one weights file, safetensors where it has both."""
     have = set(listing)
     wanted = [f for f in _CONFIGS if f in have]
-    for prefix, files in (("", WEIGHT_FILES), ("unet/", WEIGHT_FILES), *_OTHER_WEIGHTS):
+    others = [(prefix, files) for prefix, files in _OTHER_WEIGHTS if prefix + "config.json" in have]  # a real part
+    for prefix, files in (("", WEIGHT_FILES), ("unet/", WEIGHT_FILES), *others):
         weights = next((prefix + w for w in files if prefix + w in have), None)
         if weights is not None:
             wanted.append(weights)
