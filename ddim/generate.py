@@ -15,13 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddim.checkpoint import LoadedModel, load
+from ddim.checkpoint import LoadedModel, LoadedPipeline, load
 from ddim.config import DTYPES, SampleConfig, check_int
 from ddim.distributed import rank_world
 from ddim.errors import DDIMError, MissingFileError
@@ -46,7 +47,7 @@ EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded mod
 
 
 def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None, ema: bool = True,
-               device: str | torch.device = "cpu") -> LoadedModel:
+               device: str | torch.device = "cpu", dtype: str = "float32") -> LoadedModel | LoadedPipeline:
     """`ddim.load` with one addition: no checkpoint means the embedded default model (16x16 digits), and the
     names of `EMBEDDED` ("digits", "digits-cond") the models that ship in the package (a local path of the same
     name wins)."""
@@ -56,7 +57,7 @@ def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None,
             raise MissingFileError(f"the embedded model {path} is missing from this install; pass a checkpoint "
                                    "with --ckpt")
         ckpt = path
-    loaded = load(ckpt, config=config, ema=ema, map_location=device)
+    loaded = load(ckpt, config=config, ema=ema, map_location=device, dtype=dtype)
     check_finite_weights(loaded, str(ckpt))
     return loaded
 
@@ -141,7 +142,10 @@ def network(model: torch.nn.Module, dtype: str = "float32", channels_last: bool 
 
 def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.device = "cpu") -> DDIMSampler:
     """The sampler for a loaded model with the config's network switches (dtype, channels_last, compile) and
-    its feature cache (cache_interval > 1: DeepCache)."""
+    its feature cache (cache_interval > 1: DeepCache). A latent pipeline's U-Net is sampled as it is (its weights
+    were loaded in the dtype asked for)."""
+    if isinstance(loaded, LoadedPipeline):
+        return DDIMSampler(loaded.model.to(device), loaded.schedule, loaded.prediction)
     model = loaded.model.to(device)
     if config.cache_interval > 1:       # the cache compiles the U-Net's two passes itself, under its bookkeeping
         model = DeepCache(model, config.cache_interval, config.cache_branch, compile=config.compile)
@@ -149,11 +153,12 @@ def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.
     return DDIMSampler(fn, loaded.schedule, loaded.prediction)
 
 
-def check_plan(sampler: DDIMSampler, config: SampleConfig, conditional: bool = False) -> None:
+def check_plan(sampler: DDIMSampler, config: SampleConfig, conditional: bool = False, cond: Any = None,
+               uncond: Any = None) -> None:
     """Everything about the config that needs the model (steps <= T, an eta too large for the plan, guidance
-    without class labels), checked by `DDIMSampler.prepare` with no network call, so a bad run fails before any
-    file is written."""
-    sampler.prepare(config.walk, y=0 if conditional else None)
+    without class labels or a condition), checked by `DDIMSampler.prepare` with no network call, so a bad run
+    fails before any file is written."""
+    sampler.prepare(config.walk, y=0 if conditional else None, cond=cond, uncond=uncond)
 
 
 def _batch(config: SampleConfig, sampler: DDIMSampler, x: Tensor) -> int:
@@ -166,11 +171,11 @@ def _batch(config: SampleConfig, sampler: DDIMSampler, x: Tensor) -> int:
 
 def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                 y: Tensor | None = None) -> Tensor:
+                 y: Tensor | None = None, cond: Any = None, uncond: Any = None) -> Tensor:
     """x_0 [B, ...] from x_T [B, ...] with the config's walk options (steps, skip, solver, ...); y: class labels
     [B] (-1: none) of a class-conditional model, guided by config.guidance. The network calls this walk made
     are then `sampler.last_nfe`."""
-    return sampler.run(x_T, config.walk, generator, y)
+    return sampler.run(x_T, config.walk, generator, y, cond=cond, uncond=uncond)
 
 
 def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False,
@@ -223,8 +228,12 @@ def class_labels(spec: str | int | Sequence[int] | None, n: int, num_classes: in
     return torch.tensor(labels, dtype=torch.long)
 
 
-def image_shape(loaded: LoadedModel) -> tuple[int, int, int]:
-    """(C, H, W) of the images the model makes."""
+def image_shape(loaded: LoadedModel | LoadedPipeline) -> tuple[int, ...]:
+    """(C, H, W) of the images the model makes (a latent pipeline: of its latents, which the VAE decodes)."""
+    if isinstance(loaded, LoadedPipeline):
+        size = loaded.model.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else size
+        return (loaded.model.config.in_channels, h, w)
     c = loaded.config
     return (c.in_channels, c.image_size, c.image_size)
 
@@ -273,6 +282,8 @@ def resolve_batch_size(config: SampleConfig, loaded: LoadedModel, device: str | 
     that fits (CUDA: one probe of the eager network, see `auto_batch_size`; other devices: 64), at most n."""
     if config.batch_size != "auto":
         return int(config.batch_size)
+    if isinstance(loaded, LoadedPipeline):          # its U-Net needs its condition to be probed: the CPU's rule
+        return max(1, min(CPU_AUTO_BATCH, n))
     fn = network(loaded.model.to(device), config.dtype, config.channels_last)  # compiled code needs no more memory
     return auto_batch_size(fn, image_shape(loaded), device, max(1, n))
 
@@ -301,7 +312,8 @@ def check_run_size(n: int, shape: Sequence[int], out: str | os.PathLike) -> None
 
 def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: SampleConfig = SampleConfig(),
              device: str | torch.device = "cpu", source: str | None = None, overwrite: bool = False,
-             progress: bool = True, labels: Tensor | None = None, grid_nrow: int = 8, grid_count: int = 64) -> Path:
+             progress: bool = True, labels: Tensor | None = None, grid_nrow: int = 8, grid_count: int = 64,
+             cond: Any = None, uncond: Any = None, cond_settings: dict | None = None) -> Path:
     """Sample n images into `out`: images/{i:06d}.png, samples.npz (uint8 NHWC, key arr_0), grid.png.
 
     Resumes an interrupted run with the same settings (images already on disk are kept); `out/run.json`
@@ -309,7 +321,9 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     written only after everything has been validated. Under torchrun (an initialised process group) rank r
     samples the indices i = r mod world_size, and rank 0 assembles. The images do not depend on the batch size.
     labels: the class of each sample [n] (`class_labels`) for a class-conditional model; sample i then depends
-    on (seed, i, labels[i]) only.
+    on (seed, i, labels[i]) only. cond, uncond: a condition for every sample (one row, e.g. a prompt's embeddings)
+    and its null form (a negative prompt's), recorded in run.json as `cond_settings` (the prompts). A latent
+    pipeline samples latents and decodes them with its VAE.
     """
     n = check_int(n, "n")
     out = check_output_path(out)
@@ -320,9 +334,9 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     sampler = make_sampler(loaded, config, device)
     if labels is not None and len(labels) != n:
         raise DDIMError(f"labels: {len(labels)} labels for n = {n} samples")
-    check_plan(sampler, config, conditional=labels is not None)
+    check_plan(sampler, config, conditional=labels is not None, cond=cond, uncond=uncond)
     settings = {"ckpt": source or str(loaded.metadata.get("source", "")), "n": n,
-                "model": weights_fingerprint(loaded.model), **config.manifest()}
+                "model": weights_fingerprint(loaded.model), **config.manifest(), **(cond_settings or {})}
     if labels is not None:
         settings["labels"] = labels.tolist() if n <= 1000 else hashlib.sha256(
             labels.numpy().tobytes()).hexdigest()[:16]
@@ -344,7 +358,9 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
         idx = todo[b:b + batch_size]
         gens = sample_generators(config.seed, idx)
         y = None if labels is None else labels[idx].to(device)
-        x_0 = sample_batch(sampler, initial_noise(shape, gens, device), config, gens, y)
+        x_0 = sample_batch(sampler, initial_noise(shape, gens, device), config, gens, y, cond, uncond)
+        if isinstance(loaded, LoadedPipeline):
+            x_0 = loaded.latent.decode(x_0)
         save_images(x_0, out / "images", start=idx)     # indices may be strided (sharding)
         bar.update(len(idx))
     bar.close()

@@ -9,6 +9,9 @@ format.
   `config=`, or the matching preset is used), and "official-train", the trainer's `ckpt.pth` list (EMA by default).
 - `diffusers_import`: "diffusers", a `UNet2DModel` folder or a pipeline folder with it in `unet/`, read without
   diffusers; `diffusers_export` writes them (`export_diffusers`, `export_pipeline`).
+- `pipeline`: "diffusers-pipeline", a latent pipeline folder (Stable Diffusion's layout: unet/, vae/, scheduler/,
+  text_encoder/, tokenizer/), loaded with diffusers and transformers as a `LoadedPipeline`; `scheduler` reads any
+  diffusers scheduler (object or config) as schedule, prediction and walk options.
 - `hub`: a Hugging Face Hub id (`google/ddpm-cifar10-32`, optionally `@revision`) that is not a local path, fetched
   or found in the cache and read as a diffusers folder.
 
@@ -24,25 +27,29 @@ from pathlib import Path
 
 import torch
 
-from ddim.checkpoint import diffusers_import, native, official
+from ddim.checkpoint import diffusers_import, native, official, pipeline
 from ddim.checkpoint.base import CheckpointError, LoadedModel, resolve_config
 from ddim.checkpoint.diffusers_export import CLASS_CONDITIONAL_HINT, export_diffusers, export_pipeline
 from ddim.checkpoint.diffusers_import import config_from_diffusers
 from ddim.checkpoint.diffusers_layout import diffusers_key_map
 from ddim.checkpoint.files import is_safetensors, read_safetensors, torch_load
 from ddim.checkpoint.hub import looks_like_hub_id, resolve_hub_id
+from ddim.checkpoint.pipeline import LoadedPipeline
+from ddim.checkpoint.scheduler import SchedulerSettings, read_scheduler
 from ddim.checkpoint.native import BETAS_KEY as _BETAS_KEY, FORMAT_VERSION, save
 from ddim.models.unet import UNetConfig
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["CheckpointError", "LoadedModel", "load", "save", "export_diffusers", "export_pipeline", "FORMAT_VERSION",
-           "config_from_diffusers", "diffusers_key_map", "CLASS_CONDITIONAL_HINT"]
+           "config_from_diffusers", "diffusers_key_map", "CLASS_CONDITIONAL_HINT", "read_scheduler", "SchedulerSettings",
+           "LoadedPipeline"]
 
 _CARRY_CONFIG = (native.FORMAT, native.TRAIN_FORMAT, "diffusers")   # formats that hold their own UNetConfig
 
 
 def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLike | None = None, ema: bool = True,
-         map_location: str | torch.device = "cpu", schedule: NoiseSchedule | None = None) -> LoadedModel:
+         map_location: str | torch.device = "cpu", schedule: NoiseSchedule | None = None,
+         dtype: str = "float32") -> LoadedModel | LoadedPipeline:
     """Load a checkpoint of any supported format (see module docstring) into a ready `UNet` in eval mode.
 
     config: needed only for official files, which carry none: a `PRESETS` name, a `UNetConfig`, a dict (UNetConfig
@@ -53,6 +60,8 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
         ones (False); other formats hold one set of weights and ignore it.
     schedule: overrides the schedule found in (or assumed for) the file.
     Weights keep their stored dtype and go to `map_location`.
+    A latent pipeline folder (model_index.json with vae/: Stable Diffusion and the like) or its Hub id gives a
+    `LoadedPipeline` (`ddim.checkpoint.pipeline`; needs diffusers and transformers), its weights in `dtype`.
     """
     source = str(path)
     path = Path(path)
@@ -62,6 +71,13 @@ def load(path: str | os.PathLike, *, config: UNetConfig | str | dict | os.PathLi
         raise CheckpointError(f"{path}: no such file or directory")
     if config is not None:
         wanted = resolve_config(config)[0]       # a bad --config is refused before the file is read
+    if pipeline.is_latent_pipeline(path):
+        if config is not None:
+            raise CheckpointError(f"{path}: a latent pipeline carries its own configs; leave config=None")
+        loaded = pipeline.load_pipeline(path, map_location, dtype)
+        if schedule is not None:
+            loaded.schedule = schedule
+        return loaded
     if diffusers_import.is_model_folder(path):
         loaded = diffusers_import.load_folder(path)
     else:

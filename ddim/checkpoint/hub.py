@@ -24,7 +24,11 @@ __all__ = ["looks_like_hub_id", "resolve_hub_id", "files_to_fetch"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
 # what sampling needs of a diffusers pipeline or UNet2DModel repository, besides the weights
 _CONFIGS = ("model_index.json", "config.json", "scheduler_config.json", "unet/config.json",
-            "scheduler/scheduler_config.json")
+            "scheduler/scheduler_config.json", "vae/config.json", "text_encoder/config.json",
+            "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer.json",
+            "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json")
+# a latent pipeline's other weight folders: (prefix, weight file names, safetensors first)
+_OTHER_WEIGHTS = (("vae/", WEIGHT_FILES), ("text_encoder/", ("model.safetensors", "pytorch_model.bin")))
 
 
 def looks_like_hub_id(spec: str | os.PathLike) -> bool:
@@ -49,12 +53,13 @@ def _check(spec: str) -> tuple[str, str | None]:
 
 
 def files_to_fetch(listing: list[str]) -> list[str]:
-    """The files of a repository listing that loading it needs: the configs, and per model folder (the root and
-    unet/) one weights file, safetensors where the repository has both."""
+    """The files of a repository listing that loading it needs: the configs (and a latent pipeline's tokenizer), and
+    per model folder (the root, unet/, vae/, text_encoder/) one weights file, safetensors where it has both."""
     have = set(listing)
     wanted = [f for f in _CONFIGS if f in have]
-    for prefix in ("", "unet/"):
-        weights = next((prefix + w for w in WEIGHT_FILES if prefix + w in have), None)
+    others = [(prefix, files) for prefix, files in _OTHER_WEIGHTS if prefix + "config.json" in have]  # a real part
+    for prefix, files in (("", WEIGHT_FILES), ("unet/", WEIGHT_FILES), *others):
+        weights = next((prefix + w for w in files if prefix + w in have), None)
         if weights is not None:
             wanted.append(weights)
     return wanted

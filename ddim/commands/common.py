@@ -232,7 +232,8 @@ def device(args: argparse.Namespace) -> torch.device:
 
 def load(args: argparse.Namespace) -> LoadedModel:
     """The model --ckpt names (the embedded one by default), on --device, with its source recorded."""
-    loaded = load_model(args.ckpt, args.ckpt_config, ema=not args.raw_weights, device=device(args))
+    loaded = load_model(args.ckpt, args.ckpt_config, ema=not args.raw_weights, device=device(args),
+                        dtype=getattr(args, "dtype", None) or "float32")
     loaded.metadata.setdefault("source", str(args.ckpt or EMBEDDED_NAME))
     return loaded
 
@@ -253,10 +254,38 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     return SampleConfig(**fields)
 
 
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
+    """--prompt and --negative-prompt: the condition of a text-to-image pipeline."""
+    g = p.add_argument_group("prompts (latent text-to-image pipelines)")
+    g.add_argument("--prompt", default=None, help="the text every sample is conditioned on (its pipeline's own "
+                   "tokenizer and text encoder)")
+    g.add_argument("--negative-prompt", default=None, help="the null condition of guidance (default: the empty "
+                   "prompt)")
+
+
+def prompt_condition(args: argparse.Namespace, loaded: Any) -> tuple[Any, Any, dict]:
+    """(cond, uncond, their run.json record) from --prompt / --negative-prompt: embeddings by the pipeline's own
+    text encoder, one row for every sample; (None, None, {}) without --prompt."""
+    from ddim.errors import DDIMError
+    prompt, negative = getattr(args, "prompt", None), getattr(args, "negative_prompt", None)
+    encode = getattr(loaded, "encode_prompt", None)
+    if prompt is None:
+        if negative is not None:
+            raise DDIMError("--negative-prompt: give it with --prompt")
+        if encode is not None and loaded.prompts is not None:
+            raise DDIMError("--prompt: this pipeline is text-to-image; give the text (--prompt \"a photo of a cat\")")
+        return None, None, {}
+    if encode is None:
+        raise DDIMError(f"--prompt: the model {loaded.metadata.get('source', '')!s} takes no prompt (it is not a "
+                        "text-to-image pipeline folder with text_encoder/ and tokenizer/)")
+    cond, uncond = encode([prompt]), encode([negative or ""])
+    return cond, uncond, {"prompt": prompt, "negative_prompt": negative or ""}
+
+
 def checkpoint_defaults(args: argparse.Namespace, config: SampleConfig, loaded: LoadedModel) -> SampleConfig:
     """The config with what the checkpoint asks for where the user gave no flag: a diffusers scheduler's
     clip_sample (`loaded.clip_denoised`) unless --clip-denoised / --no-clip-denoised was given."""
-    if getattr(args, "clip_denoised", False) is None and loaded.clip_denoised:
+    if getattr(args, "clip_denoised", False) is None and getattr(loaded, "clip_denoised", False):
         return config.replace(clip_denoised=loaded.clip_denoised)
     return config
 
@@ -265,6 +294,10 @@ def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):
     """The per-sample class labels [n] that --class / --classes ask for (None: unconditional)."""
     from ddim.errors import DDIMError
     spec_one, spec_many = getattr(args, "class_", None), getattr(args, "classes", None)
+    if loaded.config is None:                       # a latent pipeline: conditioned by prompts
+        if spec_one is not None or spec_many is not None:
+            raise DDIMError("--class / --classes: this pipeline is conditioned by prompts (--prompt), not labels")
+        return None
     if spec_one is not None and spec_many is not None:
         raise DDIMError("--class and --classes: give one of them")
     spec = spec_many if spec_many is not None else spec_one

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_sampler_args, checkpoint_defaults,
-                                  labels, load, positive_int, sample_config)
+from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_prompt_args, add_sampler_args,
+                                  checkpoint_defaults, labels, load, positive_int, prompt_condition, sample_config)
 from ddim.distributed import setup_distributed, teardown
 from ddim.generate import check_run_size, generate, image_shape, recorded_sampling
 
@@ -14,6 +14,8 @@ EPILOG = """examples:
   ddim sample --n 64 --steps 50 --out samples            (the embedded digits model)
   ddim sample --ckpt runs/digits/model.safetensors --eta 1 --steps 100 --out ddpm
   ddim sample --ckpt digits-cond --class all --n 80 --guidance 2 --solver dpm++2m --steps 10 --out classes
+  ddim sample --ckpt sd-pipeline-folder --prompt "a photo of a cat" --negative-prompt "blurry" --guidance 7.5 \
+      --solver dpm++2m --steps 20 --dtype float16 --device cuda --n 4 --out cats   (a diffusers latent pipeline)
   torchrun --nproc_per_node 8 -m ddim sample --num-samples 50000 --ckpt cifar10.ckpt --config cifar10 --out s
 A rerun with the same settings resumes; sample i depends only on (seed, i)."""
 
@@ -23,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG)
     add_model_args(s)
     add_sampler_args(s)
+    add_prompt_args(s)
     for action in s._actions:          # a distilled student's own step count and grid are its defaults
         if action.dest in ("steps", "skip"):
             action.help += "; a distilled student's own unless given"
@@ -62,11 +65,13 @@ def run(args: argparse.Namespace) -> None:
         if recorded is not None and not steps_given:
             config = config.replace(steps=recorded["steps"], skip=args.skip if skip_given else recorded["skip"])
         y = labels(args, loaded, args.n)
+        cond, uncond, prompts = prompt_condition(args, loaded)
         per_class = args.class_ == "all" and args.n % loaded.config.num_classes == 0
         out = generate(loaded, args.out, args.n, config, device, source=loaded.metadata["source"],
                        overwrite=args.overwrite, progress=not args.quiet, labels=y,
                        grid_nrow=args.n // loaded.config.num_classes if per_class else 8,
-                       grid_count=min(args.n, 400) if per_class else 64)      # every class in the grid
+                       grid_count=min(args.n, 400) if per_class else 64,      # every class in the grid
+                       cond=cond, uncond=uncond, cond_settings=prompts)
     finally:
         teardown(info)
     if int(os.environ.get("RANK", "0")) == 0:

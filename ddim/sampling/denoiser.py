@@ -9,12 +9,13 @@ for diffusers' clipping that keeps the network's eps (clip="keep-eps").
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from ddim.errors import DDIMError
+from ddim.sampling.condition import Condition
 from ddim.sampling.steps import PREDICTIONS, predict_eps_x0
 from ddim.schedule import NoiseSchedule
 
@@ -90,11 +91,17 @@ class Denoiser:
       s = clamp(s, 1, threshold_max) (threshold_max None: no cap, Imagen), x0_pred = clamp(x0_pred, -s, s) / s;
       eps is re-derived so the pair agrees with x (as clip=True). diffusers' DDIMScheduler(thresholding=True)
       with `dynamic_thresholding_ratio` and `sample_max_value`.
+
+    cond, uncond: the general form of y and its null label (`Condition.make`): a tensor, given to the network as
+    its third positional argument (text embeddings of a UNet2DConditionModel, class labels), or a dict of its
+    keyword arguments, every tensor batch-first ([B, ...] or [1, ...] for all); uncond is the null condition (a
+    negative prompt's embeddings), of the same form, needed when guidance != 1. The guided call is the same one
+    call of 2B, uncond's rows first. A keyword the network does not take is refused here, before any call.
     """
 
     def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps",
                  clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0,
-                 guidance_mode: str = "cfg", inverting: bool = False, *,
+                 guidance_mode: str = "cfg", inverting: bool = False, *, cond: Any = None, uncond: Any = None,
                  guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0,
                  threshold_ratio: float = 0.995, threshold_max: float | None = None) -> None:
         if prediction not in PREDICTIONS:
@@ -108,18 +115,41 @@ class Denoiser:
         bad_int = isinstance(y, bool) or (y is not None and not isinstance(y, (int, Tensor)))
         if bad_int or (isinstance(y, Tensor) and (y.dtype.is_floating_point or y.ndim > 1)):
             raise DDIMError(f"y must be an int or a LongTensor [B] of class labels (-1: none), got {y!r}")
-        if y is None and guidance != 1:
+        if y is not None and (cond is not None or uncond is not None):
+            raise DDIMError("y: give class labels as y or the condition as cond= / uncond=, not both")
+        if y is not None:
+            self.cond = Condition.labels(y)
+            self.uncond = self.cond.null_labels()
+        else:
+            self.cond, self.uncond = Condition.make(cond, "cond"), Condition.make(uncond, "uncond")
+        if self.cond is None and guidance != 1:
             raise DDIMError(f"guidance={guidance} needs class labels of a class-conditional model (y; on the command "
-                            "line --class or --classes)")
+                            "line --class or --classes) or a condition (cond= and uncond=)")
+        if self.uncond is None and guidance != 1:
+            raise DDIMError(f"uncond: guidance={guidance} needs the null condition (uncond=: a negative prompt's "
+                            "embeddings, the null label) beside cond=")
+        if self.cond is None and self.uncond is not None:
+            raise DDIMError("uncond: the null condition is given without cond=")
+        for c in (self.cond, self.uncond):
+            if c is not None and (y is None or callable(getattr(model, "check_condition", None))):
+                c.check_signature(model)
+        if self.cond is not None and self.uncond is not None and guidance not in (0, 1) and y is None:
+            self.cond.pair(self.uncond)                     # same form, checked before any call
         self.y, self.guidance = y, guidance
         if check_guidance_mode(guidance_mode, guidance) == "cfg++":
-            if y is None:
-                raise DDIMError("guidance_mode='cfg++' needs class labels of a class-conditional model (y)")
+            if self.cond is None:
+                raise DDIMError("guidance_mode='cfg++' needs class labels (y) or a condition (cond= and uncond=)")
             if self.clip is True or self.clip == "dynamic":
                 raise DDIMError(f"clip_denoised={self.clip!r} re-derives eps from x0_pred, which undoes CFG++'s "
                                 "unconditional eps; use 'keep-eps' or False with guidance_mode='cfg++'")
         self.cfgpp = guidance_mode == "cfg++" and guidance != 0       # lambda = 0 is plain w = 0
         self.inverting = bool(inverting)
+
+    def check_batch(self, batch: int) -> None:
+        """The condition's tensors have one row per sample of the batch, or one for all."""
+        for c in (self.cond, self.uncond):
+            if c is not None:
+                c.check_batch(batch)
 
     def network(self, x: Tensor, t: int | Tensor) -> Tensor:
         """One network call at timestep t for the whole batch, or at t[i] for sample i (a LongTensor [B]); guided:
@@ -131,28 +161,27 @@ class Denoiser:
         B = x.shape[0]
         t_b = t.to(x.device) if isinstance(t, Tensor) else torch.full((B,), t, dtype=torch.long, device=x.device)
         uncond = None
-        if self.y is None:
+        w, interval = self.guidance, self.guidance_interval
+        outside = interval is not None and not interval[0] <= t <= interval[1]
+        if outside:
+            w = 1.0                                   # outside the guidance interval: the conditional output
+        if self.cond is None:
             out = self._call(t, x, t_b)
+        elif (w == 1 and (outside or not self.cfgpp)) or w == 0:
+            out = self._call(t, x, t_b, (self.cond if w == 1 else self.uncond).expand(B, x.device))
         else:
-            y = torch.as_tensor(self.y, dtype=torch.long, device=x.device).reshape(-1).expand(B)
-            w, interval = self.guidance, self.guidance_interval
-            outside = interval is not None and not interval[0] <= t <= interval[1]
-            if outside:
-                w = 1.0                               # outside the guidance interval: the conditional output
-            if (w == 1 and (outside or not self.cfgpp)) or w == 0:
-                out = self._call(t, x, t_b, y if w == 1 else torch.full_like(y, -1))
-            else:
-                both = self._call(t, torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([torch.full_like(y, -1), y]))
-                uncond, cond = both.chunk(2)
-                out = uncond + w * (cond - uncond)
-                if self.guidance_rescale:
-                    out = rescale_guided(out, cond, self.guidance_rescale)
+            both_c = self.uncond.expand(B, x.device).pair(self.cond.expand(B, x.device))
+            both = self._call(t, torch.cat([x, x]), torch.cat([t_b, t_b]), both_c)
+            uncond, cond = both.chunk(2)
+            out = uncond + w * (cond - uncond)
+            if self.guidance_rescale:
+                out = rescale_guided(out, cond, self.guidance_rescale)
         self.nfe += 1
         return out, uncond
 
-    def _call(self, t: int, x: Tensor, *args: Tensor) -> Tensor:
-        """The model on (x, *args); its output must be a tensor shaped like x."""
-        out = self.model(x, *args)
+    def _call(self, t: int, x: Tensor, t_b: Tensor, cond: Condition | None = None) -> Tensor:
+        """The model on (x, t_b) and the condition; its output must be a tensor shaped like x."""
+        out = self.model(x, t_b) if cond is None else cond(self.model, x, t_b)
         if not isinstance(out, Tensor):
             raise DDIMError(f"the model returned {type(out).__name__} at t={t}; it must return a tensor shaped "
                             f"like x {tuple(x.shape)}")

@@ -18,10 +18,12 @@ __all__ = ["Inpainting", "check_mask"]
 
 
 def check_mask(mask: Tensor, x_0: Tensor) -> Tensor:
-    """mask [H, W], [1 or C, H, W] or [B or 1, 1 or C, H, W] with 1 on the pixels to keep, broadcast against x_0
-    [B, C, H, W] (one [H, W] mask serves every image and channel)."""
+    """mask shaped like x_0 [B, C, ...], or like its trailing dims ([H, W] for images), with 1 where x_0 is kept;
+    any dim may be 1 (one mask for the batch, for every channel); images, sequences [B, C, L] and video
+    [B, C, F, H, W] alike."""
     if not isinstance(mask, Tensor) or not 2 <= mask.ndim <= x_0.ndim or mask.is_complex():
-        raise DDIMError(f"mask must be a real tensor [H, W] or [B, 1 or C, H, W] like x_0 {tuple(x_0.shape)}, got "
+        raise DDIMError(f"mask must be a real tensor shaped like x_0 {tuple(x_0.shape)} or its trailing dims (1 where "
+                        "broadcast), got "
                         f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
     try:
         torch.broadcast_shapes(mask.shape, x_0.shape)

@@ -19,6 +19,7 @@ from ddim.errors import DDIMError
 from ddim.sampling.denoiser import Denoiser, Model
 from ddim.sampling.editing import Inpainting
 from ddim.sampling.exact import Coupled
+from ddim.sampling.network import as_network
 from ddim.sampling.noise import Generator, check_generator, randn
 from ddim.sampling.options import DEFAULTS as D
 from ddim.sampling.options import WalkOptions
@@ -32,7 +33,7 @@ from ddim.schedule import NoiseSchedule
 
 __all__ = ["DDIMSampler"]
 
-_RUNTIME = ("y", "progress")          # what `options` of the editing methods may hold besides WalkOptions' fields
+_RUNTIME = ("y", "cond", "uncond", "progress")          # what `options` of the editing methods may hold besides WalkOptions' fields
 _WALK = tuple(WalkOptions.__dataclass_fields__)
 
 
@@ -82,14 +83,20 @@ def _check_state(x: Any, name: str) -> None:
 class DDIMSampler:
     """Sampling (eq. 12) and deterministic encoding (eq. 13) with a trained network.
 
-    model(x [B, ...], t LongTensor [B]) returns the prediction named by `prediction` ("eps", "x0" or "v"),
-    same shape as x. The sampler keeps no state between calls, except `last_nfe`: the network calls the most
+    model(x [B, ...], t LongTensor [B], *cond) returns the prediction named by `prediction` ("eps", "x0" or "v"),
+    same shape as x: our U-Net, any such callable, or a diffusers UNet2DModel / UNet2DConditionModel /
+    UNet1DModel object as it is (`ddim.sampling.network`). schedule: a `NoiseSchedule`, or an object holding one
+    as `.schedule` and its `.prediction` (`ddim.checkpoint.read_scheduler(diffusers_scheduler)`, a LoadedModel),
+    whose prediction is then the default. The sampler keeps no state between calls, except `last_nfe`: the network calls the most
     recently finished walk made (a guided call of 2B counts as one), as its denoiser counted them.
     """
 
     last_nfe: int | None = None
 
-    def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+    def __init__(self, model: Model, schedule: NoiseSchedule | Any, prediction: str | None = None) -> None:
+        if isinstance(getattr(schedule, "schedule", None), NoiseSchedule):     # e.g. checkpoint.read_scheduler's
+            schedule, prediction = schedule.schedule, prediction or getattr(schedule, "prediction", None)
+        prediction = prediction or "eps"
         if not callable(model):
             raise DDIMError(f"model must be callable as model(x, t), got {type(model).__name__}")
         if not isinstance(schedule, NoiseSchedule):
@@ -100,7 +107,7 @@ class DDIMSampler:
         if prediction == "eps" and schedule.alphas_cumprod[-1] <= 0:
             raise DDIMError("schedule: the last alpha is 0 (zero terminal SNR), where an eps-prediction "
                             "model cannot give x0 (division by sqrt(alpha) = 0); use prediction='v' or 'x0'")
-        self.model = model
+        self.model = as_network(model)
         self.schedule = schedule
         self.prediction = prediction
 
@@ -113,13 +120,14 @@ class DDIMSampler:
 
     def denoiser(self, clip: bool | str = D.clip_denoised, y: Tensor | int | None = None,
                  guidance: float = D.guidance, guidance_mode: str = D.guidance_mode, inverting: bool = False,
-                 **toolbox: Any) -> Denoiser:
+                 cond: Any = None, uncond: Any = None, **toolbox: Any) -> Denoiser:
         """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True,
-        "keep-eps" or "dynamic"; guidance_mode "cfg" or "cfg++"; inverting: the pair of eq. 13's inversion;
-        `toolbox`: guidance_interval, guidance_rescale, threshold_ratio, threshold_max, see `Denoiser`); a model
-        that keeps state across the calls of a walk (a feature cache) is reset through its `reset_cache`."""
+        "keep-eps" or "dynamic"; guidance_mode "cfg" or "cfg++"; inverting: the pair of eq. 13's inversion; cond,
+        uncond: the general condition; `toolbox`: guidance_interval, guidance_rescale, threshold_ratio,
+        threshold_max, see `Denoiser`); a model that keeps state across the calls of a walk (a feature cache) is
+        reset through its `reset_cache`."""
         denoise = Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, guidance_mode, inverting,
-                           **toolbox)
+                           cond=cond, uncond=uncond, **toolbox)
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
@@ -142,8 +150,8 @@ class DDIMSampler:
         return solver
 
     # -- the options object: one walk
-    def prepare(self, options: WalkOptions, y: Tensor | int | None = None, invert: bool = False, refine: int = 0
-                ) -> tuple[Plan, Denoiser, Solver]:
+    def prepare(self, options: WalkOptions, y: Tensor | int | None = None, invert: bool = False, refine: int = 0,
+                *, cond: Any = None, uncond: Any = None) -> tuple[Plan, Denoiser, Solver]:
         """The plan, the denoiser and this walk's fresh solver for `options` (and labels y): every check that
         needs the model (steps <= T, an eta too large for the plan, guidance without labels, a solver that
         cannot invert), with no network call. `invert`: the levels of encoding (eq. 13) instead of sampling,
@@ -157,7 +165,7 @@ class DDIMSampler:
                 raise DDIMError(f"refine={refine}: refinement is an option of inversion")
             plan = self.sample_plan(options.steps, options.skip, options.final_alpha, options.steps_offset, order)
             denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode,
-                                   **options.toolbox())
+                                   cond=cond, uncond=uncond, **options.toolbox())
             return plan, denoise, template.fresh(plan)
         options.check_inversion()
         if not template.deterministic:
@@ -168,7 +176,7 @@ class DDIMSampler:
                                 "inversion (the other solvers)")
             plan = self.sample_plan(options.steps, options.skip, D.final_alpha, options.steps_offset, order)
             return plan, self.denoiser(False, y, options.guidance, options.guidance_mode,
-                                   **options.toolbox()), template.fresh(plan)
+                                   cond=cond, uncond=uncond, **options.toolbox()), template.fresh(plan)
         if refine and options.guidance_mode == "cfg++":
             raise DDIMError(f"refine={refine} with guidance_mode='cfg++': refinement evaluates one eps per point, "
                             "CFG++ two; use refine=0 or guidance_mode='cfg'")
@@ -176,11 +184,12 @@ class DDIMSampler:
         if refine:
             template = Refined(template, refine)
         denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode,
-                                   inverting=True, **options.toolbox())
+                                   inverting=True, cond=cond, uncond=uncond, **options.toolbox())
         return plan, denoise, template.fresh(plan)
 
     def walk(self, x: Tensor | Coupled, options: WalkOptions, generator: Generator = None,
-             y: Tensor | int | None = None, progress: bool = False, invert: bool = False, refine: int = 0
+             y: Tensor | int | None = None, progress: bool = False, invert: bool = False, refine: int = 0, *,
+             cond: Any = None, uncond: Any = None
              ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Walk x [B, ...] with `options`, yielding (t, x_s, x0_pred) after each step (sampling from x_T, or with
         invert=True encoding x_0, `refine` as in `prepare`); everything is validated before the first next().
@@ -191,7 +200,8 @@ class DDIMSampler:
             raise DDIMError(f"y: {y.numel()} class labels for a batch of {len(x)} (give one per sample, or one "
                             "for all)")
         check_generator(generator, len(x))
-        plan, denoise, solver = self.prepare(options, y, invert, refine)
+        plan, denoise, solver = self.prepare(options, y, invert, refine, cond=cond, uncond=uncond)
+        denoise.check_batch(len(x))
         exact = invert and getattr(solver, "exact_inverse", False)
         if not invert:
             x = self._start(solver, x)
@@ -199,11 +209,11 @@ class DDIMSampler:
         return _Trajectory(self, steps, denoise, solver, exact)
 
     def run(self, x: Tensor | Coupled, options: WalkOptions, generator: Generator = None,
-            y: Tensor | int | None = None, progress: bool = False, invert: bool = False, refine: int = 0
-            ) -> Tensor | Coupled:
+            y: Tensor | int | None = None, progress: bool = False, invert: bool = False, refine: int = 0, *,
+            cond: Any = None, uncond: Any = None) -> Tensor | Coupled:
         """The last x_s of `walk`: the sample from x_T (or, invert=True, the latent of x_0; a `Coupled` one for
         the exact solvers)."""
-        return _last(self.walk(x, options, generator, y, progress, invert, refine))
+        return _last(self.walk(x, options, generator, y, progress, invert, refine, cond=cond, uncond=uncond))
 
     @staticmethod
     def _start(solver: Solver, x_T: Tensor | Coupled) -> Tensor:
@@ -232,11 +242,12 @@ class DDIMSampler:
                     guidance_mode: str = D.guidance_mode,
                     guidance_interval: tuple[float, float] | None = D.guidance_interval,
                     guidance_rescale: float = D.guidance_rescale, threshold_ratio: float = D.threshold_ratio,
-                    threshold_max: float | None = D.threshold_max) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    threshold_max: float | None = D.threshold_max, cond: Any = None, uncond: Any = None
+                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
         options = WalkOptions(steps, eta, skip, variance, clip_denoised, solver, final_alpha, steps_offset, guidance,
                               guidance_mode, guidance_interval, guidance_rescale, threshold_ratio, threshold_max)
-        return self.walk(x_T, options, generator, y, progress)
+        return self.walk(x_T, options, generator, y, progress, cond=cond, uncond=uncond)
 
     def sample(self, x_T: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Generate x_0 [B, ...] from noise x_T [B, ...] over the sub-sequence tau (eq. 12, sigma of eq. 16).
@@ -268,6 +279,8 @@ class DDIMSampler:
         timesteps t_lo <= t <= t_hi (one call of B elsewhere); guidance_rescale=phi (CFG rescale, diffusers'
         guidance_rescale); clip_denoised="dynamic" with threshold_ratio (0.995) and threshold_max (None: no
         cap), Imagen's dynamic thresholding. skip="optimized": DMN's model-free grid for the solver's order.
+        cond, uncond: the general condition and null condition (a tensor, the network's third positional argument,
+        or a dict of its keyword arguments, batch-first; e.g. text embeddings and a negative prompt's), guided as y.
         """
         return _last(self.iter_sample(x_T, *args, **kwargs))
 
@@ -278,13 +291,15 @@ class DDIMSampler:
                     y: Tensor | int | None = None, guidance: float = D.guidance,
                     guidance_mode: str = D.guidance_mode, refine: int = 0,
                     guidance_interval: tuple[float, float] | None = D.guidance_interval,
-                    guidance_rescale: float = D.guidance_rescale) -> Iterator[tuple[int, Tensor, Tensor]]:
+                    guidance_rescale: float = D.guidance_rescale, cond: Any = None, uncond: Any = None
+                    ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `invert`, yielding (t, x_s, x0_pred) after each step; the last x_s is the latent (for "bdia"
         and "edict", the coupled latent's x)."""
         options = WalkOptions(steps, skip=skip, solver=solver, steps_offset=steps_offset, guidance=guidance,
                               guidance_mode=guidance_mode, guidance_interval=guidance_interval,
                               guidance_rescale=guidance_rescale)
-        return self.walk(x_0, options, y=y, progress=progress, invert=True, refine=refine)
+        return self.walk(x_0, options, y=y, progress=progress, invert=True, refine=refine,
+                         cond=cond, uncond=uncond)
 
     def invert(self, x_0: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Encode data x_0 [B, ...] into the latent x_T at level tau_S with the deterministic ODE (eq. 13).
@@ -330,7 +345,7 @@ class DDIMSampler:
 
     def inpaint(self, x_0: Tensor, mask: Tensor, steps: int | None = D.steps, generator: Generator = None,
                 resample: int = 1, **options: Any) -> Tensor:
-        """Fill in x_0 [B, ...] where mask = 0 (mask [B or 1, 1 or C, H, W], 1 = keep): sample from pure noise
+        """Fill in x_0 [B, ...] where mask = 0 (mask shaped like x_0, dims of 1 broadcast; 1 = keep): sample from noise
         while, after every step, the kept pixels are replaced by q(x_s | x_0); they end exactly as x_0.
         resample > 1: RePaint's resampling (each step redone that many times). `options` as in `sample`."""
         _check_state(x_0, "x_0")
@@ -340,15 +355,25 @@ class DDIMSampler:
         x_T = randn(x_0.shape, generator, x_0.device, x_0.dtype)
         return self.run(x_T, opts.with_solver(solver), generator, **rest)
 
-    def transfer(self, x_0: Tensor, y_from: Tensor | int, y_to: Tensor | int, steps: int | None = D.steps,
-                 guidance: float = D.guidance, refine: int = 0, **options: Any) -> Tensor:
-        """Class transfer: encode x_0 [B, ...] with its class y_from (deterministic inversion, guidance 1,
-        `refine` as in `invert`; exact with solver "bdia" or "edict") and decode the latent with class y_to and
-        `guidance` (eta 0): the same "style", another class."""
+    def transfer(self, x_0: Tensor, y_from: Tensor | int | None = None, y_to: Tensor | int | None = None,
+                 steps: int | None = D.steps, guidance: float = D.guidance, refine: int = 0, *,
+                 target_cond: Any = None, **options: Any) -> Tensor:
+        """Transfer: encode x_0 [B, ...] under one condition (deterministic inversion, guidance 1, `refine` as in
+        `invert`; exact with solver "bdia" or "edict") and decode the latent under another with `guidance` (eta
+        0): the same "style", another class or prompt.
+
+        Class labels: y_from and y_to. Any condition: cond= (the source's: encoding) and target_cond= (decoding),
+        with uncond= (the null condition) for guidance != 1."""
         opts, rest = self._options(steps, dict(options, guidance=guidance))
         if "y" in rest:
             raise DDIMError("y: transfer takes the classes as y_from and y_to")
-        z = self.run(x_0, opts.deterministic().replace(guidance=D.guidance, guidance_mode=D.guidance_mode,
-                                                       final_alpha=D.final_alpha), y=y_from, invert=True,
-                     refine=refine)
-        return self.run(z, opts, y=y_to, **rest)
+        cond, uncond = rest.pop("cond", None), rest.pop("uncond", None)
+        if (y_from is None) != (y_to is None) or (y_from is not None and (cond is not None or target_cond is not None)):
+            raise DDIMError("y_from, y_to: give both class labels, or the conditions as cond= and target_cond=")
+        if y_from is None and (cond is None or target_cond is None):
+            raise DDIMError("target_cond: transfer needs the source's and the target's condition (y_from and y_to, "
+                            "or cond= and target_cond=)")
+        encode = opts.deterministic().replace(guidance=D.guidance, guidance_mode=D.guidance_mode,
+                                              final_alpha=D.final_alpha)
+        z = self.run(x_0, encode, y=y_from, invert=True, refine=refine, cond=cond)
+        return self.run(z, opts, y=y_to, cond=target_cond, uncond=uncond, **rest)
