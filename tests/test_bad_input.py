@@ -492,7 +492,7 @@ def png16(tmp_path_factory):
 def test_16_bit_pngs_are_read_at_full_precision_by_every_reader(png16):
     from ddim.data import ImageFolder
     from ddim.images import load_images
-    from ddim.metrics.fid import load_images as fid_images
+    from ddim.metrics.fid import load_images_uint8 as fid_images
     from ddim.commands.edit import _mask
     d, expected = png16
     x = load_images(d / "folder" / "a.png", channels=1)                 # encode, edit --input, interpolate

@@ -163,8 +163,9 @@ def test_plot_draws_the_loss_curve_of_a_run_and_tolerates_a_torn_last_line(tmp_p
 @pytest.mark.parametrize("logged, mean", [(10, None), (39, None), (40, "running mean of 2"), (100, "running mean of 5")])
 def test_plot_draws_a_running_mean_only_where_it_averages(tmp_path, monkeypatch, logged, mean):
     from ddim import evaluation
+    from ddim.evaluation import curves
     figures = []
-    monkeypatch.setattr(evaluation, "_save_figure", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(curves, "save_figure", lambda fig, path: figures.append(fig))
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-3}) + "\n"
                                                     for s in range(1, logged + 1)))
     evaluation.plot_training(tmp_path)
