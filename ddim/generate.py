@@ -329,7 +329,8 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     out = check_output_path(out)
     rank, world = rank_world()
     shape = image_shape(loaded)
-    check_run_size(n, shape, out)
+    pixels = loaded.latent.image_shape(shape) if isinstance(loaded, LoadedPipeline) else shape   # what is saved
+    check_run_size(n, pixels, out)
     check_finite_weights(loaded)
     sampler = make_sampler(loaded, config, device)
     if labels is not None and len(labels) != n:
@@ -344,7 +345,7 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
         resumed = open_run(out, "run.json", settings, overwrite, "sample run",
                            owned=("images/*.png", "samples.npz", "grid.png"))
         if resumed:
-            check_resumed_images(out / "images", n, shape)
+            check_resumed_images(out / "images", n, pixels)
         (out / "images").mkdir(parents=True, exist_ok=True)
     if world > 1:
         torch.distributed.barrier()
@@ -367,7 +368,7 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        assemble(out, n, grid_nrow, grid_count, shape)
+        assemble(out, n, grid_nrow, grid_count, pixels)
     return out
 
 

@@ -46,6 +46,12 @@ class LatentSpace:
         self.slice_size = slice_size
         self.factor = 2 ** (len(config.get("block_out_channels", (0,))) - 1)
         self.channels = int(config.get("latent_channels", 4))
+        self.image_channels = int(config.get("out_channels", 3))
+
+    def image_shape(self, latent_shape: Sequence[int]) -> tuple[int, ...]:
+        """(C, H, W) of the images that latents of shape (c, h, w) decode to."""
+        h, w = latent_shape[-2:]
+        return (self.image_channels, h * self.factor, w * self.factor)
 
     def shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
         """The latent shape (C', H / f, W / f) of images of shape (C, H, W)."""
