@@ -43,7 +43,6 @@ from ddim.data import build_dataset
 from ddim.distributed import Dist, resolve_device
 from ddim.errors import DDIMError, OutputExistsError
 from ddim.generate import DISTILLED, weights_fingerprint
-from ddim.images import save_image_grid
 from ddim.io import write_json_atomic
 from ddim.models import UNet
 from ddim.runs import check_writable
@@ -426,8 +425,9 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
                     stopped = (done, stop.name)
                     break
                 if is_grid:
-                    _student_grid(ema if ema is not None else student, schedule, prediction, x_T, grid_t[1::2],
-                                  student_cfg.num_classes, run_dir / "samples" / f"step-{done:07d}.png")
+                    taus = grid_t[1::2]                 # the student's own grid
+                    tr.sample_grid(ema if ema is not None else student, schedule, prediction, x_T, len(taus),
+                                   run_dir / "samples" / f"step-{done:07d}.png", student_cfg.num_classes, taus)
                     t_last = time.perf_counter()
     finally:
         batches.close()
@@ -444,20 +444,3 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
     checkpoint.save(run_dir / "model.safetensors", final, schedule, prediction=prediction,
                     metadata={DISTILLED: record, "weights": "ema" if ema is not None else "raw"})
     return final
-
-
-@torch.no_grad()
-def _student_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T: Tensor, taus: list[int],
-                  num_classes: int, path: Path) -> None:
-    """The student's own S-step grid from a fixed x_T (one row per class for a conditional student)."""
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    y, nrow = None, max(1, int(math.ceil(math.sqrt(x_T.shape[0]))))
-    if num_classes:
-        nrow = max(1, x_T.shape[0] // num_classes)
-        x_T = x_T.repeat(math.ceil(num_classes / len(x_T)), 1, 1, 1)[:max(nrow, 1) * num_classes]
-        y = torch.arange(num_classes, device=device).repeat_interleave(len(x_T) // num_classes)
-    x = DDIMSampler(model, schedule, prediction).sample(x_T.to(device), steps=len(taus), skip=taus, y=y)
-    model.train(was)
-    save_image_grid(x.float().clamp(-1, 1), path, nrow=nrow, scale="auto")

@@ -665,7 +665,7 @@ def _loop(run: TrainingRun, start: int, progress: bool, handle_signals: bool) ->
                     stopped = (done, stop.signum)    # None on a rank whose peer got the signal
                     break
                 if info.rank == 0 and is_grid:
-                    grid = _sample_grid(ema if ema is not None else model, run.schedule, dc.prediction, x_T,
+                    grid = sample_grid(ema if ema is not None else model, run.schedule, dc.prediction, x_T,
                                         tc.sample_steps, run.run_dir / "samples" / f"step-{done:07d}.png",
                                         run.unet_cfg.num_classes)
                     if board is not None:
@@ -843,10 +843,11 @@ def _labels(dataset: Any, cfg: TrainConfig, num_classes: int, device: torch.devi
 
 
 @torch.no_grad()
-def _sample_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T: Tensor, steps: int,
-                 path: Path, num_classes: int = 0) -> np.ndarray:
+def sample_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T: Tensor, steps: int,
+                path: Path, num_classes: int = 0, skip: str | list[int] = "uniform") -> np.ndarray:
     """A DDIM (eta = 0) grid from a fixed x_T, so successive grids show the same samples improving; returns the
-    grid as uint8 [H, W, C]. A conditional model gets one row per class (conditional, guidance 1)."""
+    grid as uint8 [H, W, C]. A conditional model gets one row per class (conditional, guidance 1). skip: the
+    named sub-sequence, or explicit timesteps (then steps is their count: a distilled student's own grid)."""
     from ddim.sampling import DDIMSampler
     was_training = model.training
     model.eval()
@@ -857,7 +858,8 @@ def _sample_grid(model: nn.Module, schedule: NoiseSchedule, prediction: str, x_T
         x_T = x_T[:nrow * num_classes] if x_T.shape[0] >= num_classes else x_T.repeat(num_classes, 1, 1, 1)[
             :num_classes]
         y = torch.arange(num_classes, device=device).repeat_interleave(len(x_T) // num_classes)
-    x = DDIMSampler(model, schedule, prediction=prediction).sample(x_T.to(device), steps=min(steps, schedule.T), y=y)
+    x = DDIMSampler(model, schedule, prediction=prediction).sample(x_T.to(device), steps=min(steps, schedule.T),
+                                                                    skip=skip, y=y)
     model.train(was_training)
     save_image_grid(x.float().clamp(-1, 1), path, nrow=nrow, scale="auto")
     return make_grid(x.float().clamp(-1, 1), nrow=nrow)
