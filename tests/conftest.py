@@ -23,3 +23,19 @@ def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save(path, UNet(PRESETS["tiny"]), NoiseSchedule.linear())
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def cond_ckpt(tmp_path_factory):
+    """A tiny random class-conditional U-Net (3 classes, label embeddings drawn so that labels matter), saved in
+    the package's format with the linear schedule."""
+    from ddim import NoiseSchedule
+    from ddim.checkpoint import save
+    from ddim.models import PRESETS, UNet, UNetConfig
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**{**PRESETS["tiny"].to_dict(), "num_classes": 3}))
+    with torch.no_grad():
+        model.label_emb.weight.normal_()
+    path = tmp_path_factory.mktemp("cond") / "cond.safetensors"
+    save(path, model, NoiseSchedule.linear())
+    return str(path)

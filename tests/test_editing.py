@@ -103,18 +103,6 @@ def test_class_transfer_encodes_with_one_class_and_decodes_with_another():
     assert (other - x0).abs().mean() > 10 * rec_err             # another class moves the image
 
 
-@pytest.fixture(scope="module")
-def cond_ckpt(tmp_path_factory):
-    from ddim.checkpoint import save
-    torch.manual_seed(0)
-    model = UNet(UNetConfig(**{**PRESETS["tiny"].to_dict(), "num_classes": 3}))
-    with torch.no_grad():
-        model.label_emb.weight.normal_()
-    path = tmp_path_factory.mktemp("cond") / "cond.safetensors"
-    save(path, model, SCHED)
-    return str(path)
-
-
 def test_class_labels_follow_the_seed_rule_on_the_command_line(cond_ckpt, tmp_path):
     import json
 

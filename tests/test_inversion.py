@@ -287,19 +287,6 @@ def test_transfer_through_exact_inversion_keeps_the_class_round_trip_exact():
 # -- the command line
 
 
-@pytest.fixture(scope="module")
-def cond_ckpt(tmp_path_factory):
-    from ddim.checkpoint import save
-    from ddim.models import PRESETS, UNet, UNetConfig
-    torch.manual_seed(0)
-    model = UNet(UNetConfig(**{**PRESETS["tiny"].to_dict(), "num_classes": 3}))
-    with torch.no_grad():
-        model.label_emb.weight.normal_()
-    path = tmp_path_factory.mktemp("cond") / "cond.safetensors"
-    save(path, model, SCHED)
-    return str(path)
-
-
 def test_encode_and_reconstruct_take_solver_and_refine(cond_ckpt, tmp_path):
     import json
 
