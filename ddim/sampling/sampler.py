@@ -160,13 +160,16 @@ class DDIMSampler:
         template = self._bound(options.make_solver())
         order = grid_order(template)
         check_refine(refine)
+
+        def denoiser(clip: bool | str, inverting: bool = False) -> Denoiser:
+            return self.denoiser(clip, y, options.guidance, options.guidance_mode, inverting, cond=cond,
+                                 uncond=uncond, **options.toolbox())
+
         if not invert:
             if refine:
                 raise DDIMError(f"refine={refine}: refinement is an option of inversion")
             plan = self.sample_plan(options.steps, options.skip, options.final_alpha, options.steps_offset, order)
-            denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode,
-                                   cond=cond, uncond=uncond, **options.toolbox())
-            return plan, denoise, template.fresh(plan)
+            return plan, denoiser(options.clip_denoised), template.fresh(plan)
         options.check_inversion()
         if not template.deterministic:
             raise DDIMError(f"solver: inversion needs a deterministic solver (eta = 0), got {template!r}")
@@ -175,17 +178,14 @@ class DDIMSampler:
                 raise DDIMError(f"refine={refine}: solver {template.name!r} inverts exactly; refine is for eq. 13's "
                                 "inversion (the other solvers)")
             plan = self.sample_plan(options.steps, options.skip, D.final_alpha, options.steps_offset, order)
-            return plan, self.denoiser(False, y, options.guidance, options.guidance_mode,
-                                   cond=cond, uncond=uncond, **options.toolbox()), template.fresh(plan)
+            return plan, denoiser(False), template.fresh(plan)
         if refine and options.guidance_mode == "cfg++":
             raise DDIMError(f"refine={refine} with guidance_mode='cfg++': refinement evaluates one eps per point, "
                             "CFG++ two; use refine=0 or guidance_mode='cfg'")
         plan = self.invert_plan(options.steps, options.skip, options.steps_offset, order)
         if refine:
             template = Refined(template, refine)
-        denoise = self.denoiser(options.clip_denoised, y, options.guidance, options.guidance_mode,
-                                   inverting=True, cond=cond, uncond=uncond, **options.toolbox())
-        return plan, denoise, template.fresh(plan)
+        return plan, denoiser(options.clip_denoised, inverting=True), template.fresh(plan)
 
     def walk(self, x: Tensor | Coupled, options: WalkOptions, generator: Generator = None,
              y: Tensor | int | None = None, progress: bool = False, invert: bool = False, refine: int = 0, *,
