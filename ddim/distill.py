@@ -324,7 +324,7 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
     start = 0
     ckpt = tr.latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        state = tr._load_training_state(ckpt, device)
+        state = tr.load_training_state(ckpt, device)
         if state["unet"] != student_cfg.to_dict():
             raise DDIMError(f"{ckpt} holds a student of another shape ({state['unet']}) than the teacher's "
                             f"({student_cfg.to_dict()}); choose another --out")
@@ -354,7 +354,7 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
         tr._check_weights_finite(done, run_dir, student, ema)
         state = {"step": done, "model": student.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                  "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng_gen": gen.get_state(),
-                 "rng_torch": tr._gather_rng(info, device), "unet": student_cfg.to_dict(),
+                 "rng_torch": tr.gather_rng(info, device), "unet": student_cfg.to_dict(),
                  "schedule": schedule.to_dict(), "prediction": prediction, "config": cfg.to_dict(),
                  "world_size": 1, DISTILLED: record}
         tr.save_checkpoint(state, run_dir / f"{tr.CKPT_PREFIX}{done:07d}.pt")
@@ -366,7 +366,7 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
         from tqdm import tqdm
         bar = tqdm(total=tc.n_iters, initial=start, desc=f"distill {2 * S}->{S}", dynamic_ncols=True,
                    mininterval=1.0)
-    batches = tr._micro_batches(dataset, round_cfg, start, [slice(0, B)], device)
+    batches = tr.micro_batches(dataset, round_cfg, start, [slice(0, B)], device)
     try:
         with tr.StopOnSignal(handle_signals) as stop:
             for step, (x_0,) in zip(range(start, tc.n_iters), batches):

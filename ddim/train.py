@@ -56,7 +56,8 @@ from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_ato
 from ddim.runs import check_output_path, check_writable
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["loss_fn", "sample_t", "ema_update", "ema_decay", "lr_at", "train", "run_training", "TrainOutcome",
+__all__ = ["loss_fn", "sample_t", "micro_batches", "load_training_state", "gather_rng",
+           "ema_update", "ema_decay", "lr_at", "train", "run_training", "TrainOutcome",
            "TrainingRun", "build_unet_config", "make_optimizer", "global_batch_indices", "prepare_run_dir",
            "check_resume_compatible", "write_checkpoint", "save_checkpoint", "checkpoint_name", "list_checkpoints",
            "latest_checkpoint", "prune_checkpoints", "read_metrics_lines", "truncate_metrics", "StopOnSignal",
@@ -191,8 +192,8 @@ class _StepBatches:
         return (self.stop - self.start) * len(self.slices)
 
 
-def _micro_batches(dataset, cfg: TrainConfig, start: int, slices: list[slice],
-                   device: torch.device) -> Iterator[list[Tensor]]:
+def micro_batches(dataset, cfg: TrainConfig, start: int, slices: list[slice],
+                  device: torch.device) -> Iterator[list[Tensor]]:
     """Yield, for each step from `start`, this rank's micro-batches of images."""
     n, batch, seed, stop = len(dataset), cfg.training.batch_size, cfg.training.seed, cfg.training.n_iters
     if isinstance(dataset, ImageTensorDataset):      # in memory: index directly, no DataLoader
@@ -251,7 +252,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 _STATE_KEYS = ("step", "model", "ema", "optimizer", "scaler", "rng_gen", "rng_torch", "unet")
 
 
-def _load_training_state(ckpt: Path, device: torch.device) -> dict[str, Any]:
+def load_training_state(ckpt: Path, device: torch.device) -> dict[str, Any]:
     """The state dict of a ckpt-N.pt to resume from (weights_only: no pickled code runs); DDIMError naming it."""
     fix = "move it out of the run directory to resume from the checkpoint before it"
     try:
@@ -270,7 +271,7 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         p.unlink(missing_ok=True)
 
 
-def _gather_rng(info: Dist, device: torch.device) -> list[Tensor]:
+def gather_rng(info: Dist, device: torch.device) -> list[Tensor]:
     """Every rank's global torch RNG state (dropout), CPU and CUDA, so resume restores all of them."""
     mine = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
     if info.world_size == 1:
@@ -543,7 +544,7 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, unet_cfg: Any, device: torch.
         warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from step 0", stacklevel=3)
     if ckpt is None:
         return None
-    state = _load_training_state(ckpt, device)
+    state = load_training_state(ckpt, device)
     check_resume_compatible(ckpt, state, cfg, unet_cfg.to_dict())
     return state
 
@@ -627,7 +628,7 @@ def _loop(run: TrainingRun, start: int, progress: bool, handle_signals: bool) ->
     log = open(run.run_dir / "metrics.jsonl", "a") if info.rank == 0 else None
     board = _tensorboard(run.run_dir) if tc.tensorboard and info.rank == 0 else None
     report = Progress(tc.n_iters, start, progress and info.rank == 0)
-    batches = _micro_batches(run.dataset, cfg, start, slices, device)
+    batches = micro_batches(run.dataset, cfg, start, slices, device)
     try:
         with StopOnSignal(handle_signals) as stop:
             for step, micros in zip(range(start, tc.n_iters), batches):
@@ -786,7 +787,7 @@ def write_checkpoint(run: TrainingRun, done: int) -> None:
     """ckpt-{done}.pt with everything resume needs (weights, optimizer, scaler, every RNG; collective), then the
     oldest beyond training.keep_last are pruned: only after a finite checkpoint was written."""
     _check_weights_finite(done, run.run_dir, run.model, run.ema)
-    rng = _gather_rng(run.info, run.device)
+    rng = gather_rng(run.info, run.device)
     if run.info.rank == 0:
         state = {"step": done, "model": run.model.state_dict(),
                  "ema": run.ema.state_dict() if run.ema is not None else None,
