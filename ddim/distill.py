@@ -339,7 +339,6 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
     write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), DISTILLED: record, "unet": student_cfg.to_dict(),
                                                  "resolved_device": str(device)})
 
-    den = Denoiser(teacher, schedule, teacher_pred, y=None)
     B, (C, H, W) = tc.batch_size, (student_cfg.in_channels, student_cfg.image_size, student_cfg.image_size)
     round_cfg = copy.deepcopy(cfg)
     round_cfg.training.seed = seed
@@ -386,7 +385,9 @@ def _run_round(round_no: int, teacher: nn.Module, teacher_pred: str, guidance: f
                     y = torch.where(drop, torch.full_like(y, -1), y)
                 t = student_taus[k]
                 z_t = schedule.q_sample(x_0, t, noise)
-                den.y, den.guidance = y, (guidance if guidance is not None and y is not None else 1.0)
+                # the teacher's denoiser for this batch's labels: the condition is fixed when it is built
+                den = Denoiser(teacher, schedule, teacher_pred, y=y,
+                               guidance=guidance if guidance is not None and y is not None else 1.0)
                 target = teacher_target(den, teacher_pred, schedule, z_t, t, mids[k], ends[k])
                 loss = distill_loss(student, prediction, schedule, z_t, t, target, y)
                 loss.backward()

@@ -159,6 +159,23 @@ def guarded_signals():
         signal.signal(s, handler)
 
 
+def test_a_conditional_round_asks_the_teacher_for_the_batch_labels_at_the_baked_in_guidance(tmp_path, monkeypatch):
+    """Every teacher target of a round is the guided teacher at the batch's own labels (the null label where a
+    label was dropped), not the unconditional teacher: a student trained on label-blind targets ignores y."""
+    seen = []
+    target = D.teacher_target
+
+    def spy(den, *a, **k):
+        seen.append((den.cond, den.guidance))
+        return target(den, *a, **k)
+    monkeypatch.setattr(D, "teacher_target", spy)
+    D.distill(_teacher("x0", 3), D.DistillSpec(steps_from=2, steps_to=1, guidance=2.0),
+              _cfg(tmp_path, "cond", labels=True), progress=False)
+    assert seen and all(c is not None and w == 2.0 for c, w in seen)
+    labels = torch.cat([c.args[0] for c, _ in seen])
+    assert set(labels.tolist()) <= {-1, 0, 1, 2} and len(set(labels.tolist()) - {-1}) > 1
+
+
 def test_a_round_stopped_by_a_signal_resumes_bit_exactly(tmp_path, monkeypatch, capsys, guarded_signals):
     """Two rounds (4 -> 2 -> 1 steps), a conditional teacher with guidance baked in; SIGTERM in round 2 writes its
     checkpoint, --resume keeps round 1 and finishes round 2 exactly as an unbroken run does."""
