@@ -225,7 +225,7 @@ def distill(teacher: LoadedModel, spec: DistillSpec, cfg: TrainConfig, source: s
         raise type(e)(f"{e} (the teacher makes {teacher.config.in_channels}-channel {teacher.config.image_size}x"
                       f"{teacher.config.image_size} images: give the data set it was trained on with --dataset and "
                       "--data-root, or --config)") from None
-    labels = tr._labels(dataset, cfg, teacher.config.num_classes, device)
+    labels = tr.training_labels(dataset, cfg, teacher.config.num_classes, device)
     if len(dataset) < tc.batch_size:
         raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than --batch-size ({tc.batch_size})")
     student_cfg = _student_config(teacher)

@@ -56,7 +56,7 @@ from ddim.io import atomic_path, write_failed, write_json_atomic, write_text_ato
 from ddim.runs import check_output_path, check_writable
 from ddim.schedule import NoiseSchedule
 
-__all__ = ["loss_fn", "sample_t", "micro_batches", "load_training_state", "gather_rng",
+__all__ = ["loss_fn", "sample_t", "micro_batches", "load_training_state", "gather_rng", "training_labels",
            "ema_update", "ema_decay", "lr_at", "train", "run_training", "TrainOutcome",
            "TrainingRun", "build_unet_config", "make_optimizer", "global_batch_indices", "prepare_run_dir",
            "check_resume_compatible", "write_checkpoint", "save_checkpoint", "checkpoint_name", "list_checkpoints",
@@ -513,7 +513,7 @@ def _build(cfg: TrainConfig, info: Dist, device: torch.device, run_dir: Path, sc
     from ddim.models import UNet
     tc = cfg.training
     dataset = build_dataset(cfg.data)
-    labels = _labels(dataset, cfg, unet_cfg.num_classes, device)
+    labels = training_labels(dataset, cfg, unet_cfg.num_classes, device)
     if len(dataset) < tc.batch_size:
         raise DDIMError(f"the dataset holds {len(dataset)} images, fewer than training.batch_size "
                         f"({tc.batch_size})")
@@ -826,7 +826,7 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _labels(dataset: Any, cfg: TrainConfig, num_classes: int, device: torch.device) -> Tensor | None:
+def training_labels(dataset: Any, cfg: TrainConfig, num_classes: int, device: torch.device) -> Tensor | None:
     """The data set's labels [N] on the device for a conditional model (None for an unconditional one)."""
     if not num_classes:
         return None
