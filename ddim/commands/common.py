@@ -14,8 +14,8 @@ import torch
 from ddim.checkpoint import LoadedModel
 from ddim.config import DTYPES, SampleConfig
 from ddim.distributed import resolve_device
-from ddim.images import load_images
 from ddim.generate import EMBEDDED_NAME, class_labels, load_model, pixel_shape
+from ddim.images import load_images
 from ddim.sampling import GUIDANCE_MODES, SOLVERS, VARIANCES
 from ddim.sampling.options import DEFAULTS as WALK
 from ddim.schedule import SKIPS
@@ -192,7 +192,8 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
         g.add_argument("--classes", type=int, nargs="+", default=None, metavar="K",
                        help="class-conditional models: labels cycled over the samples (sample i gets K[i %% len])")
         g.add_argument("--guidance", type=float, default=WALK.guidance, help="classifier-free guidance weight w: "
-                       "eps(-1) + w (eps(y) - eps(-1)); 1 = conditional, 0 = unconditional")
+                       "eps(-1) + w (eps(y) - eps(-1)) (a pipeline: eps(negative prompt) + w (eps(prompt) - "
+                       "eps(negative prompt))); 1 = conditional, 0 = unconditional")
         g.add_argument("--guidance-mode", default=WALK.guidance_mode, choices=GUIDANCE_MODES,
                        help="'cfg++': CFG++ (the guided x0 renoised with the unconditional eps); --guidance is then "
                             "lambda in [0, 1] (docs/SOLVERS.md)")
