@@ -36,6 +36,7 @@ from ddim.sampling import Coupled, DDIMSampler, WalkOptions
 __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_model", "recorded_sampling", "sample_generators", "initial_noise",
            "cast_matmul_weights", "network",
            "make_sampler", "check_plan", "check_finite_weights", "check_run_size", "class_labels", "image_shape",
+           "pixel_shape", "latents_of", "images_of",
            "resolve_batch_size", "sample_batch", "encode", "decode", "weights_fingerprint", "generate", "assemble"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -179,28 +180,31 @@ def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
 
 
 def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False,
-           y: Tensor | None = None, refine: int = 0) -> Tensor | Coupled:
+           y: Tensor | None = None, refine: int = 0, cond: Any = None, uncond: Any = None) -> Tensor | Coupled:
     """Latents x_T [B, ...] of data x_0 [B, ...] with the deterministic ODE (eq. 13), the config's steps,
-    skip and solver (and labels y, guidance; `refine` as in `DDIMSampler.invert`), in batches of
-    config.batch_size. `sampler.last_nfe` is the calls of one batch's walk. The solvers "bdia" and "edict"
-    give a `Coupled` latent, which `decode` takes."""
-    opts, bs = _ode(config, y), _batch(config, sampler, x_0)
+    skip and solver (and labels y or a condition cond / uncond, guided by config.guidance; `refine` as in
+    `DDIMSampler.invert`), in batches of config.batch_size. `sampler.last_nfe` is the calls of one batch's walk.
+    The solvers "bdia" and "edict" give a `Coupled` latent, which `decode` takes."""
+    opts, bs = _ode(config, y, cond), _batch(config, sampler, x_0)
     parts = [sampler.run(x_0[i:i + bs], opts, y=None if y is None else y[i:i + bs], progress=progress,
-                         invert=True, refine=refine) for i in range(0, len(x_0), bs)]
+                         invert=True, refine=refine, cond=cond, uncond=uncond) for i in range(0, len(x_0), bs)]
     return Coupled.cat(parts) if isinstance(parts[0], Coupled) else torch.cat(parts)
 
 
-def decode(sampler: DDIMSampler, z: Tensor | Coupled, config: SampleConfig, y: Tensor | None = None) -> Tensor:
-    """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode`."""
-    opts, bs = _ode(config, y), _batch(config, sampler, z)
-    return torch.cat([sampler.run(z[i:i + bs], opts, y=None if y is None else y[i:i + bs])
-                      for i in range(0, len(z), bs)])
+def decode(sampler: DDIMSampler, z: Tensor | Coupled, config: SampleConfig, y: Tensor | None = None,
+           cond: Any = None, uncond: Any = None) -> Tensor:
+    """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode` (the same
+    labels or condition)."""
+    opts, bs = _ode(config, y, cond), _batch(config, sampler, z)
+    return torch.cat([sampler.run(z[i:i + bs], opts, y=None if y is None else y[i:i + bs], cond=cond,
+                                  uncond=uncond) for i in range(0, len(z), bs)])
 
 
-def _ode(config: SampleConfig, y: Tensor | None) -> WalkOptions:
-    """The walk options of encoding and decoding: the config's, deterministic, guided only with labels."""
+def _ode(config: SampleConfig, y: Tensor | None, cond: Any = None) -> WalkOptions:
+    """The walk options of encoding and decoding: the config's, deterministic, guided only with labels or a
+    condition (a prompt's)."""
     ode = config.walk.deterministic()
-    return ode if y is not None else ode.replace(guidance=WalkOptions.guidance)
+    return ode if y is not None or cond is not None else ode.replace(guidance=WalkOptions.guidance)
 
 
 def class_labels(spec: str | int | Sequence[int] | None, n: int, num_classes: int) -> Tensor | None:
@@ -236,6 +240,24 @@ def image_shape(loaded: LoadedModel | LoadedPipeline) -> tuple[int, ...]:
         return (loaded.model.config.in_channels, h, w)
     c = loaded.config
     return (c.in_channels, c.image_size, c.image_size)
+
+
+def pixel_shape(loaded: LoadedModel | LoadedPipeline) -> tuple[int, ...]:
+    """(C, H, W) of the images the model takes and makes: `image_shape`, or for a latent pipeline the size its
+    VAE decodes its latents to."""
+    shape = image_shape(loaded)
+    return loaded.latent.image_shape(shape) if isinstance(loaded, LoadedPipeline) else shape
+
+
+def latents_of(loaded: LoadedModel | LoadedPipeline, images: Tensor) -> Tensor:
+    """What the sampler walks for images [B, C, H, W] in [-1, 1]: a latent pipeline's VAE latents (the
+    posterior's mode, scaled and shifted: `LatentSpace.encode`), else the images themselves."""
+    return loaded.latent.encode(images) if isinstance(loaded, LoadedPipeline) else images
+
+
+def images_of(loaded: LoadedModel | LoadedPipeline, x: Tensor) -> Tensor:
+    """Images [B, C, H, W] (about [-1, 1]) of what the sampler made: decoded by a latent pipeline's VAE, else x."""
+    return loaded.latent.decode(x) if isinstance(loaded, LoadedPipeline) else x
 
 
 CPU_AUTO_BATCH = 64  # on a CPU, throughput stops growing well before memory runs out
@@ -329,7 +351,7 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     out = check_output_path(out)
     rank, world = rank_world()
     shape = image_shape(loaded)
-    pixels = loaded.latent.image_shape(shape) if isinstance(loaded, LoadedPipeline) else shape   # what is saved
+    pixels = pixel_shape(loaded)                                                      # what is saved
     check_run_size(n, pixels, out)
     check_finite_weights(loaded)
     sampler = make_sampler(loaded, config, device)
@@ -360,9 +382,7 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
         gens = sample_generators(config.seed, idx)
         y = None if labels is None else labels[idx].to(device)
         x_0 = sample_batch(sampler, initial_noise(shape, gens, device), config, gens, y, cond, uncond)
-        if isinstance(loaded, LoadedPipeline):
-            x_0 = loaded.latent.decode(x_0)
-        save_images(x_0, out / "images", start=idx)     # indices may be strided (sharding)
+        save_images(images_of(loaded, x_0), out / "images", start=idx)     # indices may be strided (sharding)
         bar.update(len(idx))
     bar.close()
     if world > 1:

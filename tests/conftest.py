@@ -39,3 +39,11 @@ def cond_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("cond") / "cond.safetensors"
     save(path, model, NoiseSchedule.linear())
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def sd_pipeline(tmp_path_factory):
+    """(parts, folder): a tiny random Stable Diffusion pipeline saved as a diffusers folder (tests/tiny_pipeline.py;
+    nothing downloaded). Skipped without diffusers and transformers."""
+    from tiny_pipeline import save_pipeline
+    return save_pipeline(tmp_path_factory.mktemp("sd"))

@@ -15,54 +15,10 @@ from ddim import DDIMSampler
 from ddim.checkpoint import CheckpointError, LoadedPipeline, load, read_scheduler
 from ddim.errors import DDIMError
 from ddim.models.latent import LatentSpace, PromptEncoder
+from tiny_pipeline import SD_SCHEDULER, components, save_pipeline
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-
-SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                    set_alpha_to_one=False, steps_offset=1)
-WORDS = ["a", "cat", "dog", "photo", "of", "the", "red", "blue"]
-
-
-def _tokenizer(folder):
-    """A CLIP tokenizer from a small vocabulary written here: characters, the words above, and their merges."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges = []
-    for w in WORDS:                    # merge each word left to right: "c a", "ca t</w>"
-        parts = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(parts) > 1:
-            merges.append(f"{parts[0]} {parts[1]}")
-            parts = [parts[0] + parts[1]] + parts[2:]
-            vocab.setdefault(parts[0], len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    tok = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                                     pad_token="<|endoftext|>", model_max_length=16)
-    return tok
-
-
-def _components(tmp_path, prediction="epsilon"):
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16,
-                                          in_channels=4, out_channels=4, norm_num_groups=2, cross_attention_dim=32,
-                                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")).eval()
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=4,
-                                  down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                                  norm_num_groups=2).eval()
-    torch.manual_seed(0)
-    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-5,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=1000, max_position_embeddings=16)).eval()
-    scheduler = diffusers.DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction)
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(tmp_path / "vocab"),
-                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
 
 def _embeddings(parts):
     enc = PromptEncoder(parts["tokenizer"], parts["text_encoder"])
@@ -81,7 +37,7 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++2m": "DPMSolverMultistepScheduler",
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("solver", sorted(SCHEDULERS))
 def test_guided_latents_and_images_equal_stable_diffusion_pipelines(tmp_path, prediction, solver):
-    parts = _components(tmp_path, prediction)
+    parts = components(tmp_path, prediction)
     scheduler = getattr(diffusers, SCHEDULERS[solver]).from_config(parts["scheduler"].config)
     pipe = diffusers.StableDiffusionPipeline(**{**parts, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
@@ -102,7 +58,7 @@ def test_guided_latents_and_images_equal_stable_diffusion_pipelines(tmp_path, pr
 
 
 def test_the_sd_ddim_grid_is_uniform_with_steps_offset_1_to_alpha_0(tmp_path):
-    parts = _components(tmp_path)
+    parts = components(tmp_path)
     settings = read_scheduler(parts["scheduler"])             # no steps: the named grid
     assert settings.options == {"solver": "ddim", "final_alpha": "alpha_0", "skip": "uniform", "steps_offset": 1}
     pipe = diffusers.StableDiffusionPipeline(**parts)
@@ -117,7 +73,7 @@ def test_the_sd_ddim_grid_is_uniform_with_steps_offset_1_to_alpha_0(tmp_path):
 
 
 def test_latent_inversion_follows_eq_13_and_diffusers_inverse_scheduler_is_one_step_off(tmp_path):
-    parts = _components(tmp_path)
+    parts = components(tmp_path)
     unet, emb = parts["unet"], _embeddings(parts)[0]
     latent = LatentSpace(parts["vae"])
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -165,15 +121,8 @@ def test_latent_inversion_follows_eq_13_and_diffusers_inverse_scheduler_is_one_s
 
 
 
-def _save_pipeline(tmp_path, prediction="epsilon"):
-    parts = _components(tmp_path, prediction)
-    folder = tmp_path / "pipe"
-    diffusers.StableDiffusionPipeline(**parts).save_pretrained(folder)
-    return parts, folder
-
-
 def test_a_saved_pipeline_folder_loads_with_its_own_prompt_encoder(tmp_path):
-    parts, folder = _save_pipeline(tmp_path)
+    parts, folder = save_pipeline(tmp_path)
     loaded = load(folder)
     assert isinstance(loaded, LoadedPipeline) and loaded.prediction == "eps"
     assert loaded.scheduler.options["final_alpha"] == "alpha_0"
@@ -190,7 +139,7 @@ def test_bad_pipelines_are_one_line_errors(tmp_path):
         load(tmp_path / "empty")
     assert "\n" not in str(e.value)
     with pytest.raises(DDIMError, match="slice_size"):
-        LatentSpace(_components(tmp_path)["vae"], slice_size=0)
+        LatentSpace(components(tmp_path)["vae"], slice_size=0)
 
 
 def test_ddim_sample_with_a_prompt_runs_end_to_end_on_a_saved_pipeline_folder(tmp_path, capsys):
@@ -198,7 +147,7 @@ def test_ddim_sample_with_a_prompt_runs_end_to_end_on_a_saved_pipeline_folder(tm
     from ddim.generate import initial_noise, sample_generators
     from ddim.images import to_uint8
 
-    parts, folder = _save_pipeline(tmp_path)
+    parts, folder = save_pipeline(tmp_path)
     out = tmp_path / "s"
     args = ["sample", "--ckpt", str(folder), "--prompt", "a photo of a cat", "--negative-prompt", "the dog",
             "--guidance", "7.5", "--steps", "3", "--n", "2", "--seed", "1", "--quiet", "--out", str(out)]
@@ -240,7 +189,7 @@ def test_the_base_install_imports_neither_diffusers_nor_transformers_and_names_t
     code = ("import sys, ddim, ddim.checkpoint, ddim.generate, ddim.commands; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers')))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
-    _, folder = _save_pipeline(tmp_path)
+    _, folder = save_pipeline(tmp_path)
     monkeypatch.setitem(sys.modules, "transformers", None)          # as if not installed
     from ddim.errors import MissingDependencyError
     with pytest.raises(MissingDependencyError, match=r"ddim\[latent\]"):

@@ -14,14 +14,16 @@ import torch
 from ddim.checkpoint import LoadedModel
 from ddim.config import DTYPES, SampleConfig
 from ddim.distributed import resolve_device
-from ddim.generate import EMBEDDED_NAME, class_labels, load_model
+from ddim.generate import EMBEDDED_NAME, class_labels, load_model, pixel_shape
+from ddim.images import load_images
 from ddim.sampling import GUIDANCE_MODES, SOLVERS, VARIANCES
 from ddim.sampling.options import DEFAULTS as WALK
 from ddim.schedule import SKIPS
 
 __all__ = ["Formatter", "skip_arg", "positive_int", "nonnegative_int", "batch_size", "add_model_args",
            "add_sampler_args", "add_refine_arg", "check_refine", "add_output_args", "load", "sample_config",
-           "checkpoint_defaults", "device", "labels"]
+           "checkpoint_defaults", "device", "labels", "add_prompt_args", "check_prompt_flags", "prompt_condition",
+           "input_images"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -190,7 +192,8 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
         g.add_argument("--classes", type=int, nargs="+", default=None, metavar="K",
                        help="class-conditional models: labels cycled over the samples (sample i gets K[i %% len])")
         g.add_argument("--guidance", type=float, default=WALK.guidance, help="classifier-free guidance weight w: "
-                       "eps(-1) + w (eps(y) - eps(-1)); 1 = conditional, 0 = unconditional")
+                       "eps(-1) + w (eps(y) - eps(-1)) (a pipeline: eps(negative prompt) + w (eps(prompt) - "
+                       "eps(negative prompt))); 1 = conditional, 0 = unconditional")
         g.add_argument("--guidance-mode", default=WALK.guidance_mode, choices=GUIDANCE_MODES,
                        help="'cfg++': CFG++ (the guided x0 renoised with the unconditional eps); --guidance is then "
                             "lambda in [0, 1] (docs/SOLVERS.md)")
@@ -254,13 +257,34 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     return SampleConfig(**fields)
 
 
-def add_prompt_args(p: argparse.ArgumentParser) -> None:
-    """--prompt and --negative-prompt: the condition of a text-to-image pipeline."""
+def add_prompt_args(p: argparse.ArgumentParser, target: bool = False) -> None:
+    """--prompt and --negative-prompt: the condition of a text-to-image pipeline (target: also --target-prompt,
+    the condition a transfer decodes under)."""
     g = p.add_argument_group("prompts (latent text-to-image pipelines)")
     g.add_argument("--prompt", default=None, help="the text every sample is conditioned on (its pipeline's own "
-                   "tokenizer and text encoder)")
+                   "tokenizer and text encoder)" + ("; transfer: the text the input images are encoded under"
+                                                    if target else ""))
     g.add_argument("--negative-prompt", default=None, help="the null condition of guidance (default: the empty "
                    "prompt)")
+    if target:
+        g.add_argument("--target-prompt", default=None, help="the text the images are decoded under (with "
+                       "--prompt, in place of --from-class / --to-class)")
+
+
+def check_prompt_flags(args: argparse.Namespace) -> None:
+    """The prompt flags that need no model: --negative-prompt and --target-prompt only with --prompt, and prompts
+    or classes, not both (checked before the model loads)."""
+    from ddim.errors import DDIMError
+    prompt, target = getattr(args, "prompt", None), getattr(args, "target_prompt", None)
+    if prompt is None and getattr(args, "negative_prompt", None) is not None:
+        raise DDIMError("--negative-prompt: give it with --prompt")
+    if prompt is None and target is not None:
+        raise DDIMError("--target-prompt: give it with --prompt (the text the input images are encoded under)")
+    classes = [f for f, d in (("--from-class", "from_class"), ("--to-class", "to_class"))
+               if getattr(args, d, None) is not None]
+    if prompt is not None and classes:
+        raise DDIMError(f"--prompt with {classes[0]}: give prompts (--prompt, --target-prompt: latent text-to-image "
+                        "pipelines) or classes (--from-class, --to-class: class-conditional models), not both")
 
 
 def prompt_condition(args: argparse.Namespace, loaded: Any) -> tuple[Any, Any, dict]:
@@ -269,9 +293,8 @@ def prompt_condition(args: argparse.Namespace, loaded: Any) -> tuple[Any, Any, d
     from ddim.errors import DDIMError
     prompt, negative = getattr(args, "prompt", None), getattr(args, "negative_prompt", None)
     encode = getattr(loaded, "encode_prompt", None)
+    check_prompt_flags(args)
     if prompt is None:
-        if negative is not None:
-            raise DDIMError("--negative-prompt: give it with --prompt")
         if encode is not None and loaded.prompts is not None:
             raise DDIMError("--prompt: this pipeline is text-to-image; give the text (--prompt \"a photo of a cat\")")
         return None, None, {}
@@ -302,3 +325,13 @@ def labels(args: argparse.Namespace, loaded: LoadedModel, n: int):
         raise DDIMError("--class and --classes: give one of them")
     spec = spec_many if spec_many is not None else spec_one
     return class_labels(spec, n, loaded.config.num_classes)
+
+
+def input_images(args: argparse.Namespace, loaded: Any, n: int | None) -> torch.Tensor:
+    """--input as images [N, C, H, W] in [-1, 1] on --device, of the channels and size the model takes (a latent
+    pipeline: the images its VAE encodes to its latents' size); image files are resized, arrays checked."""
+    from ddim.errors import DDIMError
+    c, h, w = pixel_shape(loaded)
+    if h != w:
+        raise DDIMError(f"--ckpt: the model's images are {h}x{w}; --input is read as square images only")
+    return load_images(args.input, c, h, n=n, what="--input").to(args.device)
