@@ -10,7 +10,7 @@ import torch
 from ddim.commands.common import (Formatter, add_model_args, add_output_args, add_refine_arg, add_sampler_args,
                                   check_refine, labels, load, positive_int, sample_config)
 from ddim.errors import DDIMError
-from ddim.generate import image_shape, make_sampler, sample_generators
+from ddim.generate import image_shape, latent_dtype, make_sampler, sample_generators
 from ddim.images import array_to_nchw, load_images, read_array, save_image_grid
 from ddim.runs import prepare_output
 from ddim.sampling.options import DEFAULTS as WALK
@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> None:
     out = prepare_output(args.out, args.overwrite)
     loaded = load(args)
     c, size = image_shape(loaded)[:2]
-    x0 = load_images(args.input, c, size, n=args.n, what="--input").to(args.device)
     sampler = make_sampler(loaded, config, args.device)
+    x0 = load_images(args.input, c, size, n=args.n, what="--input")
+    x0 = x0.to(args.device, latent_dtype(config, x0))         # float64 walks for --dtype float64
     gens = sample_generators(config.seed, range(len(x0)))
     opts = {k: v for k, v in config.walk_options().items() if k != "steps"}
     if args.edit == "transfer":

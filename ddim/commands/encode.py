@@ -54,9 +54,11 @@ def run_encode(args: argparse.Namespace) -> None:
     config = config.replace(batch_size=resolve_batch_size(config, loaded, args.device, len(x0)))
     y = labels(args, loaded, len(x0))
     z = encode(sampler, x0, config, progress=not args.quiet, y=None if y is None else y.to(args.device), refine=args.refine)
-    pair = {} if isinstance(z, torch.Tensor) else {"latents_y": z.y.float().cpu().numpy()}
+    def array(t: torch.Tensor) -> np.ndarray:                  # float64 latents (--dtype float64) stay float64
+        return (t if t.dtype == torch.float64 else t.float()).cpu().numpy()
+    pair = {} if isinstance(z, torch.Tensor) else {"latents_y": array(z.y)}
     with atomic_path(out) as tmp, open(tmp, "wb") as f:       # a file object: numpy appends no ".npz"
-        np.savez(f, latents=(z if isinstance(z, torch.Tensor) else z.x).float().cpu().numpy(), **pair,
+        np.savez(f, latents=array(z if isinstance(z, torch.Tensor) else z.x), **pair,
                  steps=config.steps, skip=str(config.skip), solver=config.solver, refine=args.refine)
     print(f"wrote latents [{', '.join(map(str, z.shape))}] (level tau_S of {config.steps} {config.skip} steps) "
           f"to {out}")
