@@ -351,6 +351,13 @@ def test_inversion_table_resumes_and_keeps_cells_it_was_not_asked_for(loaded, re
     with open(tmp_path / "inversion.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
 
+    def fail(*a, **k):
+        raise AssertionError("a finished cell called the network")
+    monkeypatch.setattr(loaded.model, "forward", fail)
+    again = ev.inversion_table(loaded, SampleConfig(batch_size=2), methods=["ddim", "bdia", "ddim+refine1", "edict"],
+                               **kw)
+    assert [r["calls"] for r in again] == [4, 3, 6, 8]
+
 
 def test_inversion_table_guided_counts_a_2b_call_once(cond_ckpt, real, tmp_path):
     """Guidance w != 1 evaluates the network once on a batch of 2B (the unconditional and the conditional half):
