@@ -13,9 +13,9 @@ from ddim.io import atomic_path
 __all__ = ["figure", "log_axes", "save_figure"]
 
 
-def figure(figsize: tuple[float, float] = (5.5, 3.8), ncols: int | None = None) -> tuple[Any, Any]:
-    """(figure, axes) on the Agg canvas: no pyplot, so no global backend and no display. ncols: a row of that
-    many panels, the axes then a list."""
+def figure(figsize: tuple[float, float] = (5.5, 3.8), ncols: int | None = None, nrows: int = 1) -> tuple[Any, Any]:
+    """(figure, axes) on the Agg canvas: no pyplot, so no global backend and no display. ncols: a grid of
+    nrows x ncols panels, the axes then a flat list (row by row)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -25,7 +25,7 @@ def figure(figsize: tuple[float, float] = (5.5, 3.8), ncols: int | None = None) 
     FigureCanvasAgg(fig)
     if ncols is None:
         return fig, fig.subplots()
-    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+    return fig, [ax for row in fig.subplots(nrows, ncols, squeeze=False) for ax in row]
 
 
 def log_axes(ax: Any, steps: Sequence[int], log_y: bool) -> None:

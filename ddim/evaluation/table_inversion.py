@@ -198,7 +198,11 @@ def plot_inversion(rows: list[dict], path: Path) -> None:
     """MSE vs network calls per image (log-log), a panel per (guidance, dtype), a line per method (S along it)."""
     panels = list(dict.fromkeys((r["guidance"], r["dtype"]) for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = figure((4.6 * len(panels), 3.9), ncols=len(panels))
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = figure((4.6 * ncols, 3.9 * nrows), ncols=ncols, nrows=nrows)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (g, d) in zip(axes, panels):
         for i, m in enumerate(methods):
             pts = sorted((r["calls"], max(r["mse"], 1e-35)) for r in rows
@@ -207,11 +211,12 @@ def plot_inversion(rows: list[dict], path: Path) -> None:
                 ax.plot(*zip(*pts), marker="o", color=f"C{i % 10}", linestyle="-" if i < 10 else "--", label=m)
         log_axes(ax, [r["calls"] for r in rows if (r["guidance"], r["dtype"]) == (g, d)], True)
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-        ax.set_xlabel("network calls per image (encode + decode)")
+        ax.set_xlabel("network calls per image (encode + decode)", fontsize=8)
         ax.set_title(f"guidance {g}, {d}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("per-dimension MSE (pixels in [0, 1])")
-    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    for ax in axes[::ncols]:
+        ax.set_ylabel("per-dimension MSE (pixels in [0, 1])")
+    axes[ncols - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save_figure(fig, path)
 
 
