@@ -421,7 +421,9 @@ def check_steps(steps: Any, T: int, name: str = "steps") -> list[int]:
     return [check_int(s, f"{name}: each step count S", 1, T) for s in steps]
 
 
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+# float32, or autocast to bfloat16 / float16 with the sampler's arithmetic in float32; float64: the network's
+# weights and the latents in float64 (roundoff studies, e.g. exact inversion; ddim's own pixel models only)
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
 
 
 @dataclass(frozen=True)
@@ -442,7 +444,7 @@ class SampleConfig:
     variance: str = WALK.variance                   # walk: the ddim solver's variance: "eta" or "large"
     clip_denoised: bool | str = WALK.clip_denoised  # walk: clip x0_pred to [-1, 1] (True, or "keep-eps")
     seed: int = 0                                   # sample i is a pure function of (seed, i)
-    dtype: str = "float32"                          # network compute dtype (autocast)
+    dtype: str = "float32"                          # network compute dtype (autocast); float64: network and latents
     channels_last: bool = False
     compile: bool = False
     batch_size: int | str = 64                      # images per network call, or "auto" (`generate.resolve_batch_size`)

@@ -35,8 +35,8 @@ from ddim.sampling import Coupled, DDIMSampler, WalkOptions
 
 __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_model", "recorded_sampling", "sample_generators", "initial_noise",
            "cast_matmul_weights", "network",
-           "make_sampler", "check_plan", "check_finite_weights", "check_run_size", "class_labels", "image_shape",
-           "pixel_shape", "latents_of", "images_of",
+           "make_sampler", "check_dtype", "latent_dtype", "check_plan", "check_finite_weights", "check_run_size",
+           "class_labels", "image_shape", "pixel_shape", "latents_of", "images_of",
            "resolve_batch_size", "sample_batch", "encode", "decode", "weights_fingerprint", "generate", "assemble"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -124,16 +124,19 @@ def network(model: torch.nn.Module, dtype: str = "float32", channels_last: bool 
     if dtype not in DTYPES:
         raise DDIMError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     amp = getattr(torch, dtype)                 # DTYPES are torch's own names
-    if amp != torch.float32:
+    if amp == torch.float64:                    # no autocast to float64: a float64 copy, fed float64 inputs
+        model = copy.deepcopy(model).to(torch.float64)
+    elif amp != torch.float32:
         model = cast_matmul_weights(model, amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     fn = torch.compile(model, dynamic=False) if compile else model
 
     def call(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        ctx = torch.autocast(x.device.type, dtype=amp) if amp != torch.float32 else nullcontext()
+        ctx = torch.autocast(x.device.type, dtype=amp) if amp in (torch.bfloat16, torch.float16) else nullcontext()
         with ctx:
-            x_in = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            x_in = x.to(torch.float64) if amp == torch.float64 else x
+            x_in = x_in.contiguous(memory_format=torch.channels_last) if channels_last else x_in
             out = fn(x_in, t) if y is None else fn(x_in, t, y)
         return out.to(x.dtype)
     if hasattr(model, "reset_cache"):
@@ -141,10 +144,29 @@ def network(model: torch.nn.Module, dtype: str = "float32", channels_last: bool 
     return call
 
 
+def check_dtype(config: SampleConfig, loaded: LoadedModel | LoadedPipeline, device: str | torch.device) -> None:
+    """dtype float64 where it cannot run: a latent pipeline (its VAE and text encoder run in the dtype they were
+    loaded in) and Apple's mps device (no float64)."""
+    if config.dtype != "float64":
+        return
+    if isinstance(loaded, LoadedPipeline):
+        raise DDIMError("dtype float64 (--dtype float64) is for ddim's own pixel models; a latent pipeline runs in "
+                        "float32, bfloat16 or float16")
+    if torch.device(device).type == "mps":
+        raise DDIMError("dtype float64 (--dtype float64): the mps device has no float64; use --device cpu")
+
+
+def latent_dtype(config: SampleConfig, x: Tensor | Coupled) -> torch.dtype:
+    """The dtype the sampler's walk runs in: float64 for dtype float64 (its latents too), else x's own."""
+    return torch.float64 if config.dtype == "float64" else x.dtype
+
+
 def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.device = "cpu") -> DDIMSampler:
     """The sampler for a loaded model with the config's network switches (dtype, channels_last, compile) and
     its feature cache (cache_interval > 1: DeepCache). A latent pipeline's U-Net is sampled as it is (its weights
-    were loaded in the dtype asked for)."""
+    were loaded in the dtype asked for). dtype float64 runs a float64 copy of the network (the walk is float64
+    when its x is: `encode`, `decode` and `sample_batch` make it so)."""
+    check_dtype(config, loaded, device)
     if isinstance(loaded, LoadedPipeline):
         return DDIMSampler(loaded.model.to(device), loaded.schedule, loaded.prediction)
     model = loaded.model.to(device)
@@ -176,7 +198,7 @@ def sample_batch(sampler: DDIMSampler, x_T: Tensor, config: SampleConfig,
     """x_0 [B, ...] from x_T [B, ...] with the config's walk options (steps, skip, solver, ...); y: class labels
     [B] (-1: none) of a class-conditional model, guided by config.guidance. The network calls this walk made
     are then `sampler.last_nfe`."""
-    return sampler.run(x_T, config.walk, generator, y, cond=cond, uncond=uncond)
+    return sampler.run(x_T.to(latent_dtype(config, x_T)), config.walk, generator, y, cond=cond, uncond=uncond)
 
 
 def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bool = False,
@@ -186,6 +208,7 @@ def encode(sampler: DDIMSampler, x_0: Tensor, config: SampleConfig, progress: bo
     `DDIMSampler.invert`), in batches of config.batch_size. `sampler.last_nfe` is the calls of one batch's walk.
     The solvers "bdia" and "edict" give a `Coupled` latent, which `decode` takes."""
     opts, bs = _ode(config, y, cond), _batch(config, sampler, x_0)
+    x_0 = x_0.to(latent_dtype(config, x_0))
     parts = [sampler.run(x_0[i:i + bs], opts, y=None if y is None else y[i:i + bs], progress=progress,
                          invert=True, refine=refine, cond=cond, uncond=uncond) for i in range(0, len(x_0), bs)]
     return Coupled.cat(parts) if isinstance(parts[0], Coupled) else torch.cat(parts)
@@ -196,6 +219,7 @@ def decode(sampler: DDIMSampler, z: Tensor | Coupled, config: SampleConfig, y: T
     """x_0 [B, ...] from latents z with the deterministic sampler (eta = 0): the inverse of `encode` (the same
     labels or condition)."""
     opts, bs = _ode(config, y, cond), _batch(config, sampler, z)
+    z = z.to(latent_dtype(config, z))
     return torch.cat([sampler.run(z[i:i + bs], opts, y=None if y is None else y[i:i + bs], cond=cond,
                                   uncond=uncond) for i in range(0, len(z), bs)])
 

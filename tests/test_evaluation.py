@@ -276,3 +276,146 @@ def test_eval_solvers_reports_the_network_calls_a_two_call_solver_made(loaded, r
     assert "| solver | NFE 2 | NFE 3 | NFE 5 |" in md
     assert re.search(r"\| ddim \| [^-|]+ \| [^-|]+ \| - \|", md) and re.search(r"\| heun \| - \| [^-|]+ \| [^-|]+ \|", md)
     assert "heun" in capsys.readouterr().out
+
+
+# -- the inversion table (`ddim eval inversion`)
+
+INV_METHODS = ["ddim", "ddim+refine1", "ddim+refine2", "plms", "bdia", "edict"]
+
+
+class GaussianEps(torch.nn.Module):
+    """The exact eps of a diagonal Gaussian fitted to the digits (per-pixel mean and variance): a true score, so
+    the probability-flow ODE is the one the solvers discretise and refinement converges (a random network's
+    eps is no score, and the fixed-point iteration need not contract for it)."""
+
+    def __init__(self, data: torch.Tensor, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.register_buffer("mu", data.mean(0))
+        self.register_buffer("var", data.var(0) + 1e-2)
+        self.register_buffer("alphas", schedule.alphas_cumprod.clone())
+
+    def forward(self, x, t):
+        a = self.alphas[t].to(x.dtype).view(-1, 1, 1, 1)
+        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.var + 1 - a)
+
+
+def test_inversion_table_rows_calls_roundoff_refinement_and_files(real, tmp_path):
+    from ddim.checkpoint.base import LoadedModel
+    schedule = NoiseSchedule.linear()
+    gaussian = LoadedModel(GaussianEps(real, schedule), schedule, "eps", UNetConfig(16, 1, 1, 32, (1, 2), 1, (8,), 0.0))
+    rows = ev.inversion_table(gaussian, SampleConfig(batch_size=2), steps=(3, 6), methods=INV_METHODS,
+                              dtypes=("float32", "float64"), images=real, n=3, out=tmp_path, progress=False)
+    cell = {(r["method"], r["dtype"], r["steps"]): r for r in rows}
+    assert len(rows) == len(INV_METHODS) * 2 * 2 and all(r["n"] == 3 and r["guidance"] == "1" for r in rows)
+    for ext in ("md", "csv", "png", "json"):
+        assert (tmp_path / f"inversion.{ext}").stat().st_size > 0
+    # network calls per image, encode + decode: one per step for the one-call solvers; refine K adds K per
+    # encoding step; BDIA decodes a coupled latent in S - 1; EDICT makes two per step each way
+    for d in ("float32", "float64"):
+        for S in (3, 6):
+            want = {"ddim": (S, S), "ddim+refine1": (2 * S, S), "ddim+refine2": (3 * S, S), "plms": (S, S),
+                    "bdia": (S, S - 1), "edict": (2 * S, 2 * S)}
+            got = {m: (cell[m, d, S]["encode_calls"], cell[m, d, S]["decode_calls"]) for m in want}
+            assert got == want and all(cell[m, d, S]["calls"] == sum(want[m]) for m in want)
+    # an independent round trip: the sampler's own invert and sample on the same images
+    s = DDIMSampler(gaussian.model, schedule)
+    x0 = real[:3]
+    assert cell["ddim", "float32", 6]["mse"] == pytest.approx(reconstruction_mse(x0, s.sample(s.invert(x0, 6), 6)),
+                                                               rel=1e-4)
+    for S in (3, 6):
+        ddim32 = cell["ddim", "float32", S]["mse"]
+        for m in ("bdia", "edict"):         # exact: float32 at its roundoff, float64 far below it
+            assert cell[m, "float32", S]["mse"] < 1e-6 * ddim32
+            assert cell[m, "float64", S]["mse"] < min(1e-20, 1e-6 * cell[m, "float32", S]["mse"])
+        # refinement tightens DDIM's round trip (float64: no roundoff in the way)
+        assert (cell["ddim+refine2", "float64", S]["mse"] < cell["ddim+refine1", "float64", S]["mse"]
+                < cell["ddim", "float64", S]["mse"])
+    text = (tmp_path / "inversion.md").read_text()
+    assert "guidance 1, float64:" in text and "| ddim+refine2 | " in text
+    assert "| 6 / 12 |" in text                                     # ddim's calls at S = 3 and 6
+
+
+def test_inversion_table_resumes_and_keeps_cells_it_was_not_asked_for(loaded, real, tmp_path, monkeypatch):
+    from ddim.evaluation import table_inversion
+    kw = dict(steps=(2,), images=real, n=2, out=tmp_path, progress=False, dtypes=("float32",))
+    first = ev.inversion_table(loaded, SampleConfig(batch_size=2), methods=["ddim", "bdia"], **kw)
+    calls = []
+    monkeypatch.setattr(table_inversion, "encode",
+                        lambda *a, **k: calls.append((a[2].solver, k["refine"])) or ev_encode(*a, **k))
+    both = ev.inversion_table(loaded, SampleConfig(batch_size=2), methods=["ddim", "bdia", "ddim+refine1"], **kw)
+    assert calls == [("ddim", 1)]                                   # ddim's and bdia's cells came from the CSV
+    assert [(r["method"], r["mse"]) for r in both[:2]] == [(r["method"], r["mse"]) for r in first]
+    ev.inversion_table(loaded, SampleConfig(batch_size=2), methods=["edict"], **kw)
+    ev.inversion_table(loaded, SampleConfig(batch_size=2), methods=["ddim", "bdia", "ddim+refine1", "edict"], **kw)
+    assert calls == [("ddim", 1), ("edict", 0)]
+    with open(tmp_path / "inversion.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+    def fail(*a, **k):
+        raise AssertionError("a finished cell called the network")
+    monkeypatch.setattr(loaded.model, "forward", fail)
+    again = ev.inversion_table(loaded, SampleConfig(batch_size=2), methods=["ddim", "bdia", "ddim+refine1", "edict"],
+                               **kw)
+    assert [r["calls"] for r in again] == [4, 3, 6, 8]
+
+
+def test_inversion_table_guided_counts_a_2b_call_once(cond_ckpt, real, tmp_path):
+    """Guidance w != 1 evaluates the network once on a batch of 2B (the unconditional and the conditional half):
+    the sampler counts that as one call, so the calls do not double; the model's own forward count agrees."""
+    cond = load_model(cond_ckpt)
+    forwards = []
+    hook = cond.model.register_forward_pre_hook(lambda m, args: forwards.append(len(args[0])))
+    labels = torch.tensor([0, 2, 1])
+    try:
+        rows = ev.inversion_table(cond, SampleConfig(batch_size=3), steps=(4,), methods=["ddim", "bdia", "edict"],
+                                  guidance=("1", "3", "cfg++:0.5"), dtypes=("float32",), images=real[:3],
+                                  labels=labels, n=3, out=tmp_path, progress=False)
+    finally:
+        hook.remove()
+    calls = {(r["method"], r["guidance"]): r["calls"] for r in rows}
+    assert calls == {(m, g): c for g in ("1", "3", "cfg++:0.5") for m, c in (("ddim", 8), ("bdia", 7), ("edict", 16))}
+    assert len(forwards) == sum(calls.values())                     # one forward per counted call ...
+    assert forwards.count(6) == sum(c for (m, g), c in calls.items() if g != "1")   # ... guided ones on 2B
+    mse = {(r["method"], r["guidance"]): r["mse"] for r in rows}
+    assert mse["bdia", "3"] < 1e-8 and mse["ddim", "3"] > 1e3 * mse["bdia", "3"]
+    # refinement does not combine with CFG++: those cells are left out, the others kept
+    rows = ev.inversion_table(cond, SampleConfig(batch_size=3), steps=(4,), methods=["ddim", "ddim+refine1"],
+                              guidance=("cfg++:0.5",), dtypes=("float32",), images=real[:3], labels=labels, n=3,
+                              progress=False)
+    assert [r["method"] for r in rows] == ["ddim"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(methods=["euler"]), "methods: 'euler' is not an invertible solver"),
+    (dict(methods=["dpm++2m-sde"]), "methods: 'dpm++2m-sde'"),
+    (dict(methods=["ddim+refine0"]), "K >= 1"),
+    (dict(methods=["bdia+refine1"]), "bdia inverts exactly"),
+    (dict(dtypes=["float8"]), "dtypes: 'float8'"),
+    (dict(guidance=["cfg++:2"]), "guidance: 'cfg++:2'"),
+    (dict(guidance=["3"]), "guidance: '3' needs a class-conditional model"),      # an unconditional model
+    (dict(steps=(2000,)), "steps"),
+    (dict(n=0), "n must be"),
+])
+def test_inversion_table_bad_input_is_refused_before_anything_is_written(loaded, real, tmp_path, kwargs, match):
+    args = dict(steps=(2,), images=real, n=2, out=tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        ev.inversion_table(loaded, **{**args, **kwargs})
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_inversion_cli(loaded, tmp_path, capsys):
+    p = _parser()
+    with pytest.raises(SystemExit):
+        p.parse_args(["eval", "inversion", "--help"])
+    assert "example: ddim eval inversion" in capsys.readouterr().out
+    args = p.parse_args(["eval", "inversion", "--ckpt", _save(loaded, tmp_path), "--device", "cpu", "--steps", "2",
+                         "--methods", "ddim", "bdia", "--dtypes", "float64", "--n", "2", "--quiet",
+                         "--out", str(tmp_path / "eval")])
+    args.fn(args)
+    out = capsys.readouterr().out
+    assert "guidance 1, float64:" in out and "| bdia | " in out and (tmp_path / "eval" / "inversion.png").exists()
+    from ddim.commands import main                                  # guidance 3 on an unconditional model
+    assert main(["eval", "inversion", "--ckpt", _save(loaded, tmp_path), "--guidance", "3", "--n", "2",
+                 "--out", str(tmp_path / "g")]) == 2
+    assert "guidance: '3' needs a class-conditional model" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()

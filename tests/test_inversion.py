@@ -312,6 +312,35 @@ def test_encode_and_reconstruct_take_solver_and_refine(cond_ckpt, tmp_path):
     assert mse["bdia"] < 1e-8 and mse["edict"] < 1e-4 and mse["ddim"] > 1e4 * mse["edict"], mse
 
 
+def test_dtype_float64_runs_the_network_and_the_latents_in_float64(cond_ckpt, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from ddim.commands import main
+    from ddim.config import SampleConfig
+    from ddim.generate import load_model, make_sampler, network
+    loaded = load_model(cond_ckpt)
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.tensor([0, 2])
+    want = loaded.model.double()(x.double(), t, y)
+    loaded.model.float()
+    assert torch.equal(network(loaded.model, "float64")(x.double(), t, y), want)
+    assert next(loaded.model.parameters()).dtype == torch.float32           # the caller's model is not changed
+    with pytest.raises(DDIMError, match="mps device has no float64"):
+        make_sampler(loaded, SampleConfig(dtype="float64"), "mps")
+    base = ["--ckpt", cond_ckpt, "--input", "digits", "--n", "3", "--class", "1", "--guidance", "3", "--steps", "4",
+            "--solver", "bdia"]
+    mse = {}
+    for dtype in ("float32", "float64"):
+        assert main(["reconstruct", *base, "--dtype", dtype, "--out", str(tmp_path / dtype)]) == 0
+        mse[dtype] = json.loads((tmp_path / dtype / "mse.json").read_text())["4"]
+    # a float64 network with float32 latents would stop at float32's roundoff: the walk itself is float64
+    assert mse["float64"] < 1e-20 and mse["float32"] > 1e6 * mse["float64"], mse
+    assert main(["encode", *base, "--dtype", "float64", "--out", str(tmp_path / "z.npz")]) == 0
+    z = np.load(tmp_path / "z.npz")
+    assert z["latents"].dtype == z["latents_y"].dtype == np.float64
+
+
 def test_edit_transfer_takes_solver_and_refine_and_refuses_refine_for_exact_solvers(cond_ckpt, tmp_path, capsys):
     from ddim.commands import main
     base = ["edit", "transfer", "--ckpt", cond_ckpt, "--input", "digits", "--n", "2", "--steps", "3",

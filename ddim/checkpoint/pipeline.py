@@ -88,7 +88,8 @@ def load_pipeline(folder: Path, map_location: str | torch.device = "cpu", dtype:
         raise CheckpointError(f"{folder}: no model_index.json; a diffusers pipeline folder has one beside unet/, "
                               "vae/ and scheduler/")
     if dtype not in DTYPES:
-        raise CheckpointError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        raise CheckpointError(f"dtype must be one of {tuple(DTYPES)} for a latent pipeline (float64 is for ddim's "
+                              f"own pixel models), got {dtype!r}")
     for part in ("unet", "vae", "scheduler"):
         if not (folder / part).is_dir():
             raise CheckpointError(f"{folder}: no {part}/ folder; a latent pipeline needs unet/, vae/ and scheduler/")

@@ -144,7 +144,8 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
     g.add_argument("--device", default=_default_device(), help="torch device: cpu, cuda, cuda:1, mps")
     if fast:
         g.add_argument("--dtype", default="float32", choices=DTYPES,
-                       help="network compute dtype (autocast); the sampler's arithmetic stays float32")
+                       help="network compute dtype (bfloat16/float16: autocast, the sampler's arithmetic stays "
+                       "float32; float64: the network and the latents in float64, pixel models only)")
         g.add_argument("--channels-last", action="store_true", help="run the network in channels_last memory format")
         g.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, faster steps)")
         g.add_argument("--cache-interval", type=positive_int, default=1, help="DeepCache: a full network pass "

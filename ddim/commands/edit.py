@@ -14,7 +14,7 @@ from ddim.commands.common import (Formatter, add_model_args, add_output_args, ad
                                   add_sampler_args, check_prompt_flags, check_refine, input_images, labels, load,
                                   positive_int, prompt_condition, sample_config)
 from ddim.errors import DDIMError
-from ddim.generate import image_shape, images_of, latents_of, make_sampler, pixel_shape, sample_generators
+from ddim.generate import image_shape, images_of, latent_dtype, latents_of, make_sampler, pixel_shape, sample_generators
 from ddim.images import array_to_nchw, load_images, read_array, save_image_grid
 from ddim.runs import prepare_output
 from ddim.sampling.options import DEFAULTS as WALK
@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> None:
     if args.edit == "inpaint":
         mask, shown_mask = (m.to(args.device) for m in _model_mask(args.mask, loaded))
     sampler = make_sampler(loaded, config, args.device)
+    x0 = x0.to(latent_dtype(config, x0))                      # float64 walks for --dtype float64
     gens = sample_generators(config.seed, range(len(x0)))
     opts = {k: v for k, v in config.walk_options().items() if k != "steps"}
     z0 = latents_of(loaded, x0)             # a latent pipeline's VAE latents; pixel models: x0 itself

@@ -70,11 +70,13 @@ def run_encode(args: argparse.Namespace) -> None:
     y = labels(args, loaded, len(x0))
     z = encode(sampler, latents_of(loaded, x0), config, progress=not args.quiet,
                y=None if y is None else y.to(args.device), refine=args.refine, cond=cond, uncond=uncond)
-    pair = {} if isinstance(z, torch.Tensor) else {"latents_y": z.y.float().cpu().numpy()}
+    def array(t: torch.Tensor) -> np.ndarray:                  # float64 latents (--dtype float64) stay float64
+        return (t if t.dtype == torch.float64 else t.float()).cpu().numpy()
+    pair = {} if isinstance(z, torch.Tensor) else {"latents_y": array(z.y)}
     if prompts:                                     # what the latents were inverted under (strings, no pickle)
         pair.update(prompts, guidance=config.guidance)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:       # a file object: numpy appends no ".npz"
-        np.savez(f, latents=(z if isinstance(z, torch.Tensor) else z.x).float().cpu().numpy(), **pair,
+        np.savez(f, latents=array(z if isinstance(z, torch.Tensor) else z.x), **pair,
                  steps=config.steps, skip=str(config.skip), solver=config.solver, refine=args.refine)
     print(f"wrote latents [{', '.join(map(str, z.shape))}] (level tau_S of {config.steps} {config.skip} steps) "
           f"to {out}")

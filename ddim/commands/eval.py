@@ -1,5 +1,5 @@
-"""`ddim eval table1 | solvers | table2 | timing`: the paper's Table 1, Table 2 and Figure 4, and the solver table,
-as markdown, CSV and a plot (`ddim.evaluation`)."""
+"""`ddim eval table1 | solvers | table2 | inversion | timing`: the paper's Table 1, Table 2 and Figure 4, the
+solver table and the inversion table, as markdown, CSV and a plot (`ddim.evaluation`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import argparse
 from pathlib import Path
 
 from ddim import evaluation as ev
-from ddim.commands.common import Formatter, add_model_args, add_sampler_args, load, positive_int, sample_config
+from ddim.commands.common import (Formatter, add_model_args, add_sampler_args, load, positive_int, sample_config,
+                                  skip_arg)
+from ddim.config import DTYPES
 from ddim.sampling import SOLVERS
 from ddim.schedule import SKIPS
 
@@ -84,6 +86,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="solvers, a row each (default: --solver)")
     p.set_defaults(fn=run_table2, resume_hint="rerun the command to resume its unfinished cells")
 
+    p = evals.add_parser("inversion", help="reconstruction error through inversion for every method, guidance and "
+                         "dtype, with network calls and seconds per image", formatter_class=Formatter,
+                         epilog="example: ddim eval inversion --ckpt digits-cond --n 64 --steps 10 20 50 100 "
+                                "--methods ddim ddim+refine1 bdia edict --guidance 1 3 --dtypes float32 float64 "
+                                "--out eval-inversion")
+    add_model_args(p, fast=False)
+    g = p.add_argument_group("inversion table")
+    g.add_argument("--steps", type=positive_int, nargs="+", default=list(ev.INVERSION_STEPS),
+                   help="S, encoding and decoding steps, one column each")
+    g.add_argument("--methods", nargs="+", default=list(ev.INVERSION_METHODS), metavar="METHOD",
+                   help="rows: an invertible solver (" + ", ".join(ev.invertible_solvers()) + "), or "
+                        "SOLVER+refineK (K extra calls per encoding step, e.g. ddim+refine2)")
+    g.add_argument("--guidance", dest="guidance_specs", nargs="+", default=None, metavar="W",
+                   help="CFG weights (1: unguided) or cfg++:L (CFG++, L in [0, 1]), each on the images' own labels "
+                        "(default: 1 and 3 on a class-conditional model, else 1)")
+    g.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=DTYPES,
+                   help="float32; float64: the network and the latents in float64 (the roundoff floor)")
+    g.add_argument("--skip", default="uniform", type=skip_arg, metavar="SKIP", help="the timestep grid")
+    g.add_argument("--input", default="digits", help="images to encode: 'digits' (with their labels), a folder, "
+                   "an image or an .npz (guidance other than 1 needs 'digits')")
+    g.add_argument("--n", type=int, default=64, help="use the first n images")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per network call")
+    g.add_argument("--out", default="eval", help="output folder (inversion.md, .csv, .png, .json)")
+    g.add_argument("--overwrite", action="store_true", help="recompute everything in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(fn=run_inversion, resume_hint="rerun the command to resume its unfinished cells")
+
     p = evals.add_parser("timing", help="seconds per image vs S, with a linear fit (Figure 4)",
                          formatter_class=Formatter,
                          epilog="example: ddim eval timing --batch-size 64 --repeats 3 --out eval")
@@ -122,6 +151,17 @@ def run_table2(args: argparse.Namespace) -> None:
                      device=args.device, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     print((Path(args.out) / "table2.md").read_text())
     print(f"wrote {args.out}/table2.md, table2.csv, table2.png ({len(rows)} rows)")
+
+
+def run_inversion(args: argparse.Namespace) -> None:
+    config = sample_config(args, steps=args.steps[0])
+    loaded = load(args)
+    guidance = args.guidance_specs or (["1", "3"] if getattr(loaded.config, "num_classes", 0) else ["1"])
+    rows = ev.inversion_table(loaded, config, steps=args.steps, methods=args.methods, guidance=guidance,
+                              dtypes=args.dtypes, images=args.input, n=args.n, device=args.device, out=args.out,
+                              overwrite=args.overwrite, progress=not args.quiet)
+    print((Path(args.out) / "inversion.md").read_text())
+    print(f"wrote {args.out}/inversion.md, inversion.csv, inversion.png ({len(rows)} cells)")
 
 
 def run_timing(args: argparse.Namespace) -> None:

@@ -13,8 +13,9 @@ from ddim.io import atomic_path
 __all__ = ["figure", "log_axes", "save_figure"]
 
 
-def figure(figsize: tuple[float, float] = (5.5, 3.8)) -> tuple[Any, Any]:
-    """(figure, axes) on the Agg canvas: no pyplot, so no global backend and no display."""
+def figure(figsize: tuple[float, float] = (5.5, 3.8), ncols: int | None = None, nrows: int = 1) -> tuple[Any, Any]:
+    """(figure, axes) on the Agg canvas: no pyplot, so no global backend and no display. ncols: a grid of
+    nrows x ncols panels, the axes then a flat list (row by row)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -22,7 +23,9 @@ def figure(figsize: tuple[float, float] = (5.5, 3.8)) -> tuple[Any, Any]:
         raise MissingDependencyError("the plots need matplotlib: pip install 'ddim[eval]'") from e
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
-    return fig, fig.subplots()
+    if ncols is None:
+        return fig, fig.subplots()
+    return fig, [ax for row in fig.subplots(nrows, ncols, squeeze=False) for ax in row]
 
 
 def log_axes(ax: Any, steps: Sequence[int], log_y: bool) -> None:
