@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("encode", help="encode images into latents x_T with the deterministic ODE (eq. 13)",
                        formatter_class=Formatter, epilog="example: ddim encode --input digits --n 16 --out latents.npz")
     add_model_args(s)
-    add_sampler_args(s, stochastic=False, seed=False)
+    add_sampler_args(s, stochastic=False, seed=False, afs=False)
     add_refine_arg(s)
     s.add_argument("--input", required=True, help=INPUT_HELP)
     s.add_argument("--n", type=int, default=None, help="use the first n images")
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=Formatter, epilog="example: ddim reconstruct --input digits --n 16 "
                                                          "--steps 10 20 50 100 --out recon")
     add_model_args(s)
-    add_sampler_args(s, steps="many", stochastic=False, seed=False, default_steps=(10, 20, 50, 100))
+    add_sampler_args(s, steps="many", stochastic=False, seed=False, default_steps=(10, 20, 50, 100), afs=False)
     add_refine_arg(s)
     s.add_argument("--input", required=True, help=INPUT_HELP)
     s.add_argument("--n", type=int, default=16, help="use the first n images")
