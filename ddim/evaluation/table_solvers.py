@@ -91,7 +91,7 @@ class SolversTable(Table):
     def check(self) -> None:
         sampler = make_sampler(self.loaded, self.config, self.device)
         for cell in self.cells():
-            check_plan(sampler, self._config(cell))
+            check_plan(sampler, self._config(cell), conditional=self.classes)
 
     def prepare(self) -> None:
         self.metric = make_metric(self.metric_spec, self.loaded, self.reference, self.inception_weights,
