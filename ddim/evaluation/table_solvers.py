@@ -45,25 +45,34 @@ def parse_variant(spec: str) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for mod in mods:
         key, eq, value = mod.partition("=")
-        try:
-            if mod == "afs":
-                changes["afs"] = True
-            elif key in ("gi", "restart") and eq:
-                lo, hi = (float(v) for v in value.split(":"))
-                if key == "gi":
-                    changes["guidance_interval"] = (lo, hi)
-                else:
-                    settings[key] = (lo, hi)
-            elif key in SOLVER_OPTIONS.get(name, ()) and eq:
-                settings[key] = int(value) if key in ("k", "inner") else float(value)
+        pair = value.split(":")
+        number = key in SOLVER_OPTIONS.get(name, ()) and key != "restart" and eq
+        if mod == "afs":
+            changes["afs"] = True
+        elif key in ("gi", "restart") and eq and len(pair) == 2 and all(map(_is_number, pair)):
+            lo, hi = float(pair[0]), float(pair[1])
+            if key == "gi":
+                changes["guidance_interval"] = (lo, hi)
             else:
-                raise ValueError
-        except ValueError:
+                settings[key] = (lo, hi)
+        elif number and key in ("k", "inner") and value.isdigit():
+            settings[key] = int(value)
+        elif number and key not in ("k", "inner") and _is_number(value):
+            settings[key] = float(value)
+        else:
             raise DDIMError(f"solvers: {spec!r}: {mod!r} is not afs, gi=LO:HI or a setting of {name!r} "
-                            f"({', '.join(SOLVER_OPTIONS.get(name, ())) or 'none'})") from None
+                            f"({', '.join(SOLVER_OPTIONS.get(name, ())) or 'none'})")
     if settings:
         changes["solver_options"] = settings
     return changes
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class SolversTable(Table):
