@@ -9,6 +9,7 @@ row and saves its samples (cells.npz in --out) for pictures; a rerun skips the c
 
     python benchmarks/fewstep_quality.py --rows grids --n 200 --out runs/fewstep
     python benchmarks/fewstep_quality.py --rows samplers --n 200 --out runs/fewstep
+    python benchmarks/fewstep_quality.py --rows afs-trailing --n 200 --out runs/fewstep
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ ROWS: dict[str, dict[str, tuple[dict, tuple[int, ...]]]] = {
         "restart optimized (k 1, inner 1)": (dict(solver="restart", skip="optimized",
                                                    solver_options=dict(k=1, inner=1)), (2, 3, 4)),
     },
+    "afs-trailing": {
+        "dpm++2m trailing + afs": (dict(solver="dpm++2m", skip="trailing", afs=True), (6, 4, 5)),
+    },
 }
 
 
@@ -60,9 +64,33 @@ def svm_on_label(x: torch.Tensor, y: torch.Tensor) -> float | None:
     return float((judge(_SVM, x.flatten(1).numpy(), 0.9)[1] == y.numpy()).mean())
 
 
+def report(out: Path, figures: Path | None) -> None:
+    """Each cell's mean |x - x_DDIM-50| per pixel (the same x_T: how far from DDIM-50's own images, in [-1, 1]
+    units) beside its FD; with `figures`, a 4 x 10 grid (a column per label) of the named best cells and DDIM-50."""
+    from ddim.images import save_image_grid
+    ref = np.load(out / "grids_ddim-50_(uniform)_50.npy").astype(np.float32)
+    for table in sorted(out.glob("*.csv")):
+        for r in csv.DictReader(table.open()):
+            if r["row"] == "row":
+                continue
+            x = np.load(out / f"{table.stem}_{r['row'].replace(' ', '_')}_{r['steps']}.npy").astype(np.float32)
+            print(f"{r['row']:34s} nfe {r['nfe']:>2s}  FD {float(r['fd']):8.2f}  on-label {r['svm_on_label']:>5s}  "
+                  f"|x - ddim50| {np.abs(x - ref).mean():.3f}")
+            name = {("grids", "ddim-50 (uniform)", "50"): "ddim50", ("grids", "dpm++2m trailing", "5"): "dpm2m_trailing_5",
+                    ("grids", "dpm++2m trailing", "3"): "dpm2m_trailing_3",
+                    ("samplers", "dpm++2m optimized + afs", "6"): "dpm2m_optimized_afs_5",
+                    ("afs-trailing", "dpm++2m trailing + afs", "4"): "dpm2m_trailing_afs_3",
+                    ("afs-trailing", "dpm++2m trailing + afs", "6"): "dpm2m_trailing_afs_5",
+                    ("grids", "dpm++2m optimized", "5"): "dpm2m_optimized_5"}.get((table.stem, r["row"], r["steps"]))
+            if figures is not None and name:
+                save_image_grid(torch.from_numpy(x[:40]), figures / f"fewstep_{name}.png", nrow=10, scale="auto")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", choices=tuple(ROWS), required=True)
+    p.add_argument("--rows", choices=tuple(ROWS))
+    p.add_argument("--report", action="store_true", help="no sampling: distances to DDIM-50 of every cell in --out")
+    p.add_argument("--figures", default=None, help="with --report: write the best cells' grids here")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=2.0)
@@ -70,6 +98,10 @@ def main() -> None:
     p.add_argument("--out", default="runs/fewstep")
     args = p.parse_args()
     out = Path(args.out)
+    if args.report:
+        return report(out, Path(args.figures) if args.figures else None)
+    if args.rows is None:
+        p.error("--rows is required unless --report")
     out.mkdir(parents=True, exist_ok=True)
     table = out / f"{args.rows}.csv"
     done = {(r["row"], int(r["steps"])) for r in csv.DictReader(table.open())} if table.exists() else set()
