@@ -458,6 +458,8 @@ class SampleConfig:
     guidance_rescale: float = WALK.guidance_rescale  # walk: CFG rescale phi (Lin et al.)
     threshold_ratio: float = WALK.threshold_ratio    # walk: clip_denoised="dynamic": Imagen's percentile
     threshold_max: float | None = WALK.threshold_max  # walk: clip_denoised="dynamic": the largest threshold
+    afs: bool = WALK.afs                            # walk: the analytic first step (one network call fewer)
+    solver_options: Any = WALK.solver_options       # walk: churn's / restart's settings by name (a dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.solver, str):
@@ -503,6 +505,11 @@ class SampleConfig:
                 d.pop(k)
             elif k == "guidance_interval":
                 d[k] = list(d[k])
+        for k, off in (("afs", False), ("solver_options", None)):   # off: the manifests of earlier runs
+            if d[k] == off:
+                d.pop(k)
+        if "solver_options" in d:
+            d["solver_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.solver_options}
         if self.clip_denoised != "dynamic":                     # they only matter to dynamic thresholding
             d.pop("threshold_ratio")
             d.pop("threshold_max")

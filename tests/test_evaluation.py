@@ -419,3 +419,28 @@ def test_eval_inversion_cli(loaded, tmp_path, capsys):
                  "--out", str(tmp_path / "g")]) == 2
     assert "guidance: '3' needs a class-conditional model" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+
+
+def test_eval_solvers_rows_name_grid_afs_interval_and_settings_and_guide_labels(cond_ckpt, tmp_path, monkeypatch):
+    from ddim.generate import image_shape, load_model
+    shape = image_shape(load_model(cond_ckpt))
+    reference = torch.rand(32, *shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    calls = []
+    forward = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, x, t, *a: calls.append((len(x), a[0].tolist() if a else None))
+                        or forward(self, x, t, *a))
+    monkeypatch.setattr(table_solvers, "make_metric", lambda *a, **k: _projection_metric(reference))
+    out = tmp_path / "eval"
+    args = _parser().parse_args(["eval", "solvers", "--solvers", "dpm++2m@optimized,afs", "ddim,gi=0:500",
+                                 "restart@logsnr,k=1,inner=1", "--nfes", "4", "--n", "3", "--guidance", "2",
+                                 "--batch-size", "3", "--quiet", "--ckpt", cond_ckpt, "--out", str(out)])
+    args.fn(args)
+    with open(out / "solvers.csv") as f:
+        rows = list(csv.DictReader(f))
+    nfe = {r["solver"]: int(r["nfe"]) for r in rows}
+    assert nfe["dpm++2m@optimized,afs"] == 3 and nfe["ddim,gi=0:500"] == 4      # afs: 4 steps, 3 calls
+    assert nfe["restart@logsnr,k=1,inner=1"] > 2 * 4 - 1                         # Heun's calls and the restart's
+    assert len(calls) == sum(nfe.values())                                         # one batch per cell
+    # guided calls are 2B with labels i % 3 (null labels first); outside the interval one call of B
+    assert calls[0] == (6, [-1, -1, -1, 0, 1, 2])
+    assert {n for n, _ in calls[3:7]} == {3, 6}

@@ -11,7 +11,7 @@ from peer_models import peer_model
 
 from ddim import DDIMSampler, NoiseSchedule, timesteps
 from ddim.errors import DDIMError
-from ddim.sampling import PLMS, Denoiser, make_solver
+from ddim.sampling import PLMS, Denoiser, WalkOptions, make_solver
 from ddim.sampling.denoiser import dynamic_threshold, rescale_guided
 from ddim.sampling.gits import fit_gits
 from ddim.sampling.stochastic import Churn, Restart
@@ -336,3 +336,139 @@ def test_zero_terminal_snr_training_config_needs_v_or_x0():
         config_from_dict({"diffusion": {"zero_terminal_snr": True, "prediction": "eps"}}).validate()
     cfg = config_from_dict({"diffusion": {"zero_terminal_snr": True, "prediction": "v"}}).validate()
     assert cfg.diffusion.zero_terminal_snr
+
+
+# --- AFS, the analytic first step (Zhou et al. 2024) -------------------------------------------------------------
+DETERMINISTIC = ["ddim", "plms", "dpm++2m", "dpm++3m", "unipc", "bdia", "edict", "ipndm"]
+
+
+@pytest.mark.parametrize("solver", DETERMINISTIC)
+def test_afs_makes_one_network_call_fewer(solver):
+    model, x_T = Counting(Gaussian()), _noise(3, 0)
+    sampler = DDIMSampler(model, SCHED)
+    sampler.sample(x_T, 6, solver=solver, skip="trailing")
+    plain = model.calls
+    assert sampler.last_nfe == plain
+    model.calls = 0
+    out = sampler.sample(x_T, 6, solver=solver, skip="trailing", afs=True)
+    assert model.calls == sampler.last_nfe == plain - 1 and torch.isfinite(out).all()
+
+
+def test_afs_first_step_is_the_analytic_estimate_on_the_gaussian_flow():
+    # AFS claims eps(x_T) = x_T: exact for pure noise, off by O(sqrt(a_T)) at the schedule's last level.
+    from ddim.sampling.steps import afs_eps_x0
+    sampler, x_T = DDIMSampler(Gaussian(), SCHED), _noise(256, 4)
+    a_T = AC[-1].item()
+    (t, x_s, x0_pred), *_ = list(sampler.iter_sample(x_T, 5, skip="trailing", afs=True))
+    a_s = AC[sampler.taus(5, "trailing")[-2]].item()
+    eps_afs, x0_afs = afs_eps_x0(x_T, a_T)
+    assert torch.equal(eps_afs, x_T)                                          # the estimate it claims
+    torch.testing.assert_close(math.sqrt(a_T) * x0_afs + math.sqrt(1 - a_T) * eps_afs, x_T)   # agrees with x_T
+    torch.testing.assert_close(x0_pred, x0_afs, atol=0, rtol=0)
+    torch.testing.assert_close(x_s, math.sqrt(a_s) * x0_afs + math.sqrt(1 - a_s) * x_T)      # eq. 12 with eps = x_T
+    eps_true = Gaussian()(x_T, torch.full((256,), SCHED.T - 1))               # the closed form's exact eps
+    bound = 2 * math.sqrt(a_T) * MU.abs().max() + 2 * a_T * x_T.abs().max()
+    assert (eps_true - x_T).abs().max() <= bound
+    # at alpha_T = 0 (zero terminal SNR) the estimate is exact and x0_pred is 0, not 0 / 0
+    eps0, x00 = afs_eps_x0(x_T, 0.0)
+    assert torch.equal(eps0, x_T) and torch.equal(x00, torch.zeros_like(x_T))
+
+
+def test_afs_error_at_a_given_number_of_calls(one_thread, capsys):
+    # Reported, not required to win: AFS spends the saved call on one more step.
+    model, x_T = Gaussian(), _noise(512, 0)
+    sampler, exact = DDIMSampler(model, SCHED), Gaussian().exact(x_T, AC[-1].item())
+    rows = []
+    for solver in ("ddim", "dpm++2m", "ipndm", "unipc"):
+        for calls in (3, 5, 8):
+            plain = (sampler.sample(x_T, calls, skip="logsnr", solver=solver) - exact).abs().mean().item()
+            assert sampler.last_nfe == calls
+            afs = (sampler.sample(x_T, calls + 1, skip="logsnr", solver=solver, afs=True) - exact).abs().mean().item()
+            assert sampler.last_nfe == calls
+            rows.append((solver, calls, plain, afs))
+            assert math.isfinite(afs) and afs < 1.0               # a sample, not a divergence
+    with capsys.disabled():
+        print("\nmean |error| at alpha = 1 vs the exact flow, logsnr grid, at the same network calls")
+        for solver, calls, plain, afs in rows:
+            print(f"  {solver:8s} calls={calls}: plain {plain:.2e}  afs {afs:.2e}")
+
+
+def test_afs_is_refused_where_its_estimate_does_not_hold():
+    sampler, x = DDIMSampler(Gaussian(), SCHED), _noise(2, 0)
+    with pytest.raises(DDIMError, match="afs=True: .*inversion"):
+        sampler.run(x, WalkOptions(5, afs=True), invert=True)
+    with pytest.raises(DDIMError, match="afs=True: SDEdit"):
+        sampler.sdedit(x, 0.5, 10, afs=True)
+    with pytest.raises(DDIMError, match="afs must be True or False"):
+        sampler.sample(x, 5, afs=1)
+    assert torch.equal(sampler.sdedit(x, 1.0, 4, generator=torch.Generator().manual_seed(0), afs=True),
+                       sampler.sample(torch.randn(2, 4, generator=torch.Generator().manual_seed(0),
+                                                  dtype=torch.float64), 4, afs=True))
+
+
+# --- the stochastic solvers' settings by name (solver_options, the command-line flags) ---------------------------
+def test_solver_options_build_the_same_solver_as_an_instance():
+    sampler, x = DDIMSampler(Gaussian(), SCHED), _noise(4, 0)
+    gen = lambda: [torch.Generator().manual_seed(i) for i in range(4)]          # noqa: E731
+    for name, settings, instance in (("restart", dict(restart=(0.1, 1.0), k=1, inner=2),
+                                      Restart((0.1, 1.0), k=1, inner=2)),
+                                     ("churn", dict(s_churn=10.0, s_tmin=0.1, s_tmax=20.0, s_noise=1.003),
+                                      Churn(10.0, 0.1, 20.0, 1.003))):
+        by_name = sampler.sample(x, 8, solver=name, solver_options=settings, generator=gen())
+        assert torch.equal(by_name, sampler.sample(x, 8, solver=instance, generator=gen()))
+        assert not torch.equal(by_name, sampler.sample(x, 8, solver=name, generator=gen()))   # defaults differ
+    assert WalkOptions(solver="restart", solver_options={"restart": [0.1, 1]}).solver_options == (("restart", (0.1, 1)),)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(solver="ddim", solver_options={"k": 1}), "solver 'ddim' has no settings by name"),
+    (dict(solver="churn", solver_options={"k": 1}), "'k' is not a setting of solver 'churn'"),
+    (dict(solver="restart", solver_options={"k": 0}), "k must be a positive integer"),
+    (dict(solver="restart", solver_options={"restart": (1.0, 0.1)}), "restart must be a pair"),
+    (dict(solver="churn", solver_options={"s_churn": -1}), "s_churn must be"),
+    (dict(solver=Churn(), solver_options={"s_churn": 1}), "a Solver instance carries its own"),
+    (dict(solver="churn", solver_options=[("s_churn", 1, 2)]), "solver_options must be a dict"),
+])
+def test_bad_solver_options_are_one_line_errors(kw, match):
+    with pytest.raises(DDIMError, match=match):
+        DDIMSampler(Gaussian(), SCHED).sample(_noise(2, 0), 5, **kw)
+
+
+def test_the_stochastic_solvers_flags_reach_the_solver_and_are_refused_for_another(tmp_path, capsys):
+    from ddim.commands import build_parser, main
+    from ddim.commands.common import sample_config
+    parse = lambda *a: build_parser().parse_args(["sample", "--steps", "10", "--skip", "uniform", *a])  # noqa: E731
+    cfg = sample_config(parse("--solver", "restart", "--restart", "0.1", "1", "--restart-k", "1",
+                              "--restart-inner", "2", "--afs"))
+    assert dict(cfg.solver_options) == {"restart": (0.1, 1.0), "k": 1, "inner": 2} and cfg.afs
+    assert cfg.manifest()["solver_options"] == {"restart": [0.1, 1.0], "k": 1, "inner": 2}
+    cfg = sample_config(parse("--solver", "churn", "--s-churn", "5", "--s-tmin", "0.1", "--s-tmax", "9",
+                              "--s-noise", "1.003"))
+    assert dict(cfg.solver_options) == {"s_churn": 5.0, "s_tmin": 0.1, "s_tmax": 9.0, "s_noise": 1.003}
+    plain = sample_config(parse())
+    assert plain.solver_options is None and not plain.afs
+    assert "solver_options" not in plain.manifest() and "afs" not in plain.manifest()   # earlier runs resume
+    for argv, flag in ((["--s-churn", "5"], "--s-churn: a setting of --solver churn, not of --solver ddim"),
+                       (["--solver", "churn", "--restart-k", "2"], "--restart-k: a setting of --solver restart"),
+                       (["--solver", "dpm++2m", "--restart", "0.1", "1"], "--restart: a setting of --solver restart")):
+        out = tmp_path / flag[2:8]
+        assert main(["sample", "--n", "1", "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0] and not out.exists()
+    assert main(["sample", "--n", "1", "--solver", "restart", "--restart-k", "0", "--out", str(tmp_path / "k")]) == 2
+    assert "--restart-k 0: k must be a positive integer" in capsys.readouterr().err
+
+
+def test_solver_table_rows_parse_to_config_changes():
+    from ddim.evaluation.table_solvers import parse_variant
+    assert parse_variant("dpm++2m") == {"solver": "dpm++2m"}
+    assert parse_variant("dpm++2m@optimized,afs,gi=100:600") == {
+        "solver": "dpm++2m", "skip": "optimized", "afs": True, "guidance_interval": (100.0, 600.0)}
+    assert parse_variant("restart,restart=0.1:1,k=1,inner=2") == {
+        "solver": "restart", "solver_options": {"restart": (0.1, 1.0), "k": 1, "inner": 2}}
+    assert parse_variant("churn@logsnr,s_churn=10") == {"solver": "churn", "skip": "logsnr",
+                                                        "solver_options": {"s_churn": 10.0}}
+    for bad, match in (("ddpm", "'ddpm' is not one of"), ("ddim@cubic", "the grid 'cubic'"),
+                       ("ddim,k=1", "'k=1' is not afs"), ("restart,k=x", "'k=x' is not afs")):
+        with pytest.raises(DDIMError, match=match):
+            parse_variant(bad)

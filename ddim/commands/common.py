@@ -155,9 +155,12 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
 
 
 def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic: bool = True, seed: bool = True,
-                     default_steps: Any = WALK.steps, batch: bool = True, solver: bool = True, classes: bool = True) -> None:
+                     default_steps: Any = WALK.steps, batch: bool = True, solver: bool = True, classes: bool = True,
+                     afs: bool = True) -> None:
     """The sampler's flags. steps: "one" (--steps S) or "many" (--steps S1 S2 ...); stochastic adds --eta,
-    --variance and --clip-denoised (deterministic commands, encoding and ODE figures, have none of them)."""
+    --variance and --clip-denoised (deterministic commands, encoding and ODE figures, have none of them) and,
+    with solver, the stochastic solvers' settings (--restart ..., --s-churn ...); afs adds --afs (commands that
+    sample from noise; encoding has none)."""
     g = p.add_argument_group("sampler")
     if steps == "one":
         g.add_argument("--steps", type=positive_int, default=default_steps,
@@ -171,6 +174,21 @@ def add_sampler_args(p: argparse.ArgumentParser, steps: str = "one", stochastic:
                         "apply); or a JSON file of them (`ddim schedule --out steps.json`)")
     if solver:
         g.add_argument("--solver", default=WALK.solver, choices=tuple(SOLVERS), help="the update rule")
+    if solver and afs:
+        g.add_argument("--afs", action="store_true", help="the analytic first step (AMED-Solver's AFS): eps = x_T "
+                       "for the first evaluation instead of a network call (one call fewer, any solver)")
+    if solver and stochastic:
+        g.add_argument("--restart", type=float, nargs=2, default=None, metavar=("SIGMA_MIN", "SIGMA_MAX"),
+                       help="--solver restart: the restart interval in EDM noise levels (default 0.06 0.30)")
+        g.add_argument("--restart-k", type=int, default=None, metavar="K",
+                       help="--solver restart: restarts at the interval (default 2)")
+        g.add_argument("--restart-inner", type=int, default=None, metavar="N",
+                       help="--solver restart: Heun steps back down each restart (default 3)")
+        for flag, default, what in (("s-churn", 40.0, "the churn S_churn (0: Heun's method)"),
+                                    ("s-tmin", 0.05, "the lowest EDM sigma that is churned"),
+                                    ("s-tmax", 50.0, "the highest EDM sigma that is churned"),
+                                    ("s-noise", 1.0, "the scale of the added noise")):
+            g.add_argument(f"--{flag}", type=float, default=None, help=f"--solver churn: {what} (default {default:g})")
     if stochastic:
         g.add_argument("--eta", type=float, default=WALK.eta, help="the ddim solver's eta: 0 = DDIM (deterministic), "
                        "1 = DDPM")
@@ -250,12 +268,47 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
                  "guidance_interval", "guidance_rescale", "threshold_ratio", "threshold_max"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
+    if hasattr(args, "afs"):
+        fields["afs"] = args.afs
+    settings = solver_settings(args)
+    if settings:
+        fields["solver_options"] = settings
     if not isinstance(fields.get("skip", ""), str) and "steps" in fields and not isinstance(fields["steps"], list):
         fields["steps"] = None                          # explicit timesteps: S is their number
     if fields.get("clip_denoised", False) is None:      # neither flag: the default until `checkpoint_defaults`
         del fields["clip_denoised"]
     fields.update(overrides)
     return SampleConfig(**fields)
+
+
+# flag -> (its solver, the solver's setting: the keyword of Restart / Churn and of solver_options)
+SOLVER_FLAGS: dict[str, tuple[str, str]] = {
+    "restart": ("restart", "restart"), "restart_k": ("restart", "k"), "restart_inner": ("restart", "inner"),
+    "s_churn": ("churn", "s_churn"), "s_tmin": ("churn", "s_tmin"), "s_tmax": ("churn", "s_tmax"),
+    "s_noise": ("churn", "s_noise"),
+}
+
+
+def solver_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The stochastic solvers' flags that were given, as solver_options of --solver; a flag of another solver is
+    refused (one line, naming the flag)."""
+    from ddim.errors import DDIMError
+    from ddim.sampling import make_solver
+    settings = {}
+    for dest, (owner, key) in SOLVER_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if getattr(args, "solver", None) != owner:
+            raise DDIMError(f"{flag}: a setting of --solver {owner}, not of --solver "
+                            f"{getattr(args, 'solver', WALK.solver)}")
+        settings[key] = tuple(value) if isinstance(value, list) else value
+        try:
+            make_solver(owner, solver_options={key: settings[key]})     # the solver's own check, under the flag
+        except DDIMError as e:
+            raise DDIMError(f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}: {e}") from None
+    return settings
 
 
 def add_prompt_args(p: argparse.ArgumentParser, target: bool = False) -> None:

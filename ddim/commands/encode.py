@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("encode", help="encode images into latents x_T with the deterministic ODE (eq. 13)",
                        formatter_class=Formatter, epilog=ENCODE_EPILOG)
     add_model_args(s)
-    add_sampler_args(s, stochastic=False, seed=False)
+    add_sampler_args(s, stochastic=False, seed=False, afs=False)
     add_refine_arg(s)
     add_prompt_args(s)
     s.add_argument("--input", required=True, help=INPUT_HELP)
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("reconstruct", help="encode then decode; report Table 2's per-dimension MSE",
                        formatter_class=Formatter, epilog=RECONSTRUCT_EPILOG)
     add_model_args(s)
-    add_sampler_args(s, steps="many", stochastic=False, seed=False, default_steps=(10, 20, 50, 100))
+    add_sampler_args(s, steps="many", stochastic=False, seed=False, default_steps=(10, 20, 50, 100), afs=False)
     add_refine_arg(s)
     add_prompt_args(s)
     s.add_argument("--input", required=True, help=INPUT_HELP)

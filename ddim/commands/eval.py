@@ -26,10 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     evals = e.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
 
     def common(p: argparse.ArgumentParser, default_steps, batch: int, stochastic: bool, seed: bool,
-               solver: bool = True) -> None:
+               solver: bool = True, afs: bool = True) -> None:
         add_model_args(p)
         add_sampler_args(p, steps="many", stochastic=stochastic, seed=seed, default_steps=default_steps, batch=False,
-                         solver=solver, classes=False)
+                         solver=solver, classes=False, afs=afs)
         g = p.add_argument_group("evaluation")
         g.add_argument("--batch-size", type=positive_int, default=batch, help="images per network call")
         g.add_argument("--out", default="eval", help="output folder (md, csv, png and a json of the settings)")
@@ -60,10 +60,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     g = p.add_argument_group("solvers")
     g.add_argument("--solvers", nargs="+", default=["ddim", "plms", "dpm++2m", "dpm++3m", "unipc"],
-                   choices=tuple(SOLVERS), help="solvers, one row each")
+                   metavar="SOLVER[@SKIP][,afs][,gi=LO:HI][,SETTING=V]",
+                   help=f"rows: a solver ({', '.join(SOLVERS)}), optionally its grid (@optimized), the analytic "
+                        "first step (,afs), a guidance interval (,gi=100:600) and churn's or restart's settings "
+                        "(,s_churn=10 ,restart=0.1:1 ,k=1 ,inner=2); e.g. dpm++2m@optimized,afs")
     g.add_argument("--nfes", type=positive_int, nargs="+", default=list(ev.SOLVER_NFES), help="steps per "
                    "solver (= network calls for one-call solvers; the table reports the calls each sample made)")
-    g.add_argument("--skip", default="trailing", choices=SKIPS, help="the timestep grid")
+    g.add_argument("--skip", default="trailing", choices=SKIPS, help="the timestep grid of rows that name none")
+    g.add_argument("--guidance", type=float, default=1.0, help="class-conditional models (sample i gets label "
+                   "i %% classes): the classifier-free guidance weight w")
     g.add_argument("--seed", type=int, default=0, help="sample i of every cell starts from the x_T of (seed, i)")
     g.add_argument("--n", type=int, default=1000, help="samples per cell")
     g.add_argument("--batch-size", type=positive_int, default=250, help="images per network call")
@@ -78,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = evals.add_parser("table2", help="reconstruction error vs S (Table 2)", formatter_class=Formatter,
                          epilog="example: ddim eval table2 --input digits --n 256 --steps 10 20 50 100 200 500 1000 "
                                 "--solvers ddim dpm++2m unipc --skip logsnr --out eval")
-    common(p, ev.TABLE2_STEPS, 256, stochastic=False, seed=False)
+    common(p, ev.TABLE2_STEPS, 256, stochastic=False, seed=False, afs=False)
     g = p.add_argument_group("table 2")
     g.add_argument("--input", default="digits", help="images to encode: 'digits', a folder, an image or an .npz")
     g.add_argument("--n", type=int, default=256, help="use the first n images")

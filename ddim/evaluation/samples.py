@@ -15,10 +15,11 @@ __all__ = ["generate_samples", "generate_samples_with_nfe", "reconstruction_mse"
 
 
 def generate_samples_with_nfe(loaded: LoadedModel, n: int, config: SampleConfig, device: str | torch.device = "cpu",
-                              progress: bool = False) -> tuple[Tensor, int]:
+                              progress: bool = False, classes: bool = False) -> tuple[Tensor, int]:
     """n samples [n, C, H, W] (CPU, float32, in [-1, 1]) with the config's sampler, and the network calls one
     sample took (NFE, as the sampler's denoiser counted them: a two-call solver's steps count twice). Sample
-    i is a function of (config.seed, i) only, so every (steps, eta) cell starts from the same x_T."""
+    i is a function of (config.seed, i) only, so every (steps, eta) cell starts from the same x_T. classes: a
+    class-conditional model's sample i gets label i % num_classes (guided by config.guidance); else none."""
     from tqdm.auto import tqdm
     sampler = make_sampler(loaded, config, device)
     bs = resolve_batch_size(config, loaded, device, n)
@@ -26,7 +27,8 @@ def generate_samples_with_nfe(loaded: LoadedModel, n: int, config: SampleConfig,
     for b in tqdm(range(0, n, bs), desc=f"S={config.steps}", unit="batch", disable=not progress, leave=False):
         gens = sample_generators(config.seed, range(b, min(b + bs, n)))
         x_T = initial_noise(image_shape(loaded), gens, device)
-        out.append(sample_batch(sampler, x_T, config, gens).float().clamp(-1, 1).cpu())
+        y = torch.arange(b, b + len(gens), device=device) % loaded.config.num_classes if classes else None
+        out.append(sample_batch(sampler, x_T, config, gens, y).float().clamp(-1, 1).cpu())
         nfe = max(nfe, sampler.last_nfe or 0)       # every batch walks the same plan: the same count
     return torch.cat(out), nfe
 

@@ -16,11 +16,11 @@ from torch import Tensor
 
 from ddim.errors import DDIMError
 from ddim.sampling.condition import Condition
-from ddim.sampling.steps import PREDICTIONS, predict_eps_x0
+from ddim.sampling.steps import PREDICTIONS, afs_eps_x0, predict_eps_x0
 from ddim.schedule import NoiseSchedule
 
 __all__ = ["Model", "Denoiser", "CLIPS", "GUIDANCE_MODES", "check_clip", "check_guidance", "check_guidance_mode",
-           "rescale_guided", "dynamic_threshold", "check_toolbox"]
+           "rescale_guided", "dynamic_threshold", "check_toolbox", "check_afs"]
 
 CLIPS: tuple = (False, True, "keep-eps", "dynamic")
 GUIDANCE_MODES: tuple[str, ...] = ("cfg", "cfg++")
@@ -92,6 +92,12 @@ class Denoiser:
       eps is re-derived so the pair agrees with x (as clip=True). diffusers' DDIMScheduler(thresholding=True)
       with `dynamic_thresholding_ratio` and `sample_max_value`.
 
+    afs=True: the analytic first step (AFS; Zhou et al., CVPR 2024): the first call of the walk makes no network
+    call and returns `ddim.sampling.steps.afs_eps_x0` at its level (eps = x, the estimate of pure noise), so a
+    walk of N network calls takes N + 1 steps' worth of evaluations; every later call is the network's. A
+    denoiser serves one walk, so "first" is the walk's start, x_T (sampling only: `WalkOptions` refuses it for
+    inversion, `DDIMSampler.sdedit` for a walk that starts below pure noise). `nfe` does not count it.
+
     cond, uncond: the general form of y and its null label (`Condition.make`): a tensor, given to the network as
     its third positional argument (text embeddings of a UNet2DConditionModel, class labels), or a dict of its
     keyword arguments, every tensor batch-first ([B, ...] or [1, ...] for all); uncond is the null condition (a
@@ -103,7 +109,7 @@ class Denoiser:
                  clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0,
                  guidance_mode: str = "cfg", inverting: bool = False, *, cond: Any = None, uncond: Any = None,
                  guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0,
-                 threshold_ratio: float = 0.995, threshold_max: float | None = None) -> None:
+                 threshold_ratio: float = 0.995, threshold_max: float | None = None, afs: bool = False) -> None:
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.model, self.prediction, self.clip = model, prediction, check_clip(clip)
@@ -144,6 +150,8 @@ class Denoiser:
                                 "unconditional eps; use 'keep-eps' or False with guidance_mode='cfg++'")
         self.cfgpp = guidance_mode == "cfg++" and guidance != 0       # lambda = 0 is plain w = 0
         self.inverting = bool(inverting)
+        self.afs = check_afs(afs)
+        self._analytic_next = self.afs                # the next call is AFS's (the walk's first)
 
     def check_batch(self, batch: int) -> None:
         """The condition's tensors have one row per sample of the batch, or one for all."""
@@ -191,6 +199,9 @@ class Denoiser:
         return out
 
     def __call__(self, x: Tensor, t: int, a_t: float) -> tuple[Tensor, Tensor]:
+        if self._analytic_next:                       # AFS: no network call, no guidance, nothing to clip
+            self._analytic_next = False
+            return afs_eps_x0(x, a_t)
         out, uncond = self._outputs(x, t)
         eps, x0_pred = self._pair(out, x, t, a_t)
         if self.cfgpp and uncond is not None:  # CFG++: the guided x0_pred, the unconditional eps (inverting: swapped)
@@ -218,6 +229,13 @@ class Denoiser:
             r = x - math.sqrt(a_t) * x0_pred - math.sqrt(1 - a_t) * eps
             x0_pred, eps = x0_pred.add_(r, alpha=math.sqrt(a_t)), eps.add_(r, alpha=math.sqrt(1 - a_t))
         return eps, x0_pred
+
+
+def check_afs(afs: bool) -> bool:
+    """afs: True or False (the analytic first step, `Denoiser`)."""
+    if not isinstance(afs, bool):
+        raise DDIMError(f"afs must be True or False, got {afs!r}")
+    return afs
 
 
 def rescale_guided(guided: Tensor, cond: Tensor, phi: float) -> Tensor:

@@ -11,14 +11,14 @@ without labels) is checked by `DDIMSampler.prepare`, still before the first netw
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ddim.errors import DDIMError
-from ddim.sampling.denoiser import check_clip, check_guidance, check_guidance_mode, check_toolbox
+from ddim.sampling.denoiser import check_afs, check_clip, check_guidance, check_guidance_mode, check_toolbox
 from ddim.sampling.plan import check_final_alpha, check_steps_offset, check_taus_spec
-from ddim.sampling.registry import make_solver
+from ddim.sampling.registry import check_solver_options, make_solver
 from ddim.sampling.solvers import Solver
 
 __all__ = ["WalkOptions", "DEFAULTS"]
@@ -36,6 +36,10 @@ class WalkOptions:
     guidance_mode: "cfg" or "cfg++" (CFG++: guidance is lambda in [0, 1]; `ddim.sampling.denoiser`).
     The guidance toolbox (see `Denoiser`): guidance_interval (t_lo, t_hi), guidance_rescale phi, and
     threshold_ratio / threshold_max of clip_denoised="dynamic".
+    afs: the analytic first step (AFS, Zhou et al. 2024; `Denoiser`): the walk's first evaluation is eps = x_T,
+    one network call fewer; sampling only. solver_options: the settings of the named stochastic solvers
+    (`ddim.sampling.registry.SOLVER_OPTIONS`: churn's s_churn, s_tmin, s_tmax, s_noise; restart's restart, k,
+    inner), kept as sorted (name, value) pairs.
     """
 
     steps: int | None = 50
@@ -52,6 +56,8 @@ class WalkOptions:
     guidance_rescale: float = 0.0
     threshold_ratio: float = 0.995
     threshold_max: float | None = None
+    afs: bool = False
+    solver_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)      # noqa: E731 (frozen)
@@ -66,12 +72,14 @@ class WalkOptions:
         toolbox = ("guidance_interval", "guidance_rescale", "threshold_ratio", "threshold_max")
         for name, value in zip(toolbox, check_toolbox(*(getattr(self, k) for k in toolbox))):
             put(name, value)
-        make_solver(self.solver, self.eta, self.variance)                 # the solver validates its options
+        put("afs", check_afs(self.afs))
+        put("solver_options", check_solver_options(self.solver, self.solver_options))
+        make_solver(self.solver, self.eta, self.variance, self.solver_options)   # the solver validates its options
         put("eta", float(self.eta))
 
     def make_solver(self) -> Solver:
         """A new template solver (not yet bound to a plan) for these options."""
-        return make_solver(self.solver, self.eta, self.variance)
+        return make_solver(self.solver, self.eta, self.variance, self.solver_options)
 
     def replace(self, **changes: Any) -> "WalkOptions":
         """A copy with some options changed (validated again)."""
@@ -79,7 +87,8 @@ class WalkOptions:
 
     def with_solver(self, solver: Solver) -> "WalkOptions":
         """These options walked by `solver` (an instance that carries its own eta and variance)."""
-        return self.replace(solver=solver, eta=DEFAULTS.eta, variance=DEFAULTS.variance)
+        return self.replace(solver=solver, eta=DEFAULTS.eta, variance=DEFAULTS.variance,
+                            solver_options=DEFAULTS.solver_options)
 
     def deterministic(self) -> "WalkOptions":
         """These options on the probability-flow ODE, as encoding (eq. 13) and its decoding walk it: eta 0,
@@ -94,11 +103,15 @@ class WalkOptions:
                             "takes the network's prediction as it is")
         if self.final_alpha != DEFAULTS.final_alpha:
             raise DDIMError(f"final_alpha={self.final_alpha!r}: inversion starts from clean data (alpha = 1)")
+        if self.afs:
+            raise DDIMError("afs=True: the analytic first step replaces the network at pure noise, where sampling "
+                            "starts; inversion starts from data")
 
     def kwargs(self) -> dict[str, Any]:
         """These options as keyword arguments of `DDIMSampler.sample` / `iter_sample`."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["skip"] = d["skip"] if isinstance(d["skip"], str) else list(d["skip"])
+        d["solver_options"] = None if d["solver_options"] is None else dict(d["solver_options"])
         return d
 
     def toolbox(self) -> dict[str, Any]:

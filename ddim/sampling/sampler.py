@@ -120,14 +120,14 @@ class DDIMSampler:
 
     def denoiser(self, clip: bool | str = D.clip_denoised, y: Tensor | int | None = None,
                  guidance: float = D.guidance, guidance_mode: str = D.guidance_mode, inverting: bool = False,
-                 cond: Any = None, uncond: Any = None, **toolbox: Any) -> Denoiser:
+                 cond: Any = None, uncond: Any = None, afs: bool = D.afs, **toolbox: Any) -> Denoiser:
         """The network as solvers see it, (x, t, a_t) -> (eps, x0_pred), for one walk (clip: False, True,
         "keep-eps" or "dynamic"; guidance_mode "cfg" or "cfg++"; inverting: the pair of eq. 13's inversion; cond,
         uncond: the general condition; `toolbox`: guidance_interval, guidance_rescale, threshold_ratio,
-        threshold_max, see `Denoiser`); a model that keeps state across the calls of a walk (a feature cache) is
+        threshold_max, see `Denoiser`; afs: the analytic first step); a model that keeps state across the calls of a walk (a feature cache) is
         reset through its `reset_cache`."""
         denoise = Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, guidance_mode, inverting,
-                           cond=cond, uncond=uncond, **toolbox)
+                           cond=cond, uncond=uncond, afs=afs, **toolbox)
         reset = getattr(self.model, "reset_cache", None)
         if callable(reset):
             reset()
@@ -163,7 +163,7 @@ class DDIMSampler:
 
         def denoiser(clip: bool | str, inverting: bool = False) -> Denoiser:
             return self.denoiser(clip, y, options.guidance, options.guidance_mode, inverting, cond=cond,
-                                 uncond=uncond, **options.toolbox())
+                                 uncond=uncond, afs=options.afs and not inverting, **options.toolbox())
 
         if not invert:
             if refine:
@@ -242,11 +242,13 @@ class DDIMSampler:
                     guidance_mode: str = D.guidance_mode,
                     guidance_interval: tuple[float, float] | None = D.guidance_interval,
                     guidance_rescale: float = D.guidance_rescale, threshold_ratio: float = D.threshold_ratio,
-                    threshold_max: float | None = D.threshold_max, cond: Any = None, uncond: Any = None
+                    threshold_max: float | None = D.threshold_max, afs: bool = D.afs,
+                    solver_options: dict[str, Any] | None = D.solver_options, cond: Any = None, uncond: Any = None
                     ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Like `sample`, yielding (t, x_s, x0_pred) after each step; the last x_s is the sample."""
         options = WalkOptions(steps, eta, skip, variance, clip_denoised, solver, final_alpha, steps_offset, guidance,
-                              guidance_mode, guidance_interval, guidance_rescale, threshold_ratio, threshold_max)
+                              guidance_mode, guidance_interval, guidance_rescale, threshold_ratio, threshold_max,
+                              afs, solver_options)
         return self.walk(x_T, options, generator, y, progress, cond=cond, uncond=uncond)
 
     def sample(self, x_T: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -281,6 +283,11 @@ class DDIMSampler:
         cap), Imagen's dynamic thresholding. skip="optimized": DMN's model-free grid for the solver's order.
         cond, uncond: the general condition and null condition (a tensor, the network's third positional argument,
         or a dict of its keyword arguments, batch-first; e.g. text embeddings and a negative prompt's), guided as y.
+
+        Few steps (docs/SOLVERS.md): afs=True, the analytic first step (AFS; Zhou et al. 2024): the first
+        evaluation is eps = x_T instead of a network call, so any solver makes one call fewer. solver_options: the
+        settings of solver "churn" (s_churn, s_tmin, s_tmax, s_noise) or "restart" (restart=(sigma_min,
+        sigma_max), k, inner), e.g. solver="restart", solver_options=dict(k=1, inner=2).
         """
         return _last(self.iter_sample(x_T, *args, **kwargs))
 
@@ -331,6 +338,9 @@ class DDIMSampler:
         opts, rest = self._options(steps, options)
         taus = self.taus(opts.steps, opts.skip, opts.steps_offset)
         k = round(strength * len(taus))
+        if opts.afs and k < len(taus):
+            raise DDIMError(f"afs=True: SDEdit with strength={strength} starts below pure noise, where the analytic "
+                            "first step's eps = x does not hold; use afs=False (or strength 1)")
         if k == 0:
             return x_0.clone()
         check_generator(generator, len(x_0))
@@ -374,6 +384,6 @@ class DDIMSampler:
             raise DDIMError("target_cond: transfer needs the source's and the target's condition (y_from and y_to, "
                             "or cond= and target_cond=)")
         encode = opts.deterministic().replace(guidance=D.guidance, guidance_mode=D.guidance_mode,
-                                              final_alpha=D.final_alpha)
+                                              final_alpha=D.final_alpha, afs=D.afs)     # afs: the decoding's
         z = self.run(x_0, encode, y=y_from, invert=True, refine=refine, cond=cond)
         return self.run(z, opts, y=y_to, cond=target_cond, uncond=uncond, **rest)

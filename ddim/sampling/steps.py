@@ -16,7 +16,8 @@ from torch import Tensor
 from ddim.errors import DDIMError
 from ddim.predictions import PREDICTIONS  # re-exported: sampling's callers import it from here too
 
-__all__ = ["ddim_sigma", "predict_eps_x0", "ddim_step", "ddim_x0_of_step", "ddpm_posterior_step", "PREDICTIONS"]
+__all__ = ["ddim_sigma", "predict_eps_x0", "ddim_step", "ddim_x0_of_step", "ddpm_posterior_step", "afs_eps_x0",
+           "PREDICTIONS"]
 
 
 def ddim_sigma(a_t: float, a_s: float, eta: float) -> float:
@@ -24,6 +25,18 @@ def ddim_sigma(a_t: float, a_s: float, eta: float) -> float:
     if eta == 0:
         return 0.0
     return eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
+
+
+def afs_eps_x0(x_t: Tensor, a_t: float) -> tuple[Tensor, Tensor]:
+    """The analytic first step's (eps, x0_pred) at level a_t, with no network call (AFS; Zhou et al., CVPR 2024,
+    "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps", Sec. 4.3).
+
+    AFS takes the EDM derivative at the start as d = x_T / sqrt(1 + sigma_T^2). In this package's coordinates,
+    x_EDM = x_t / sqrt(a_t), sigma = sqrt((1 - a_t) / a_t) and d is eps, so d = x_t: the estimate is eps = x_t
+    (exact for pure noise, off by O(sqrt(a_t)) at a_t > 0). x0_pred is where that eps points from x_t,
+    (1 - sqrt(1 - a_t)) x_t / sqrt(a_t), written as sqrt(a_t) x_t / (1 + sqrt(1 - a_t)) so that it is 0 (the
+    data mean the estimate assumes) at a_t = 0, zero terminal SNR, instead of 0 / 0. The pair agrees with x_t."""
+    return x_t.clone(), x_t * (math.sqrt(a_t) / (1 + math.sqrt(1 - a_t)))
 
 
 def _per_sample(a: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
