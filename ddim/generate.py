@@ -41,8 +41,10 @@ __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_mode
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The models that ship inside the package, by the name --ckpt takes: 16x16 digits, unconditional and
-# class-conditional (10 labels and a null label, for classifier-free guidance).
-EMBEDDED = {"digits": ASSETS / "digits.safetensors", "digits-cond": ASSETS / "digits_cond.safetensors"}
+# class-conditional (10 labels and a null label, for classifier-free guidance), and the class-conditional one
+# distilled to one step with guidance 2 baked in (`ddim distill`, docs/TRAINING.md).
+EMBEDDED = {"digits": ASSETS / "digits.safetensors", "digits-cond": ASSETS / "digits_cond.safetensors",
+            "digits-cond-distilled": ASSETS / "digits_cond_distilled.safetensors"}
 DEFAULT_MODEL = EMBEDDED["digits"]
 EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded model
 
@@ -50,7 +52,7 @@ EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded mod
 def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None, ema: bool = True,
                device: str | torch.device = "cpu", dtype: str = "float32") -> LoadedModel | LoadedPipeline:
     """`ddim.load` with one addition: no checkpoint means the embedded default model (16x16 digits), and the
-    names of `EMBEDDED` ("digits", "digits-cond") the models that ship in the package (a local path of the same
+    names of `EMBEDDED` ("digits", "digits-cond", "digits-cond-distilled") the models that ship in the package (a local path of the same
     name wins)."""
     if ckpt is None or (str(ckpt) in EMBEDDED and not Path(ckpt).exists()):
         path = EMBEDDED[str(ckpt or "digits")]

@@ -135,7 +135,8 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
     """--ckpt, --config, --raw-weights, --device and (with fast) the network's speed switches."""
     g = p.add_argument_group("model")
     g.add_argument("--ckpt", default=None, help="checkpoint: ddim .safetensors, a training ckpt-N.pt, the official "
-                   ".ckpt / ckpt.pth, or a diffusers UNet2DModel folder (default: the embedded 16x16 digits model)")
+                   ".ckpt / ckpt.pth, a diffusers UNet2DModel or pipeline folder, or an embedded model by name: digits, "
+                   "digits-cond, digits-cond-distilled (default: the embedded 16x16 digits model)")
     g.add_argument("--config", "--ckpt-config", dest="ckpt_config", default=None,
                    help="the checkpoint's architecture, for official checkpoints only: a preset name (cifar10, "
                         "celeba64, lsun256) or the official YAML (configs/cifar10.yml). Not a sampling config")

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("distill", help="progressive distillation: students that halve a teacher's DDIM steps",
                        formatter_class=Formatter, epilog=EPILOG)
     s.add_argument("--ckpt", default=None, help="the teacher: any checkpoint `ddim sample` loads, or an embedded "
-                   "name (digits, digits-cond); default: the embedded digits model")
+                   "name (digits, digits-cond, digits-cond-distilled); default: the embedded digits model")
     s.add_argument("--raw-weights", action="store_true", help="training checkpoints: the raw weights, not EMA")
     s.add_argument("--config", default=None, help="training YAML (as `ddim train --config`): its data section "
                    "names the data set the teacher was trained on (the rest of it is training's, not read)")
