@@ -5,7 +5,7 @@ labels 0..9 in turn) is exported to a diffusers `UNet2DModel` folder, so both si
 the peer guides as a diffusers user writes it (one call of 2B: the labels and the null label, then
 eps_u + w (eps_c - eps_u)), and so does ddim. Our side also runs distilled students of that teacher
 (`ddim distill`, guidance baked in: one call of B per step), the model-free optimized grid, iPNDM, the guidance
-interval, Restart and DPM-Solver++(2M) SDE.
+interval, the analytic first step (AFS), Restart and DPM-Solver++(2M) SDE.
 
 Phase 1 times one network call at the sampling batch for every switch set each side has (float32; bf16
 autocast + channels_last; the peer's own bf16 weights; torch.compile with frozen weights) and keeps each
@@ -57,13 +57,13 @@ PEER_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 PEER_METHODS: dict[str, tuple[str, dict, tuple[int, ...]]] = {
     "DDIM": ("DDIMScheduler", {"set_alpha_to_one": True, "steps_offset": 0}, DDIM_NFE),
     "DDIM trailing": ("DDIMScheduler", {"set_alpha_to_one": True, "timestep_spacing": "trailing"}, (10,)),
-    "DPM-Solver++ 2M": ("DPMSolverMultistepScheduler", {"solver_order": 2}, FEW),
+    "DPM-Solver++ 2M": ("DPMSolverMultistepScheduler", {"solver_order": 2}, (3,) + FEW),
     "DPM-Solver++ 3M": ("DPMSolverMultistepScheduler", {"solver_order": 3}, FEW),
     "DPM-Solver++ 2M Karras": ("DPMSolverMultistepScheduler", {"solver_order": 2, "use_karras_sigmas": True},
                                (4, 6, 8)),
     "DPM-Solver++ 2M logSNR": ("DPMSolverMultistepScheduler", {"solver_order": 2, "use_lu_lambdas": True},
                                (4, 6, 8)),
-    "UniPC": ("UniPCMultistepScheduler", {}, FEW),
+    "UniPC": ("UniPCMultistepScheduler", {}, (3,) + FEW),
 }
 # Ours: (solver, skip, cache_interval, extra) -> steps list; extra names one of EXTRAS (sampling options).
 OUR_METHODS: dict[tuple[str, str, int, str], tuple[int, ...]] = {
@@ -73,13 +73,17 @@ OUR_METHODS: dict[tuple[str, str, int, str], tuple[int, ...]] = {
     **{(s, "optimized", 1, ""): (4, 5, 6, 8) for s in ("dpm++3m", "unipc", "ipndm")},
     ("unipc", "logsnr", 1, ""): (4, 6, 8),
     ("unipc", "trailing", 1, "interval"): (4, 5, 6, 8),
+    **{(s, "trailing", 1, "afs"): (3, 4, 5, 6) for s in ("dpm++2m", "unipc")},   # AFS: nfe = the calls made
+    ("unipc", "trailing", 1, "interval+afs"): (4, 5, 6),
     ("unipc", "trailing", 2, ""): (8, 10),           # DeepCache
     ("dpm++2m-sde", "trailing", 1, ""): (10, 20),
     ("restart", "trailing", 1, ""): (4, 6),         # Heun steps: about 2 calls a step, plus the restarts
 }
 # The guidance interval of Kynkaanniemi et al.: w on the middle levels only (t in [100, 700] of 1000); elsewhere
 # one call of B at w = 1.
-EXTRAS = {"": {}, "interval": {"guidance_interval": (100.0, 700.0)}}
+# AFS (the analytic first step) makes the walk's first evaluation without the network: steps = calls + 1.
+EXTRAS = {"": {}, "interval": {"guidance_interval": (100.0, 700.0)}, "afs": {"afs": True},
+          "interval+afs": {"guidance_interval": (100.0, 700.0), "afs": True}}
 PEER_SWITCHES = ("float32", "bf16 autocast + channels_last", "bf16 weights + channels_last", "compile float32",
                  "compile bf16")
 OUR_SWITCHES = ("float32", "bf16 + channels_last", "compile float32", "compile bf16")
@@ -186,7 +190,8 @@ def label(c: dict) -> str:
     if c.get("student"):
         return f"distilled student ({c['nfe']} steps), {c['switches']}"
     cache = f", cache {c['cache']}" if c["cache"] > 1 else ""
-    extra = ", guidance interval [100, 700]" if c.get("extra") == "interval" else ""
+    extra = {"interval": ", guidance interval [100, 700]", "afs": ", afs",
+             "interval+afs": ", guidance interval [100, 700], afs"}.get(c.get("extra"), "")
     return f"{c['solver']} {c['skip']}{cache}{extra}, {c['switches']}"
 
 
@@ -296,8 +301,9 @@ def main() -> None:
             cfg = our_config(cell["switches"], steps=rec["steps"], skip=rec["skip"], solver="ddim")
             slot, model = ("student", cell["nfe"]), student
         else:
-            cfg = our_config(cell["switches"], steps=cell["nfe"], skip=cell["skip"], solver=cell["solver"],
-                             cache_interval=cell["cache"], guidance=guidance, **EXTRAS[cell["extra"]])
+            extra = EXTRAS[cell["extra"]]
+            cfg = our_config(cell["switches"], steps=cell["nfe"] + bool(extra.get("afs")), skip=cell["skip"],
+                             solver=cell["solver"], cache_interval=cell["cache"], guidance=guidance, **extra)
             slot, model = (cell["switches"], cell["cache"]), loaded
         # one sampler per (switches, cache), reused across cells: a compiled network is compiled once
         if slot not in ours:
@@ -415,6 +421,22 @@ def report(args, cells, runner, timed, call_s, best, students, guidance, x_T, st
         for c in pareto([c for c in cells if c["side"] == side and c["seed"] == 0]):
             lines.append(f"| {side} | {label(c)} | {nfe_made(c)} | {c.get('rows', '')} | {c['fd']:.2f} | {ol(c)} | "
                          f"{c['s_per_1000']:.1f} |")
+    studs = sorted((c for c in cells if c.get("student")), key=lambda c: c["nfe"])
+    if studs:
+        lines += ["", "At each student's own quality (a lower bar than DDIM-50's: its FD, and its on-label share less one "
+                  "point), the fastest diffusers cell that reaches it; the cells' own times (one run each):", "",
+                  "| student | rows | classifier FD | on-label | s per 1000 | diffusers' fastest as good | rows | "
+                  "classifier FD | on-label | s per 1000 | ratio |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for st in studs:
+            peer = min((c for c in cells if c["side"] == "diffusers" and c["seed"] == 0 and c["fd"] <= st["fd"]
+                        and ("on_label" not in st or c["on_label"] >= st["on_label"] - 0.01)),
+                       key=lambda c: c["s_per_1000"], default=None)
+            mine = (f"| {st['nfe']} steps | {st.get('rows', '')} | {st['fd']:.2f} | {ol(st)} | "
+                    f"{st['s_per_1000']:.1f} |")
+            lines.append(mine + (" none | | | | | |" if peer is None else
+                                 f" {label(peer)}, {nfe_made(peer)} calls | {peer.get('rows', '')} | {peer['fd']:.2f} | "
+                                 f"{ol(peer)} | {peer['s_per_1000']:.1f} | "
+                                 f"{peer['s_per_1000'] / st['s_per_1000']:.2f}x |"))
     lines += ["", "Every cell:", "", "| side | configuration | calls | rows | classifier FD | on-label | "
               "s per 1000 images |", "|---|---|---:|---:|---:|---:|---:|"]
     for c in sorted(cells, key=lambda c: (c["side"], label(c), c["nfe"], c["seed"])):
