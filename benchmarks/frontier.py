@@ -179,8 +179,8 @@ def plot(cells: list[dict], bar: float, path: Path) -> None:
 
 
 def nfe_made(c: dict) -> int:
-    """The network calls per image a cell made (cells finished before they were counted: the steps asked for,
-    which is what every method here makes: one call per step)."""
+    """The network calls per image a cell made, as counted (cells written before calls were counted: their
+    `nfe`, which is the calls for every method those cells ran)."""
     return c.get("calls", c["nfe"])
 
 
@@ -188,7 +188,7 @@ def label(c: dict) -> str:
     if c["side"] == "diffusers":
         return f"{c['method']}, {c['switches']}"
     if c.get("student"):
-        return f"distilled student ({c['nfe']} steps), {c['switches']}"
+        return f"distilled student ({c['nfe']} step{'s' if c['nfe'] > 1 else ''}), {c['switches']}"
     cache = f", cache {c['cache']}" if c["cache"] > 1 else ""
     extra = {"interval": ", guidance interval [100, 700]", "afs": ", afs",
              "interval+afs": ", guidance interval [100, 700], afs"}.get(c.get("extra"), "")
@@ -423,15 +423,16 @@ def report(args, cells, runner, timed, call_s, best, students, guidance, x_T, st
                          f"{c['s_per_1000']:.1f} |")
     studs = sorted((c for c in cells if c.get("student")), key=lambda c: c["nfe"])
     if studs:
-        lines += ["", "At each student's own quality (a lower bar than DDIM-50's: its FD, and its on-label share less one "
-                  "point), the fastest diffusers cell that reaches it; the cells' own times (one run each):", "",
+        lines += ["", "At each student's own quality (its FD, and its on-label share less one point), the fastest diffusers "
+                  "cell that reaches it; the cells' own times (one run each); ratio = diffusers' time / the "
+                  "student's (above 1: the student is faster):", "",
                   "| student | rows | classifier FD | on-label | s per 1000 | diffusers' fastest as good | rows | "
                   "classifier FD | on-label | s per 1000 | ratio |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         for st in studs:
             peer = min((c for c in cells if c["side"] == "diffusers" and c["seed"] == 0 and c["fd"] <= st["fd"]
                         and ("on_label" not in st or c["on_label"] >= st["on_label"] - 0.01)),
                        key=lambda c: c["s_per_1000"], default=None)
-            mine = (f"| {st['nfe']} steps | {st.get('rows', '')} | {st['fd']:.2f} | {ol(st)} | "
+            mine = (f"| {st['nfe']} step{'s' if st['nfe'] > 1 else ''} | {st.get('rows', '')} | {st['fd']:.2f} | {ol(st)} | "
                     f"{st['s_per_1000']:.1f} |")
             lines.append(mine + (" none | | | | | |" if peer is None else
                                  f" {label(peer)}, {nfe_made(peer)} calls | {peer.get('rows', '')} | {peer['fd']:.2f} | "

@@ -152,10 +152,10 @@ def check_dtype(config: SampleConfig, loaded: LoadedModel | LoadedPipeline, devi
     if config.dtype != "float64":
         return
     if isinstance(loaded, LoadedPipeline):
-        raise DDIMError("dtype float64 (--dtype float64) is for ddim's own pixel models; a latent pipeline runs in "
+        raise DDIMError("dtype float64 is for ddim's own pixel models; a latent pipeline runs in "
                         "float32, bfloat16 or float16")
     if torch.device(device).type == "mps":
-        raise DDIMError("dtype float64 (--dtype float64): the mps device has no float64; use --device cpu")
+        raise DDIMError("dtype float64: the mps device has no float64; use --device cpu")
 
 
 def latent_dtype(config: SampleConfig, x: Tensor | Coupled) -> torch.dtype:

@@ -220,4 +220,9 @@ def test_prompt_transfer_and_mask_bad_input_is_one_line(pipe, ckpt, cond_ckpt, t
     np.save(tmp_path / "bad.npy", np.ones((5, 5), np.float32))
     _refused(capsys, ["edit", "inpaint", "--ckpt", folder, "--input", "digits", "--prompt", "a", "--mask",
                       tmp_path / "bad.npy", "--out", out], ["--mask", "bad.npy", "5x5", "32x32"])
+    for argv in (["encode", "--ckpt", folder, "--input", "digits", "--prompt", "a", "--dtype", "float64", "--out",
+                  tmp_path / "z.npz"],
+                 ["edit", "sdedit", "--ckpt", folder, "--input", "digits", "--prompt", "a", "--dtype", "float64",
+                  "--out", out]):
+        _refused(capsys, argv, ["--dtype float64", "latent pipeline"])   # named before the pipeline loads
     assert not out.exists() and not (tmp_path / "z.npz").exists() and not (tmp_path / "r").exists()

@@ -255,8 +255,13 @@ def device(args: argparse.Namespace) -> torch.device:
 
 def load(args: argparse.Namespace) -> LoadedModel:
     """The model --ckpt names (the embedded one by default), on --device, with its source recorded."""
-    loaded = load_model(args.ckpt, args.ckpt_config, ema=not args.raw_weights, device=device(args),
-                        dtype=getattr(args, "dtype", None) or "float32")
+    from ddim.checkpoint.pipeline import is_latent_pipeline
+    from ddim.errors import DDIMError
+    dtype = getattr(args, "dtype", None) or "float32"
+    if dtype == "float64" and args.ckpt and is_latent_pipeline(Path(args.ckpt)):
+        raise DDIMError("--dtype float64: for ddim's own pixel models; a latent pipeline runs in float32, bfloat16 "
+                        "or float16")
+    loaded = load_model(args.ckpt, args.ckpt_config, ema=not args.raw_weights, device=device(args), dtype=dtype)
     loaded.metadata.setdefault("source", str(args.ckpt or EMBEDDED_NAME))
     return loaded
 

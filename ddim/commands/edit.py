@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def common(p: argparse.ArgumentParser, out: str) -> None:
         add_model_args(p)
-        add_sampler_args(p, classes=p.prog.split()[-1] != "transfer")
+        add_sampler_args(p, classes=p.prog.split()[-1] != "transfer",
+                         afs=p.prog.split()[-1] != "transfer")   # transfer starts by inverting: no AFS
         p.add_argument("--input", required=True, help="images: 'digits', a folder, an .npz / .npy file, an image "
                        "(image files are resized to the model's size; a latent pipeline's VAE encodes them)")
         p.add_argument("--n", type=positive_int, default=8, help="use the first n images")
@@ -125,10 +126,10 @@ def run(args: argparse.Namespace) -> None:
     if args.edit == "inpaint":
         mask, shown_mask = (m.to(args.device) for m in _model_mask(args.mask, loaded))
     sampler = make_sampler(loaded, config, args.device)
-    x0 = x0.to(latent_dtype(config, x0))                      # float64 walks for --dtype float64
     gens = sample_generators(config.seed, range(len(x0)))
     opts = {k: v for k, v in config.walk_options().items() if k != "steps"}
     z0 = latents_of(loaded, x0)             # a latent pipeline's VAE latents; pixel models: x0 itself
+    z0 = z0.to(latent_dtype(config, z0))    # float64 walks for --dtype float64
     if args.edit == "transfer":
         opts.pop("guidance")
         if cond is not None:                # prompts: encode under --prompt, decode under --target-prompt
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
             result = sampler.transfer(z0, steps=config.steps, guidance=args.guidance, refine=args.refine,
                                       cond=cond, target_cond=target, uncond=uncond, **opts)
         else:
-            if not loaded.config.num_classes:
+            if not getattr(loaded.config, "num_classes", 0):     # a latent pipeline has no config of ours
                 raise DDIMError("transfer needs a class-conditional model (--ckpt digits-cond, or one trained with "
                                 "model.num_classes)")
             for flag, k in (("--from-class", args.from_class), ("--to-class", args.to_class)):

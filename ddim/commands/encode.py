@@ -23,11 +23,11 @@ INPUT_HELP = ("images: 'digits', a folder, an .npz / .npy file, or one image fil
               "model's size; a latent pipeline's VAE encodes them to its latents first)")
 ENCODE_EPILOG = """examples:
   ddim encode --input digits --n 16 --out latents.npz
-  ddim encode --ckpt sd-pipeline-folder --input photos/ --prompt "a photo of a cat" --guidance 1 \
+  ddim encode --ckpt sd-pipeline-folder --input photos/ --prompt "a photo of a cat" --guidance 1 \\
       --solver edict --steps 50 --out latents.npz          (a diffusers latent pipeline: VAE latents, inverted)"""
 RECONSTRUCT_EPILOG = """examples:
   ddim reconstruct --input digits --n 16 --steps 10 20 50 100 --out recon
-  ddim reconstruct --ckpt sd-pipeline-folder --input photos/ --n 4 --prompt "a photo of a cat" \
+  ddim reconstruct --ckpt sd-pipeline-folder --input photos/ --n 4 --prompt "a photo of a cat" \\
       --guidance 3 --solver bdia --steps 10 50 --out recon      (MSE in pixels: the VAE's own error included)"""
 
 
