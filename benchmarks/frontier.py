@@ -7,6 +7,10 @@ eps_u + w (eps_c - eps_u)), and so does ddim. Our side also runs distilled stude
 (`ddim distill`, guidance baked in: one call of B per step), the model-free optimized grid, iPNDM, the guidance
 interval, the analytic first step (AFS), Restart and DPM-Solver++(2M) SDE.
 
+A student distilled at another w than the teacher's is judged against the same bar (DDIM-50 at the teacher's
+w), and diffusers' multistep solvers then also run at the student's w (3-8 calls), so that the choice of w is
+open to both sides.
+
 Phase 1 times one network call at the sampling batch for every switch set each side has (float32; bf16
 autocast + channels_last; the peer's own bf16 weights; torch.compile with frozen weights) and keeps each
 side's fastest. Phase 2 samples `--n` images from one x_T for every method and NFE (network calls per image)
@@ -186,9 +190,11 @@ def nfe_made(c: dict) -> int:
 
 def label(c: dict) -> str:
     if c["side"] == "diffusers":
-        return f"{c['method']}, {c['switches']}"
+        at = f" at w = {c['w']:g}" if "w" in c else ""
+        return f"{c['method']}{at}, {c['switches']}"
     if c.get("student"):
-        return f"distilled student ({c['nfe']} step{'s' if c['nfe'] > 1 else ''}), {c['switches']}"
+        baked = f", w = {c['student_w']:g} baked in" if "student_w" in c else ""
+        return f"distilled student ({c['nfe']} step{'s' if c['nfe'] > 1 else ''}{baked}), {c['switches']}"
     cache = f", cache {c['cache']}" if c["cache"] > 1 else ""
     extra = {"interval": ", guidance interval [100, 700]", "afs": ", afs",
              "interval+afs": ", guidance interval [100, 700], afs"}.get(c.get("extra"), "")
@@ -235,6 +241,10 @@ def main() -> None:
         if rec is None:
             raise SystemExit(f"--students: {path} is not a distilled student (no recorded steps and grid)")
         students[rec["steps"]] = (student, rec, path)
+    # a student distilled at another w than the teacher's: the peer's multistep solvers run at that w too, so
+    # that the student's w is no advantage diffusers is denied
+    student_ws = sorted({float(s.metadata["distilled"].get("guidance") or 1.0) for s, _, _ in students.values()}
+                        - {guidance})
     cells_path = Path(args.cells)
     cells_path.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(ln) for ln in cells_path.read_text().splitlines() if ln.strip()] if cells_path.exists() else []
@@ -267,12 +277,15 @@ def main() -> None:
     # Phase 2: every method and NFE on each side, with that side's fastest switches.
     todo = [dict(side="diffusers", method=m, nfe=k, switches=best["diffusers"], cache=1, seed=0, **teacher)
             for m, (_, _, nfes) in PEER_METHODS.items() for k in nfes]
+    todo += [dict(side="diffusers", method=m, nfe=k, switches=best["diffusers"], cache=1, seed=0, w=w, **teacher)
+             for w in student_ws for m in ("DPM-Solver++ 2M", "DPM-Solver++ 3M", "UniPC") for k in (3, 4, 5, 6, 8)]
     todo += [dict(side="ddim", solver=s, skip=g, cache=c, extra=e, nfe=k, switches=best["ddim"], seed=0, **teacher)
              for (s, g, c, e), nfes in OUR_METHODS.items() for k in nfes]
     todo.append(dict(side="ddim", solver="ddim", skip="uniform", cache=1, extra="", nfe=50, switches=best["ddim"],
                      seed=1, **teacher))
     todo += [dict(side="ddim", solver="ddim", skip="student", cache=1, extra="", nfe=k, switches=best["ddim"],
-                  seed=0, student=True, **teacher) for k in sorted(students)]
+                  seed=0, student=True, student_w=float(students[k][0].metadata["distilled"].get("guidance") or 1.0),
+                  **teacher) for k in sorted(students)]
     results = ("fd", "seconds", "s_per_1000", "n", "batch", "threads", "calls", "rows", "on_label")
     key = lambda c: json.dumps({k: c[k] for k in sorted(c) if k not in results})  # noqa: E731
 
@@ -291,7 +304,8 @@ def main() -> None:
 
             def run(xb, yb):
                 made[:] = [0, 0]
-                out = peer_sample(counted, dtype, cell["method"], cell["nfe"], xb, loaded.prediction, yb, guidance,
+                out = peer_sample(counted, dtype, cell["method"], cell["nfe"], xb, loaded.prediction, yb,
+                                  cell.get("w", guidance),
                                   classes)
                 made[1] //= len(xb)
                 return out
@@ -385,7 +399,7 @@ def report(args, cells, runner, timed, call_s, best, students, guidance, x_T, st
     print("winners re-timed (s per 1000):", final, flush=True)
     guided = f", classifier-free guidance w = {guidance:g} with the labels 0..9 in turn" if guidance != 1 else ""
     student_note = (f" Distilled students ({', '.join(str(students[k][2]) for k in sorted(students))}) carry the "
-                    f"guidance in their weights: one call of B per step." if students else "")
+                    f"guidance they were distilled at in their weights: one call of B per step." if students else "")
     lines = ["## Quality per second against diffusers (`benchmarks/frontier.py`)", "",
              f"Machine: {machine()}; {args.threads} thread(s). Teacher: {args.ckpt}{guided}, exported to a "
              f"diffusers `UNet2DModel` (same weights); {args.n} samples per cell from the same x_T (seed 0), batch "

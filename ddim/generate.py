@@ -42,7 +42,7 @@ __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_mode
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The models that ship inside the package, by the name --ckpt takes: 16x16 digits, unconditional and
 # class-conditional (10 labels and a null label, for classifier-free guidance), and the class-conditional one
-# distilled to one step with guidance 2 baked in (`ddim distill`, docs/TRAINING.md).
+# distilled to one step with guidance 1.5 baked in (`ddim distill`, docs/TRAINING.md).
 EMBEDDED = {"digits": ASSETS / "digits.safetensors", "digits-cond": ASSETS / "digits_cond.safetensors",
             "digits-cond-distilled": ASSETS / "digits_cond_distilled.safetensors"}
 DEFAULT_MODEL = EMBEDDED["digits"]

@@ -14,7 +14,7 @@ EPILOG = """examples:
   ddim sample --n 64 --steps 50 --out samples            (the embedded digits model)
   ddim sample --ckpt runs/digits/model.safetensors --eta 1 --steps 100 --out ddpm
   ddim sample --ckpt digits-cond --class all --n 80 --guidance 2 --solver dpm++2m --steps 10 --out classes
-  ddim sample --ckpt digits-cond-distilled --class all --n 80 --out one-step   (1 call, guidance 2 built in)
+  ddim sample --ckpt digits-cond-distilled --class all --n 80 --out one-step   (1 call, guidance 1.5 built in)
   ddim sample --ckpt sd-pipeline-folder --prompt "a photo of a cat" --negative-prompt "blurry" --guidance 7.5 \
       --solver dpm++2m --steps 20 --dtype float16 --device cuda --n 4 --out cats   (a diffusers latent pipeline)
   torchrun --nproc_per_node 8 -m ddim sample --num-samples 50000 --ckpt cifar10.ckpt --config cifar10 --out s
