@@ -45,12 +45,17 @@ def judge(svm, pixels: np.ndarray, threshold: float) -> tuple[float, np.ndarray]
     return float((probs.max(1) >= threshold).mean()), svm.classes_[probs.argmax(1)]
 
 
+def noise(n: int, seed: int) -> torch.Tensor:
+    """x_T [n, 1, 16, 16]: sample i's noise from its own seed, so it depends only on (seed, i)."""
+    return torch.stack([torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                        for i in range(n)])
+
+
 def draw(ckpt: str, solver: str, steps: int, skip: str, guidance: float | None, n: int, seed: int) -> tuple:
     """n samples from per-sample seeds (sample i's noise depends only on seed and i); labels in blocks of n/10."""
     loaded = load_model(ckpt)
     sampler = DDIMSampler(loaded.model, loaded.schedule, loaded.prediction)
-    x_T = torch.stack([torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-                       for i in range(n)])
+    x_T = noise(n, seed)
     y = torch.arange(n) * 10 // n if guidance is not None else None
     opts = {"y": y, "guidance": guidance} if guidance is not None else {}
     with torch.no_grad():

@@ -23,15 +23,9 @@ from ddim import DDIMSampler
 from ddim.evaluation import classifier_metric
 from ddim.generate import EMBEDDED, load_model, recorded_sampling
 from ddim.images import save_image_grid
-from digits_quality import fit_svm, judge
+from digits_quality import fit_svm, judge, noise
 
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "distilled.png"
-
-
-def noise(n: int, seed: int) -> torch.Tensor:
-    """x_T [n, 1, 16, 16]: sample i's noise from its own seed (as digits_quality.py draws it)."""
-    return torch.stack([torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-                        for i in range(n)])
 
 
 def draw(loaded, x_T: torch.Tensor, y: torch.Tensor, steps: int, skip, solver: str, guidance: float,

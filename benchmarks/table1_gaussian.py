@@ -16,10 +16,10 @@ import argparse
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from ddim import DDIMSampler, NoiseSchedule
 from ddim.images import digits_images
+from ddim.metrics.fid import frechet_distance
 
 
 class GaussianEps(torch.nn.Module):
@@ -37,8 +37,8 @@ class GaussianEps(torch.nn.Module):
 
 
 def frechet(samples: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor) -> float:
-    m, c, C = samples.mean(0).numpy(), np.cov(samples.numpy().T), cov.numpy()
-    return float(((m - mu.numpy()) ** 2).sum() + np.trace(c + C - 2 * linalg.sqrtm(c @ C).real))
+    """The Frechet distance between the samples' mean and covariance and N(mu, cov)."""
+    return frechet_distance(samples.mean(0).numpy(), np.cov(samples.numpy().T), mu.numpy(), cov.numpy())
 
 
 def main() -> None:
