@@ -105,3 +105,23 @@ def test_batch_from_memory_fits_the_budget():
     assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=1000) == CPU_AUTO_BATCH
     assert auto_batch_size(lambda x, t: x, (3, 8, 8), "cpu", limit=5) == 5
 
+
+
+def test_the_embedded_student_loads_by_name_and_samples_in_its_one_recorded_step(tmp_path):
+    """`--ckpt digits-cond-distilled` is the shipped one-step student: its recorded grid is one step from T - 1,
+    its guidance is baked in (1.5), and `ddim sample` makes exactly one network call per batch with it."""
+    import json
+    from ddim.generate import load_model, recorded_sampling
+    student = load_model("digits-cond-distilled")
+    assert recorded_sampling(student) == {"steps": 1, "skip": (999,)}
+    assert student.metadata["distilled"]["guidance"] == 1.5 and student.config.num_classes == 10
+    calls = []
+    student.model.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = DDIMSampler(student.model, student.schedule, student.prediction).sample(x, steps=1, skip=[999],
+                                                                                  y=torch.arange(4))
+    assert len(calls) == 1 and out.shape == x.shape and bool(torch.isfinite(out).all())
+    assert main(["sample", "--ckpt", "digits-cond-distilled", "--class", "all", "--n", "10", "--quiet",
+                 "--out", str(tmp_path / "s")]) == 0
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert run["steps"] == 1 and run["skip"] == [999]
