@@ -460,6 +460,7 @@ class SampleConfig:
     threshold_max: float | None = WALK.threshold_max  # walk: clip_denoised="dynamic": the largest threshold
     afs: bool = WALK.afs                            # walk: the analytic first step (one network call fewer)
     solver_options: Any = WALK.solver_options       # walk: churn's / restart's settings by name (a dict)
+    guide: str | None = None                        # autoguidance: the guide's checkpoint or embedded name
 
     def __post_init__(self) -> None:
         if not isinstance(self.solver, str):
@@ -473,6 +474,8 @@ class SampleConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise DDIMError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         check_int(self.seed, "seed", 0)
+        if self.guide is not None and (not isinstance(self.guide, str) or not self.guide.strip()):
+            raise DDIMError(f"guide must be a checkpoint path or an embedded model's name, got {self.guide!r}")
         if self.dtype not in DTYPES:
             raise DDIMError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batch_size != "auto":
@@ -505,7 +508,7 @@ class SampleConfig:
                 d.pop(k)
             elif k == "guidance_interval":
                 d[k] = list(d[k])
-        for k, off in (("afs", False), ("solver_options", None)):   # off: the manifests of earlier runs
+        for k, off in (("afs", False), ("solver_options", None), ("guide", None)):   # off: earlier runs' manifests
             if d[k] == off:
                 d.pop(k)
         if "solver_options" in d:

@@ -34,7 +34,7 @@ from ddim.runs import check_output_path, open_run
 from ddim.sampling import Coupled, DDIMSampler, WalkOptions
 
 __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_model", "recorded_sampling", "sample_generators", "initial_noise",
-           "cast_matmul_weights", "network",
+           "cast_matmul_weights", "network", "AUTOGUIDANCE", "recorded_guidance", "load_guide",
            "make_sampler", "check_dtype", "latent_dtype", "check_plan", "check_finite_weights", "check_run_size",
            "class_labels", "image_shape", "pixel_shape", "latents_of", "images_of",
            "resolve_batch_size", "sample_batch", "encode", "decode", "weights_fingerprint", "generate", "assemble"]
@@ -42,9 +42,11 @@ __all__ = ["EMBEDDED", "DEFAULT_MODEL", "EMBEDDED_NAME", "DISTILLED", "load_mode
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The models that ship inside the package, by the name --ckpt takes: 16x16 digits, unconditional and
 # class-conditional (10 labels and a null label, for classifier-free guidance), and the class-conditional one
-# distilled to one step with guidance 1.5 baked in (`ddim distill`, docs/TRAINING.md).
+# distilled to one step with guidance 1.5 baked in (`ddim distill`, docs/TRAINING.md), and digits-weak, the
+# small, briefly trained unconditional network that guides the default one (autoguidance, `load_guide`).
 EMBEDDED = {"digits": ASSETS / "digits.safetensors", "digits-cond": ASSETS / "digits_cond.safetensors",
-            "digits-cond-distilled": ASSETS / "digits_cond_distilled.safetensors"}
+            "digits-cond-distilled": ASSETS / "digits_cond_distilled.safetensors",
+            "digits-weak": ASSETS / "digits_weak.safetensors"}
 DEFAULT_MODEL = EMBEDDED["digits"]
 EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded model
 
@@ -52,8 +54,8 @@ EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded mod
 def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None, ema: bool = True,
                device: str | torch.device = "cpu", dtype: str = "float32") -> LoadedModel | LoadedPipeline:
     """`ddim.load` with one addition: no checkpoint means the embedded default model (16x16 digits), and the
-    names of `EMBEDDED` ("digits", "digits-cond", "digits-cond-distilled") the models that ship in the package (a local path of the same
-    name wins)."""
+    names of `EMBEDDED` ("digits", "digits-cond", "digits-cond-distilled", "digits-weak") the models that ship
+    in the package (a local path of the same name wins)."""
     if ckpt is None or (str(ckpt) in EMBEDDED and not Path(ckpt).exists()):
         path = EMBEDDED[str(ckpt or "digits")]
         if not path.exists():
@@ -85,6 +87,41 @@ def recorded_sampling(loaded: LoadedModel) -> dict | None:
     if not isinstance(rec, dict) or "steps" not in rec or "skip" not in rec:
         return None
     return {"steps": int(rec["steps"]), "skip": tuple(int(t) for t in rec["skip"])}
+
+
+AUTOGUIDANCE = "autoguidance"   # a model's recorded autoguidance (metadata): {"guide": checkpoint, "guidance": w}
+
+
+def recorded_guidance(loaded: LoadedModel | LoadedPipeline) -> dict | None:
+    """The autoguidance a model ships with, {"guide": its guide's checkpoint or embedded name, "guidance": w},
+    or None. `ddim sample` uses it unless told otherwise (--guide, --guidance)."""
+    rec = loaded.metadata.get(AUTOGUIDANCE)
+    if not isinstance(rec, dict) or not isinstance(rec.get("guide"), str) or "guidance" not in rec:
+        return None
+    return {"guide": rec["guide"], "guidance": float(rec["guidance"])}
+
+
+def load_guide(ckpt: str | os.PathLike, loaded: LoadedModel | LoadedPipeline,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """The guide network of autoguidance for `loaded` (a checkpoint or an embedded name), refused unless it can
+    stand in for the model: one of ddim's pixel models with the same prediction type, noise schedule, image
+    shape and class labels (so that guide + w (model - guide) compares like with like)."""
+    what = f"guide {str(ckpt)!r}"
+    if isinstance(loaded, LoadedPipeline):
+        raise DDIMError(f"{what}: autoguidance is for ddim's own pixel models, not latent pipelines")
+    guide = load_model(ckpt, device=device)
+    if isinstance(guide, LoadedPipeline):
+        raise DDIMError(f"{what}: a latent pipeline cannot guide a pixel model; give a checkpoint of the same task")
+    mine = (loaded.prediction, loaded.schedule.T, image_shape(loaded), loaded.config.num_classes)
+    theirs = (guide.prediction, guide.schedule.T, image_shape(guide), guide.config.num_classes)
+    for name, a, b in zip(("prediction", "number of timesteps T", "image shape", "number of classes"), mine, theirs):
+        if a != b:
+            raise DDIMError(f"{what}: its {name} is {b}, the model's is {a}; the guide must be a network of the "
+                            "same task")
+    if not torch.allclose(guide.schedule.alphas_cumprod, loaded.schedule.alphas_cumprod, rtol=1e-6, atol=0):
+        raise DDIMError(f"{what}: its noise schedule (alphas_cumprod) differs from the model's")
+    check_finite_weights(guide, str(ckpt))
+    return guide
 
 
 def _seed_of(seed: int, i: int) -> int:
@@ -170,12 +207,18 @@ def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.
     when its x is: `encode`, `decode` and `sample_batch` make it so)."""
     check_dtype(config, loaded, device)
     if isinstance(loaded, LoadedPipeline):
+        if config.guide is not None:
+            load_guide(config.guide, loaded, device)                   # refuses, naming the guide
         return DDIMSampler(loaded.model.to(device), loaded.schedule, loaded.prediction)
     model = loaded.model.to(device)
     if config.cache_interval > 1:       # the cache compiles the U-Net's two passes itself, under its bookkeeping
         model = DeepCache(model, config.cache_interval, config.cache_branch, compile=config.compile)
     fn = network(model, config.dtype, config.channels_last, config.compile and config.cache_interval == 1)
-    return DDIMSampler(fn, loaded.schedule, loaded.prediction)
+    guide = None
+    if config.guide is not None:          # autoguidance: the guide runs with the same network switches
+        guide = network(load_guide(config.guide, loaded, device).model.to(device), config.dtype,
+                        config.channels_last, config.compile)
+    return DDIMSampler(fn, loaded.schedule, loaded.prediction, guide=guide)
 
 
 def check_plan(sampler: DDIMSampler, config: SampleConfig, conditional: bool = False, cond: Any = None,

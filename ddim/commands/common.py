@@ -136,7 +136,7 @@ def add_model_args(p: argparse.ArgumentParser, fast: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--ckpt", default=None, help="checkpoint: ddim .safetensors, a training ckpt-N.pt, the official "
                    ".ckpt / ckpt.pth, a diffusers UNet2DModel or pipeline folder, or an embedded model by name: digits, "
-                   "digits-cond, digits-cond-distilled (default: the embedded 16x16 digits model)")
+                   "digits-cond, digits-cond-distilled, digits-weak (default: the embedded 16x16 digits model)")
     g.add_argument("--config", "--ckpt-config", dest="ckpt_config", default=None,
                    help="the checkpoint's architecture, for official checkpoints only: a preset name (cifar10, "
                         "celeba64, lsun256) or the official YAML (configs/cifar10.yml). Not a sampling config")
@@ -266,6 +266,17 @@ def load(args: argparse.Namespace) -> LoadedModel:
     return loaded
 
 
+class Unset:
+    """A flag's default value, marked so that a command can tell it from the same value given on the command
+    line (`ddim sample`: a distilled student's steps, an autoguided model's w); `sample_config` reads the value."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
     """One validated SampleConfig from whichever sampler and model flags this command has."""
     fields = {}
@@ -273,7 +284,8 @@ def sample_config(args: argparse.Namespace, **overrides: Any) -> SampleConfig:
                  "compile", "batch_size", "cache_interval", "cache_branch", "guidance", "guidance_mode",
                  "guidance_interval", "guidance_rescale", "threshold_ratio", "threshold_max"):
         if hasattr(args, name):
-            fields[name] = getattr(args, name)
+            value = getattr(args, name)
+            fields[name] = value.value if isinstance(value, Unset) else value
     if hasattr(args, "afs"):
         fields["afs"] = args.afs
     settings = solver_settings(args)

@@ -98,6 +98,14 @@ class Denoiser:
     denoiser serves one walk, so "first" is the walk's start, x_T (sampling only: `WalkOptions` refuses it for
     inversion, `DDIMSampler.sdedit` for a walk that starts below pure noise). `nfe` does not count it.
 
+    guide: autoguidance (Karras et al., NeurIPS 2024, "Guiding a Diffusion Model with a Bad Version of Itself"):
+    a weaker network of the same task (smaller, trained shorter), with the same prediction type, schedule and
+    condition as `model`. The guided output is then guide(x, t, c) + w (model(x, t, c) - guide(x, t, c)) with
+    `guidance` w: the reference is the weak network on the same condition, not the null label, so it needs no
+    labels and applies to unconditional models too (w = 1: the model alone, one call; w = 0: the guide alone).
+    The two networks are two calls of B; `nfe` counts the pair as one evaluation, as it counts CFG's call of 2B.
+    guidance_interval and guidance_rescale apply to it as to CFG; CFG++ is refused with a guide.
+
     cond, uncond: the general form of y and its null label (`Condition.make`): a tensor, given to the network as
     its third positional argument (text embeddings of a UNet2DConditionModel, class labels), or a dict of its
     keyword arguments, every tensor batch-first ([B, ...] or [1, ...] for all); uncond is the null condition (a
@@ -109,7 +117,8 @@ class Denoiser:
                  clip: bool | str = False, y: Tensor | int | None = None, guidance: float = 1.0,
                  guidance_mode: str = "cfg", inverting: bool = False, *, cond: Any = None, uncond: Any = None,
                  guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0,
-                 threshold_ratio: float = 0.995, threshold_max: float | None = None, afs: bool = False) -> None:
+                 threshold_ratio: float = 0.995, threshold_max: float | None = None, afs: bool = False,
+                 guide: Model | None = None) -> None:
         if prediction not in PREDICTIONS:
             raise DDIMError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.model, self.prediction, self.clip = model, prediction, check_clip(clip)
@@ -128,18 +137,26 @@ class Denoiser:
             self.uncond = self.cond.null_labels()
         else:
             self.cond, self.uncond = Condition.make(cond, "cond"), Condition.make(uncond, "uncond")
-        if self.cond is None and guidance != 1:
+        if guide is not None and not callable(guide):
+            raise DDIMError(f"guide must be a network callable as guide(x, t), got {type(guide).__name__}")
+        self.guide = guide
+        if guide is not None and guidance_mode != "cfg":
+            raise DDIMError(f"guidance_mode={guidance_mode!r} with a guide network: autoguidance combines the model "
+                            "and its guide as plain guidance does; use guidance_mode='cfg'")
+        if self.cond is None and guidance != 1 and guide is None:
             raise DDIMError(f"guidance={guidance} needs class labels of a class-conditional model (y; on the command "
-                            "line --class or --classes) or a condition (cond= and uncond=)")
-        if self.uncond is None and guidance != 1:
+                            "line --class or --classes), a condition (cond= and uncond=) or a guide network "
+                            "(autoguidance: guide=, --guide)")
+        if self.uncond is None and guidance != 1 and guide is None:
             raise DDIMError(f"uncond: guidance={guidance} needs the null condition (uncond=: a negative prompt's "
                             "embeddings, the null label) beside cond=")
         if self.cond is None and self.uncond is not None:
             raise DDIMError("uncond: the null condition is given without cond=")
-        for c in (self.cond, self.uncond):
-            if c is not None and (y is None or callable(getattr(model, "check_condition", None))):
-                c.check_signature(model)
-        if self.cond is not None and self.uncond is not None and guidance not in (0, 1) and y is None:
+        for net in (model, guide) if guide is not None else (model,):
+            for c in (self.cond, self.uncond):
+                if c is not None and (y is None or callable(getattr(net, "check_condition", None))):
+                    c.check_signature(net)
+        if self.cond is not None and self.uncond is not None and guidance not in (0, 1) and y is None and guide is None:
             self.cond.pair(self.uncond)                     # same form, checked before any call
         self.y, self.guidance = y, guidance
         if check_guidance_mode(guidance_mode, guidance) == "cfg++":
@@ -173,7 +190,17 @@ class Denoiser:
         outside = interval is not None and not interval[0] <= t <= interval[1]
         if outside:
             w = 1.0                                   # outside the guidance interval: the conditional output
-        if self.cond is None:
+        if self.guide is not None:                    # autoguidance: the weak network is the reference
+            c = None if self.cond is None else self.cond.expand(B, x.device)
+            cond = self._call(t, x, t_b, c) if w != 0 else None
+            if w == 1:
+                out = cond
+            else:
+                weak = self._call(t, x, t_b, c, self.guide)
+                out = weak if w == 0 else torch.lerp(weak, cond, w)
+                if self.guidance_rescale and w != 0:
+                    out = rescale_guided(out, cond, self.guidance_rescale)
+        elif self.cond is None:
             out = self._call(t, x, t_b)
         elif (w == 1 and (outside or not self.cfgpp)) or w == 0:
             out = self._call(t, x, t_b, (self.cond if w == 1 else self.uncond).expand(B, x.device))
@@ -187,9 +214,12 @@ class Denoiser:
         self.nfe += 1
         return out, uncond
 
-    def _call(self, t: int, x: Tensor, t_b: Tensor, cond: Condition | None = None) -> Tensor:
-        """The model on (x, t_b) and the condition; its output must be a tensor shaped like x."""
-        out = self.model(x, t_b) if cond is None else cond(self.model, x, t_b)
+    def _call(self, t: int, x: Tensor, t_b: Tensor, cond: Condition | None = None, net: Model | None = None
+              ) -> Tensor:
+        """The model (or `net`, the guide) on (x, t_b) and the condition; its output must be a tensor shaped
+        like x."""
+        net = self.model if net is None else net
+        out = net(x, t_b) if cond is None else cond(net, x, t_b)
         if not isinstance(out, Tensor):
             raise DDIMError(f"the model returned {type(out).__name__} at t={t}; it must return a tensor shaped "
                             f"like x {tuple(x.shape)}")

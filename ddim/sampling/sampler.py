@@ -89,11 +89,16 @@ class DDIMSampler:
     as `.schedule` and its `.prediction` (`ddim.checkpoint.read_scheduler(diffusers_scheduler)`, a LoadedModel),
     whose prediction is then the default. The sampler keeps no state between calls, except `last_nfe`: the network calls the most
     recently finished walk made (a guided call of 2B counts as one), as its denoiser counted them.
+
+    guide: a weaker network of the same task for autoguidance (`Denoiser`; Karras et al. 2024), called like
+    model and predicting the same quantity on the same schedule; every walk with guidance w != 1 is then
+    guided by it instead of by the null label: guide + w (model - guide).
     """
 
     last_nfe: int | None = None
 
-    def __init__(self, model: Model, schedule: NoiseSchedule | Any, prediction: str | None = None) -> None:
+    def __init__(self, model: Model, schedule: NoiseSchedule | Any, prediction: str | None = None,
+                 guide: Model | None = None) -> None:
         if isinstance(getattr(schedule, "schedule", None), NoiseSchedule):     # e.g. checkpoint.read_scheduler's
             schedule, prediction = schedule.schedule, prediction or getattr(schedule, "prediction", None)
         prediction = prediction or "eps"
@@ -107,7 +112,10 @@ class DDIMSampler:
         if prediction == "eps" and schedule.alphas_cumprod[-1] <= 0:
             raise DDIMError("schedule: the last alpha is 0 (zero terminal SNR), where an eps-prediction "
                             "model cannot give x0 (division by sqrt(alpha) = 0); use prediction='v' or 'x0'")
+        if guide is not None and not callable(guide):
+            raise DDIMError(f"guide must be callable as guide(x, t), got {type(guide).__name__}")
         self.model = as_network(model)
+        self.guide = None if guide is None else as_network(guide)
         self.schedule = schedule
         self.prediction = prediction
 
@@ -127,10 +135,11 @@ class DDIMSampler:
         threshold_max, see `Denoiser`; afs: the analytic first step); a model that keeps state across the calls of a walk (a feature cache) is
         reset through its `reset_cache`."""
         denoise = Denoiser(self.model, self.schedule, self.prediction, clip, y, guidance, guidance_mode, inverting,
-                           cond=cond, uncond=uncond, afs=afs, **toolbox)
-        reset = getattr(self.model, "reset_cache", None)
-        if callable(reset):
-            reset()
+                           cond=cond, uncond=uncond, afs=afs, guide=self.guide, **toolbox)
+        for net in (self.model, self.guide):
+            reset = getattr(net, "reset_cache", None)
+            if callable(reset):
+                reset()
         return denoise
 
     def sample_plan(self, steps: int | None, skip: str | Sequence[int] = D.skip, final_alpha: float | str =
