@@ -90,7 +90,8 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     rec = recorded_guidance(load_model(args.uncond)) or {}
-    guide, w_auto = args.guide or rec.get("guide"), args.autoguidance or rec.get("guidance")
+    guide = args.guide or rec.get("guide")
+    w_auto = args.autoguidance if args.autoguidance is not None else rec.get("guidance")
     metric = classifier_metric()
     svm, real, real_y = fit_svm()
     real_share, real_pred = judge(svm, real, args.threshold)

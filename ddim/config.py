@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -474,8 +475,11 @@ class SampleConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise DDIMError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         check_int(self.seed, "seed", 0)
+        if isinstance(self.guide, os.PathLike):
+            object.__setattr__(self, "guide", os.fspath(self.guide))
         if self.guide is not None and (not isinstance(self.guide, str) or not self.guide.strip()):
-            raise DDIMError(f"guide must be a checkpoint path or an embedded model's name, got {self.guide!r}")
+            raise DDIMError(f"guide (--guide) must be a checkpoint path or an embedded model's name, got "
+                            f"{self.guide!r}")
         if self.dtype not in DTYPES:
             raise DDIMError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batch_size != "auto":

@@ -48,16 +48,21 @@ EMBEDDED = {"digits": ASSETS / "digits.safetensors", "digits-cond": ASSETS / "di
             "digits-cond-distilled": ASSETS / "digits_cond_distilled.safetensors",
             "digits-weak": ASSETS / "digits_weak.safetensors"}
 DEFAULT_MODEL = EMBEDDED["digits"]
-EMBEDDED_NAME = "embedded:digits"      # how run manifests name the embedded model
+EMBEDDED_PREFIX = "embedded:"          # "embedded:NAME" names an embedded model even beside a file called NAME
+EMBEDDED_NAME = EMBEDDED_PREFIX + "digits"      # how run manifests name the embedded model
 
 
 def load_model(ckpt: str | os.PathLike | None = None, config: str | None = None, ema: bool = True,
                device: str | torch.device = "cpu", dtype: str = "float32") -> LoadedModel | LoadedPipeline:
     """`ddim.load` with one addition: no checkpoint means the embedded default model (16x16 digits), and the
     names of `EMBEDDED` ("digits", "digits-cond", "digits-cond-distilled", "digits-weak") the models that ship
-    in the package (a local path of the same name wins)."""
-    if ckpt is None or (str(ckpt) in EMBEDDED and not Path(ckpt).exists()):
-        path = EMBEDDED[str(ckpt or "digits")]
+    in the package (a local path of the same name wins; "embedded:NAME" is always the embedded one)."""
+    name = str(ckpt).removeprefix(EMBEDDED_PREFIX) if ckpt is not None else "digits"
+    if str(ckpt).startswith(EMBEDDED_PREFIX) and name not in EMBEDDED:
+        raise MissingFileError(f"{ckpt}: no embedded model of that name; the embedded models are "
+                               f"{', '.join(EMBEDDED)}")
+    if ckpt is None or str(ckpt).startswith(EMBEDDED_PREFIX) or (name in EMBEDDED and not Path(ckpt).exists()):
+        path = EMBEDDED[name]
         if not path.exists():
             raise MissingFileError(f"the embedded model {path} is missing from this install; pass a checkpoint "
                                    "with --ckpt")
@@ -92,13 +97,23 @@ def recorded_sampling(loaded: LoadedModel) -> dict | None:
 AUTOGUIDANCE = "autoguidance"   # a model's recorded autoguidance (metadata): {"guide": checkpoint, "guidance": w}
 
 
-def recorded_guidance(loaded: LoadedModel | LoadedPipeline) -> dict | None:
-    """The autoguidance a model ships with, {"guide": its guide's checkpoint or embedded name, "guidance": w},
-    or None. `ddim sample` uses it unless told otherwise (--guide, --guidance)."""
+def recorded_guidance(loaded: LoadedModel | LoadedPipeline, path: str | os.PathLike | None = None) -> dict | None:
+    """The autoguidance a model ships with, {"guide": its guide's checkpoint, "guidance": w}, or None. `ddim
+    sample` uses it unless told otherwise (--guide, --guidance). A recorded embedded name becomes
+    "embedded:NAME" (not a file of that name in the working folder), and a relative path is taken from the
+    folder of the model's file `path`, where the two were saved together."""
     rec = loaded.metadata.get(AUTOGUIDANCE)
-    if not isinstance(rec, dict) or not isinstance(rec.get("guide"), str) or "guidance" not in rec:
+    if rec is None:
         return None
-    return {"guide": rec["guide"], "guidance": float(rec["guidance"])}
+    w = rec.get("guidance") if isinstance(rec, dict) else None
+    guide = rec.get("guide") if isinstance(rec, dict) else None
+    if not isinstance(guide, str) or not guide or isinstance(w, bool) or not isinstance(w, (int, float)):
+        raise DDIMError(f"the model's autoguidance record must be {{'guide': checkpoint, 'guidance': w}}, got {rec!r}")
+    if guide in EMBEDDED:
+        guide = EMBEDDED_PREFIX + guide
+    elif not guide.startswith(EMBEDDED_PREFIX) and not Path(guide).is_absolute() and path is not None:
+        guide = str(Path(path).parent / guide)
+    return {"guide": guide, "guidance": float(w)}
 
 
 def load_guide(ckpt: str | os.PathLike, loaded: LoadedModel | LoadedPipeline,
@@ -109,7 +124,10 @@ def load_guide(ckpt: str | os.PathLike, loaded: LoadedModel | LoadedPipeline,
     what = f"guide {str(ckpt)!r}"
     if isinstance(loaded, LoadedPipeline):
         raise DDIMError(f"{what}: autoguidance is for ddim's own pixel models, not latent pipelines")
-    guide = load_model(ckpt, device=device)
+    try:
+        guide = load_model(ckpt, device=device)
+    except DDIMError as e:
+        raise type(e)(f"{what}: {e}") from None
     if isinstance(guide, LoadedPipeline):
         raise DDIMError(f"{what}: a latent pipeline cannot guide a pixel model; give a checkpoint of the same task")
     mine = (loaded.prediction, loaded.schedule.T, image_shape(loaded), loaded.config.num_classes)
@@ -120,7 +138,6 @@ def load_guide(ckpt: str | os.PathLike, loaded: LoadedModel | LoadedPipeline,
                             "same task")
     if not torch.allclose(guide.schedule.alphas_cumprod, loaded.schedule.alphas_cumprod, rtol=1e-6, atol=0):
         raise DDIMError(f"{what}: its noise schedule (alphas_cumprod) differs from the model's")
-    check_finite_weights(guide, str(ckpt))
     return guide
 
 
@@ -204,7 +221,9 @@ def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.
     """The sampler for a loaded model with the config's network switches (dtype, channels_last, compile) and
     its feature cache (cache_interval > 1: DeepCache). A latent pipeline's U-Net is sampled as it is (its weights
     were loaded in the dtype asked for). dtype float64 runs a float64 copy of the network (the walk is float64
-    when its x is: `encode`, `decode` and `sample_batch` make it so)."""
+    when its x is: `encode`, `decode` and `sample_batch` make it so). With config.guide, the guide is loaded
+    (`load_guide`), run with the same switches, and its weights' fingerprint kept as `guide_fingerprint` for
+    the run manifest."""
     check_dtype(config, loaded, device)
     if isinstance(loaded, LoadedPipeline):
         if config.guide is not None:
@@ -214,11 +233,13 @@ def make_sampler(loaded: LoadedModel, config: SampleConfig, device: str | torch.
     if config.cache_interval > 1:       # the cache compiles the U-Net's two passes itself, under its bookkeeping
         model = DeepCache(model, config.cache_interval, config.cache_branch, compile=config.compile)
     fn = network(model, config.dtype, config.channels_last, config.compile and config.cache_interval == 1)
-    guide = None
-    if config.guide is not None:          # autoguidance: the guide runs with the same network switches
-        guide = network(load_guide(config.guide, loaded, device).model.to(device), config.dtype,
-                        config.channels_last, config.compile)
-    return DDIMSampler(fn, loaded.schedule, loaded.prediction, guide=guide)
+    if config.guide is None:
+        return DDIMSampler(fn, loaded.schedule, loaded.prediction)
+    weak = load_guide(config.guide, loaded, device).model.to(device)    # the guide runs with the same switches
+    sampler = DDIMSampler(fn, loaded.schedule, loaded.prediction,
+                          guide=network(weak, config.dtype, config.channels_last, config.compile))
+    sampler.guide_fingerprint = weights_fingerprint(weak)               # for the run manifest
+    return sampler
 
 
 def check_plan(sampler: DDIMSampler, config: SampleConfig, conditional: bool = False, cond: Any = None,
@@ -429,6 +450,8 @@ def generate(loaded: LoadedModel, out: str | os.PathLike, n: int, config: Sample
     check_plan(sampler, config, conditional=labels is not None, cond=cond, uncond=uncond)
     settings = {"ckpt": source or str(loaded.metadata.get("source", "")), "n": n,
                 "model": weights_fingerprint(loaded.model), **config.manifest(), **(cond_settings or {})}
+    if config.guide is not None:                   # the guide's weights, not only its name, as the model's
+        settings["guide_model"] = sampler.guide_fingerprint
     if labels is not None:
         settings["labels"] = labels.tolist() if n <= 1000 else hashlib.sha256(
             labels.numpy().tobytes()).hexdigest()[:16]

@@ -113,7 +113,7 @@ def open_run(out: Path, manifest_name: str, settings: dict[str, Any], overwrite:
             raise DDIMError(f"{e}; pass --overwrite to start the {what} again") from None
     _check_folder(out, owned, manifest_name, old is not None, overwrite, what, "--out", exclusive)
     if old is not None and old != settings and not overwrite:
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        diff = {k: (old.get(k), settings.get(k)) for k in {**old, **settings} if old.get(k) != settings.get(k)}
         raise OutputExistsError(f"{out} holds a {what} with other settings {diff} (old, new); pass --overwrite "
                                 "to replace it, or choose another --out")
     resume = old == settings and not overwrite

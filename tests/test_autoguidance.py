@@ -59,11 +59,15 @@ def test_each_call_is_the_guide_plus_w_times_the_difference(prediction, w):
 
 def test_which_network_is_called():
     x = _noise(3)
+    t_b = torch.full((3,), 400)
     for w, model_calls, guide_calls in ((1.0, 1, 0), (0.0, 0, 1), (2.0, 1, 1)):
         good, bad = Gaussian(), Gaussian(1.6)
         out = Denoiser(good, SCHED, guidance=w, guide=bad).network(x, 400)
         assert (good.calls, bad.calls) == (model_calls, guide_calls)
-        assert torch.equal(out, (good if w == 1 else bad)(x, torch.full((3,), 400))) or w == 2.0
+        expected = {1.0: Gaussian()(x, t_b), 0.0: Gaussian(1.6)(x, t_b)}.get(w)
+        if expected is None:
+            expected = 2 * Gaussian()(x, t_b) - Gaussian(1.6)(x, t_b)
+        assert torch.allclose(out, expected, rtol=1e-13, atol=1e-15)
     good, bad = Gaussian(), Gaussian(1.6)       # outside the guidance interval: the model alone
     d = Denoiser(good, SCHED, guidance=2.0, guide=bad, guidance_interval=(100, 600))
     d.network(x, 900), d.network(x, 300), d.network(x, 50)
@@ -135,16 +139,17 @@ def _fails(capsys, *argv):
 
 
 def test_the_embedded_default_is_autoguided_by_its_weak_model(tmp_path, one_thread):
-    from ddim.generate import EMBEDDED, load_model, recorded_guidance
+    from ddim.generate import EMBEDDED, load_model, recorded_guidance, weights_fingerprint
     rec = recorded_guidance(load_model("digits"))
-    assert rec is not None and rec["guide"] == "digits-weak" and EMBEDDED["digits-weak"].exists()
+    assert rec is not None and rec["guide"] == "embedded:digits-weak" and EMBEDDED["digits-weak"].exists()
     cli("sample", "--n", "4", "--steps", "5", "--out", str(tmp_path / "default"), "--quiet")
     cli("sample", "--n", "4", "--steps", "5", "--guide", "digits-weak", "--guidance", str(rec["guidance"]),
         "--out", str(tmp_path / "explicit"), "--quiet")
     cli("sample", "--n", "4", "--steps", "5", "--guide", "none", "--out", str(tmp_path / "plain"), "--quiet")
     cli("sample", "--n", "4", "--steps", "5", "--guidance", "1", "--out", str(tmp_path / "w1"), "--quiet")
     default, plain = _run_json(tmp_path / "default"), _run_json(tmp_path / "plain")
-    assert (default["guide"], default["guidance"]) == ("digits-weak", rec["guidance"])
+    assert (default["guide"], default["guidance"]) == ("embedded:digits-weak", rec["guidance"])
+    assert default["guide_model"] == weights_fingerprint(load_model("digits-weak").model)
     assert "guide" not in plain and plain["guidance"] == 1.0 and "guide" not in _run_json(tmp_path / "w1")
     arr = {k: __import__("numpy").load(tmp_path / k / "samples.npz")["arr_0"]
            for k in ("default", "explicit", "plain", "w1")}
@@ -163,3 +168,44 @@ def test_a_guide_of_another_task_is_refused_before_anything_is_written(tmp_path,
     err = _fails(capsys, "sample", "--n", "2", "--guide", str(tmp_path / "missing.safetensors"), "--out",
                     str(tmp_path / "z"))
     assert "missing.safetensors" in err and not (tmp_path / "z").exists()
+
+
+def test_the_recorded_guide_is_the_embedded_one_beside_a_folder_of_its_name(tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits-weak").mkdir()                      # e.g. an earlier `ddim sample --out digits-weak`
+    cli("sample", "--n", "2", "--steps", "3", "--out", "out", "--quiet")
+    assert _run_json(tmp_path / "out")["guide"] == "embedded:digits-weak"
+
+
+def test_a_guided_run_resumes_and_refuses_another_guide(tmp_path, ckpt, capsys, one_thread):
+    import shutil
+
+    from ddim import NoiseSchedule
+    from ddim.checkpoint import save
+    from ddim.models import PRESETS, UNet
+    guide, out = tmp_path / "guide.safetensors", tmp_path / "run"
+    shutil.copy(ckpt, guide)
+    args = ("sample", "--ckpt", ckpt, "--guide", str(guide), "--guidance", "2", "--n", "3", "--steps", "2",
+            "--out", str(out), "--quiet")
+    cli(*args)
+    first = (out / "samples.npz").read_bytes()
+    (out / "images" / "000001.png").unlink()
+    cli(*args)                                               # resumed: the same images
+    assert (out / "samples.npz").read_bytes() == first
+    torch.manual_seed(1)                                     # another network under the same file name
+    save(guide, UNet(PRESETS["tiny"]), NoiseSchedule.linear())
+    err = _fails(capsys, *args)
+    assert "guide_model" in err and "--overwrite" in err
+    err = _fails(capsys, *args[:3], "--guide", "none", *args[7:])
+    assert "'guide'" in err                                   # a setting the new run drops is listed too
+
+
+def test_guide_refusals_name_what_differs(ckpt, cond_ckpt, capsys, tmp_path):
+    from ddim.generate import load_guide, load_model
+    with pytest.raises(DDIMError, match="number of classes is 0, the model's is 3"):
+        load_guide(ckpt, load_model(cond_ckpt))
+    with pytest.raises(DDIMError, match="guide 'embedded:nothing'"):
+        load_guide("embedded:nothing", load_model(ckpt))
+    err = _fails(capsys, "sample", "--n", "2", "--guidance-mode", "cfg++", "--guidance", "0.5",
+                 "--out", str(tmp_path / "x"))
+    assert "--guidance-mode cfg++" in err and "--guide none" in err and not (tmp_path / "x").exists()

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> None:
         recorded = recorded_sampling(loaded)                   # a distilled student's steps and grid
         if recorded is not None and not steps_given:
             config = config.replace(steps=recorded["steps"], skip=args.skip if skip_given else recorded["skip"])
-        config = _autoguidance(config, recorded_guidance(loaded), args.guide is not None, guidance_given)
+        path = args.ckpt if args.ckpt and os.path.exists(args.ckpt) else None
+        config = _autoguidance(config, recorded_guidance(loaded, path), args.guide is not None, guidance_given)
         y = labels(args, loaded, args.n)
         cond, uncond, prompts = prompt_condition(args, loaded)
         per_class = args.class_ == "all" and args.n % loaded.config.num_classes == 0
@@ -90,6 +91,9 @@ def _autoguidance(config: SampleConfig, recorded: dict | None, guide_given: bool
     """The model's recorded autoguidance where the command line leaves it open: its guide unless --guide is
     given (--guide none: off), at its recorded w unless --guidance is given; at w = 1 the guide is not loaded."""
     if recorded is not None and not guide_given:
+        if config.guidance_mode != "cfg":
+            raise DDIMError(f"--guidance-mode {config.guidance_mode}: this model samples with its recorded guide "
+                            f"({recorded['guide']}), and autoguidance is plain guidance; add --guide none")
         config = config.replace(guide=recorded["guide"])
     if config.guide is not None and not guidance_given:
         if recorded is None:

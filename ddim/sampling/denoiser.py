@@ -155,7 +155,10 @@ class Denoiser:
         for net in (model, guide) if guide is not None else (model,):
             for c in (self.cond, self.uncond):
                 if c is not None and (y is None or callable(getattr(net, "check_condition", None))):
-                    c.check_signature(net)
+                    try:
+                        c.check_signature(net)
+                    except DDIMError as e:
+                        raise type(e)(f"guide: {e}" if net is guide else str(e)) from None
         if self.cond is not None and self.uncond is not None and guidance not in (0, 1) and y is None and guide is None:
             self.cond.pair(self.uncond)                     # same form, checked before any call
         self.y, self.guidance = y, guidance
