@@ -60,6 +60,14 @@ def noise(n: int, seed: int) -> torch.Tensor:
                         for i in range(n)])
 
 
+def sample_batched(sampler: DDIMSampler, x_T: torch.Tensor, y: torch.Tensor | None = None, batch: int = 250,
+                   **options) -> torch.Tensor:
+    """x_0 of x_T [N, ...] (and labels y [N], sliced with it), `batch` samples a call, clamped to [-1, 1]."""
+    with torch.no_grad():
+        return torch.cat([sampler.sample(x_T[i:i + batch], y=None if y is None else y[i:i + batch],
+                                         **options).clamp(-1, 1) for i in range(0, len(x_T), batch)])
+
+
 def draw(ckpt: str, solver: str, steps: int, skip: str, guidance: float | None, n: int, seed: int,
          guide: str | None = None) -> tuple:
     """n samples from per-sample seeds (sample i's noise depends only on seed and i); a class-conditional model's
@@ -69,12 +77,8 @@ def draw(ckpt: str, solver: str, steps: int, skip: str, guidance: float | None, 
     sampler = DDIMSampler(loaded.model, loaded.schedule, loaded.prediction, guide=weak)
     x_T = noise(n, seed)
     y = torch.arange(n) * 10 // n if guidance is not None and guide is None else None
-    opts = {"y": y, "guidance": guidance} if guidance is not None else {}
-    with torch.no_grad():
-        x = torch.cat([sampler.sample(x_T[i:i + 250], steps=steps, solver=solver, skip=skip,
-                                      **{**opts, "y": None if y is None else y[i:i + 250]}).clamp(-1, 1)
-                       for i in range(0, n, 250)])
-    return x, y
+    opts = {"guidance": guidance} if guidance is not None else {}
+    return sample_batched(sampler, x_T, y, steps=steps, solver=solver, skip=skip, **opts), y
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from ddim import DDIMSampler
 from ddim.evaluation import classifier_metric
 from ddim.generate import EMBEDDED, load_model, recorded_sampling
 from ddim.images import save_image_grid
-from digits_quality import fit_svm, judge, noise
+from digits_quality import fit_svm, judge, noise, sample_batched
 
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "distilled.png"
 
@@ -31,10 +31,7 @@ FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "distilled.p
 def draw(loaded, x_T: torch.Tensor, y: torch.Tensor, steps: int, skip, solver: str, guidance: float,
          batch: int = 250) -> torch.Tensor:
     sampler = DDIMSampler(loaded.model, loaded.schedule, loaded.prediction)
-    with torch.no_grad():
-        return torch.cat([sampler.sample(x_T[i:i + batch], steps=steps, skip=skip, solver=solver,
-                                         y=y[i:i + batch], guidance=guidance).clamp(-1, 1)
-                          for i in range(0, len(x_T), batch)])
+    return sample_batched(sampler, x_T, y, batch, steps=steps, skip=skip, solver=solver, guidance=guidance)
 
 
 def main() -> None:

@@ -243,8 +243,8 @@ def main() -> None:
         students[rec["steps"]] = (student, rec, path)
     # a student distilled at another w than the teacher's: the peer's multistep solvers run at that w too, so
     # that the student's w is no advantage diffusers is denied
-    student_ws = sorted({float(s.metadata["distilled"].get("guidance") or 1.0) for s, _, _ in students.values()}
-                        - {guidance})
+    baked = {k: float(s.metadata["distilled"].get("guidance") or 1.0) for k, (s, _, _) in students.items()}
+    student_ws = sorted(set(baked.values()) - {guidance})
     cells_path = Path(args.cells)
     cells_path.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(ln) for ln in cells_path.read_text().splitlines() if ln.strip()] if cells_path.exists() else []
@@ -284,7 +284,7 @@ def main() -> None:
     todo.append(dict(side="ddim", solver="ddim", skip="uniform", cache=1, extra="", nfe=50, switches=best["ddim"],
                      seed=1, **teacher))
     todo += [dict(side="ddim", solver="ddim", skip="student", cache=1, extra="", nfe=k, switches=best["ddim"],
-                  seed=0, student=True, student_w=float(students[k][0].metadata["distilled"].get("guidance") or 1.0),
+                  seed=0, student=True, student_w=baked[k],
                   **teacher) for k in sorted(students)]
     results = ("fd", "seconds", "s_per_1000", "n", "batch", "threads", "calls", "rows", "on_label")
     key = lambda c: json.dumps({k: c[k] for k in sorted(c) if k not in results})  # noqa: E731
