@@ -209,3 +209,22 @@ def test_guide_refusals_name_what_differs(ckpt, cond_ckpt, capsys, tmp_path):
     err = _fails(capsys, "sample", "--n", "2", "--guidance-mode", "cfg++", "--guidance", "0.5",
                  "--out", str(tmp_path / "x"))
     assert "--guidance-mode cfg++" in err and "--guide none" in err and not (tmp_path / "x").exists()
+
+
+def test_a_recorded_relative_guide_is_read_from_the_models_folder(tmp_path, ckpt, monkeypatch, one_thread):
+    import shutil
+
+    from ddim.checkpoint import save
+    from ddim.generate import load_model
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    shutil.copy(ckpt, folder / "weak.safetensors")
+    m = load_model(ckpt)
+    save(folder / "model.safetensors", m.model, m.schedule, prediction=m.prediction,
+         metadata={"autoguidance": {"guide": "weak.safetensors", "guidance": 2.0}})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)                             # no weak.safetensors here
+    cli("sample", "--ckpt", str(folder / "model.safetensors"), "--n", "2", "--steps", "2", "--out", "out", "--quiet")
+    run = _run_json(elsewhere / "out")
+    assert run["guide"] == str(folder / "weak.safetensors") and run["guidance"] == 2.0
